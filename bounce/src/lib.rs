@@ -1,0 +1,1 @@
+//! Restricted-DMA pool model.
