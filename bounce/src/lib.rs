@@ -1,1 +1,20 @@
-//! Restricted-DMA pool model.
+//! `bounce`: a model of restricted-DMA (swiotlb) bounce pools, and the only path from emulated
+//! devices to guest memory.
+//!
+//! Devices receive a [`Dma`] handle and [`DmaQueue`]s. Neither exposes guest memory: a device
+//! reaches a guest buffer only by mapping it for streaming DMA ([`Dma::map`]), which either hands
+//! out the guest pages themselves ([`Dma::direct`], the no-bounce baseline) or a bounce buffer in
+//! a shared pool, filled and drained as Linux's swiotlb does.
+//!
+//! ```compile_fail
+//! // A device cannot get at guest memory through the handle it is given.
+//! fn device(dma: &bounce::Dma) { let _ = &dma.inner.mem; }
+//! ```
+
+pub mod dma;
+pub mod error;
+pub mod queue;
+
+pub use dma::{Dma, DmaBuffer, DmaDirection, DmaSource};
+pub use error::DmaError;
+pub use queue::{Chain, Desc, DmaQueue, QueueError};

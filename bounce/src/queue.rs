@@ -1,0 +1,201 @@
+//! Virtqueues for devices that must not touch guest memory themselves.
+//!
+//! Rings and descriptor tables are coherent DMA memory (in a confidential guest they live in
+//! shared memory) and are read in place here; the buffers descriptors point at are streaming DMA
+//! and reach the device only through [`Dma::map`].
+
+use thiserror::Error;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
+
+use crate::dma::{Dma, DmaBuffer, DmaDirection, DmaSource};
+use crate::error::DmaError;
+
+/// One descriptor of a chain, as the driver wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    pub addr: GuestAddress,
+    pub len: u32,
+    /// Device-writable (`VIRTQ_DESC_F_WRITE`).
+    pub writable: bool,
+}
+
+/// A descriptor chain popped from the available ring. Holds no reference to guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub head: u16,
+    pub descs: Vec<Desc>,
+}
+
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("virtqueue: {0}")]
+    Virtio(#[from] virtio_queue::Error),
+    /// The chain ends in a descriptor that still says "next": a loop, a chain longer than the
+    /// queue, a next index out of range, a descriptor outside guest memory, or lengths
+    /// overflowing 4 GiB (virtio-queue stops walking at all of them).
+    #[error("malformed descriptor chain at head {head}")]
+    MalformedChain { head: u16 },
+    #[error("queue rings are not inside guest memory")]
+    InvalidRings,
+}
+
+/// A split virtqueue bound to a [`Dma`] handle.
+pub struct DmaQueue {
+    queue: Queue,
+    dma: Dma,
+    src: DmaSource,
+}
+
+impl DmaQueue {
+    pub fn new(max_size: u16, dma: Dma, src: DmaSource) -> Result<Self, QueueError> {
+        Ok(DmaQueue {
+            queue: Queue::new(max_size)?,
+            dma,
+            src,
+        })
+    }
+
+    /// The queue's registers, for the transport. Its memory-touching methods need a guest memory
+    /// object, which only this type holds.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    pub fn dma(&self) -> &Dma {
+        &self.dma
+    }
+
+    pub fn source(&self) -> DmaSource {
+        self.src
+    }
+
+    /// Whether the configured rings lie inside guest memory (check before activating).
+    pub fn validate(&self) -> Result<(), QueueError> {
+        if self.queue.is_valid(self.dma.guest_memory()) {
+            Ok(())
+        } else {
+            Err(QueueError::InvalidRings)
+        }
+    }
+
+    /// Pops the next available chain. `Ok(None)`: the ring is empty. A malformed chain is
+    /// consumed (so it cannot stall the queue) and reported with its head, which the device must
+    /// still return through [`DmaQueue::add_used`].
+    pub fn pop(&mut self) -> Result<Option<Chain>, QueueError> {
+        let mem = self.dma.guest_memory();
+        let mut iter = self.queue.iter(mem)?;
+        let Some(chain) = iter.next() else {
+            return Ok(None);
+        };
+        let head = chain.head_index();
+        let mut descs = Vec::new();
+        let mut ends_cleanly = false;
+        for d in chain {
+            ends_cleanly = !d.has_next();
+            descs.push(Desc {
+                addr: d.addr(),
+                len: d.len(),
+                writable: d.is_write_only(),
+            });
+        }
+        if !ends_cleanly {
+            return Err(QueueError::MalformedChain { head });
+        }
+        Ok(Some(Chain { head, descs }))
+    }
+
+    /// Maps one descriptor's buffer in the direction its flags allow.
+    pub fn map(&self, desc: &Desc) -> Result<DmaBuffer, DmaError> {
+        let dir = if desc.writable {
+            DmaDirection::FromDevice
+        } else {
+            DmaDirection::ToDevice
+        };
+        self.dma.map(self.src, desc.addr, desc.len, dir)
+    }
+
+    /// Returns a chain to the driver with `len` bytes written by the device.
+    pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
+        self.queue.add_used(self.dma.guest_memory(), head, len)?;
+        Ok(())
+    }
+
+    /// Whether the driver wants an interrupt for what was just used (event-idx aware).
+    pub fn needs_notification(&mut self) -> Result<bool, QueueError> {
+        Ok(self.queue.needs_notification(self.dma.guest_memory())?)
+    }
+
+    /// Re-enables driver notifications; `true` if chains arrived meanwhile.
+    pub fn enable_notification(&mut self) -> Result<bool, QueueError> {
+        Ok(self.queue.enable_notification(self.dma.guest_memory())?)
+    }
+
+    pub fn disable_notification(&mut self) -> Result<(), QueueError> {
+        Ok(self.queue.disable_notification(self.dma.guest_memory())?)
+    }
+
+    /// Puts the last popped chain back (e.g. net RX had no packet for it).
+    pub fn undo_pop(&mut self) {
+        self.queue.go_to_previous_position();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestMemoryMmap;
+
+    fn setup(descs: &[SplitDescriptor]) -> DmaQueue {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let raw: Vec<RawDescriptor> = descs.iter().map(|d| RawDescriptor::from(*d)).collect();
+        vq.add_desc_chains(&raw, 0).unwrap();
+        let queue: Queue = vq.create_queue().unwrap();
+        let mut q = DmaQueue::new(16, Dma::direct(mem.clone()), DmaSource::default()).unwrap();
+        *q.queue_mut() = queue;
+        q
+    }
+
+    #[test]
+    fn pops_well_formed_chain() {
+        let f = VRING_DESC_F_NEXT as u16;
+        let w = VRING_DESC_F_WRITE as u16;
+        let mut q = setup(&[
+            SplitDescriptor::new(0x10000, 16, f, 1),
+            SplitDescriptor::new(0x20000, 512, w, 0),
+        ]);
+        q.validate().unwrap();
+        let c = q.pop().unwrap().unwrap();
+        assert_eq!(c.head, 0);
+        assert_eq!(c.descs.len(), 2);
+        assert!(!c.descs[0].writable && c.descs[1].writable);
+        assert!(q.pop().unwrap().is_none());
+        q.add_used(c.head, 512).unwrap();
+    }
+
+    #[test]
+    fn detects_loop() {
+        let f = VRING_DESC_F_NEXT as u16;
+        let mut q = setup(&[
+            SplitDescriptor::new(0x10000, 16, f, 1),
+            SplitDescriptor::new(0x20000, 16, f, 0),
+        ]);
+        // MockSplitQueue links chains itself; rewrite descriptor 1 to point back at 0.
+        let mem = q.dma().guest_memory().clone();
+        let table = q.queue().desc_table();
+        let looped = SplitDescriptor::new(0x20000, 16, f, 0);
+        vm_memory::Bytes::write_obj(&mem, looped, GuestAddress(table + 16)).unwrap();
+        assert!(matches!(
+            q.pop(),
+            Err(QueueError::MalformedChain { head: 0 })
+        ));
+    }
+}
