@@ -1,0 +1,105 @@
+//! ACPI tables (hardware-reduced, as Cloud Hypervisor and Firecracker build them): the MADT
+//! announces every vCPU and the I/O APIC, the FADT's sleep registers let the guest power off,
+//! and the DSDT's `_S5_` tells it which sleep type that is.
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use anyhow::{Context, Result};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{
+    ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, EBDA_START, HIMEM_START,
+    IOAPIC_ADDR, LAPIC_ADDR,
+};
+
+const OEM_ID: [u8; 6] = *b"MICROV";
+const OEM_TABLE: [u8; 8] = *b"MICROVM ";
+
+/// Sleep type the guest writes for S5 (soft off); any value works as long as `_S5_` agrees.
+pub const S5_SLEEP_TYPE: u8 = 5;
+/// SLP_EN bit of the hardware-reduced sleep control register.
+pub const SLEEP_ENABLE: u8 = 1 << 5;
+
+// FADT IA-PC boot architecture flags (ACPI 6.5, table 5.11).
+const IAPC_8042: u16 = 1 << 1;
+const IAPC_NO_VGA: u16 = 1 << 2;
+const IAPC_NO_MSI: u16 = 1 << 3;
+const IAPC_NO_CMOS_RTC: u16 = 1 << 5;
+
+fn bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+/// Writes RSDP, XSDT, FADT, DSDT and MADT into the BIOS area; returns the RSDP address.
+pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
+    let rsdp_addr = ACPI_START;
+    let mut next = ACPI_START + 64;
+    let mut place = |data: &[u8]| -> Result<u64> {
+        let addr = next;
+        anyhow::ensure!(
+            addr + data.len() as u64 <= HIMEM_START,
+            "ACPI tables do not fit below 1 MiB"
+        );
+        mem.write_slice(data, GuestAddress(addr))
+            .context("cannot write ACPI tables")?;
+        next = (addr + data.len() as u64 + 15) & !15;
+        Ok(addr)
+    };
+
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
+    let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE]));
+    dsdt.append_slice(&bytes(&s5));
+    let dsdt_addr = place(dsdt.as_slice())?;
+
+    let sleep_reg = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            port.into(),
+        )
+    };
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE, 1)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .dsdt_64(dsdt_addr);
+    fadt.sleep_control_reg = sleep_reg(ACPI_SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = sleep_reg(ACPI_SLEEP_STATUS_PORT);
+    // An 8042 (for reboot=k); no VGA, MSI or CMOS RTC to probe.
+    fadt.iapc_boot_arch = (IAPC_8042 | IAPC_NO_VGA | IAPC_NO_MSI | IAPC_NO_CMOS_RTC).into();
+    let fadt_addr = place(&bytes(&fadt.finalize()))?;
+
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE,
+        1,
+        LocalInterruptController::Address(LAPIC_ADDR),
+    );
+    for id in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
+    let madt_addr = place(&bytes(&madt))?;
+
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, 1);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt_addr = place(&bytes(&xsdt))?;
+
+    let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
+    mem.write_slice(&bytes(&rsdp), GuestAddress(rsdp_addr))
+        .context("cannot write the RSDP")?;
+    debug_assert!(rsdp_addr >= EBDA_START);
+    Ok(rsdp_addr)
+}

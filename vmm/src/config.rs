@@ -1,0 +1,272 @@
+//! The VM's configuration: from the command line, a JSON file, or both (flags win).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+/// Linux's default swiotlb size (kernel/dma/swiotlb.c, IO_TLB_DEFAULT_SIZE).
+pub const DEFAULT_RESTRICTED_DMA: &str = "64M";
+pub const MAX_CPUS: u8 = 254;
+
+/// Boots a Linux guest on KVM; virtio devices may reach guest memory only through a model of
+/// restricted-DMA (swiotlb) bounce pools.
+#[derive(Parser, Debug, Default)]
+#[command(name = "microvm", version, about)]
+pub struct Cli {
+    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry point.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the default "console=ttyS0 reboot=k panic=1").
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+    /// Guest memory in MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u8>,
+    /// A virtio-blk disk backed by a raw image file; repeatable.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    pub disk: Vec<String>,
+    /// A virtio-net device on an existing tap interface; repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
+    /// Bounce all device DMA through restricted-DMA pools of SIZE (K/M/G suffixes) [default
+    /// size: 64M].
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, require_equals = true,
+          default_missing_value = DEFAULT_RESTRICTED_DMA)]
+    pub restricted_dma: Option<String>,
+    /// Read the configuration from a JSON file (flags given as well override it).
+    #[arg(long, value_name = "FILE.json")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The resolved configuration. Also the JSON file's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    #[serde(default = "default_cpus")]
+    pub cpus: u8,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    #[serde(default)]
+    pub rng: bool,
+    /// Pool size in bytes; `None`: devices DMA directly (no bouncing).
+    #[serde(default)]
+    pub restricted_dma: Option<u64>,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.into()
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+fn default_cpus() -> u8 {
+    1
+}
+
+/// Parses sizes like `4096`, `64K`, `64M`, `1G` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => bail!("size {s:?} has an unknown suffix (use K, M or G)"),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("size {s:?} is not a number with an optional K/M/G suffix"))?;
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty());
+    let Some(path) = path else {
+        bail!("--disk {s:?}: expected PATH[,readonly]")
+    };
+    let mut disk = DiskConfig {
+        path: path.into(),
+        readonly: false,
+    };
+    for opt in parts {
+        match opt {
+            "readonly" | "ro" => disk.readonly = true,
+            _ => bail!("--disk {s:?}: unknown option {opt:?} (expected readonly)"),
+        }
+    }
+    Ok(disk)
+}
+
+fn parse_net(s: &str) -> Result<NetConfig> {
+    let mut tap = None;
+    let mut mac = None;
+    for kv in s.split(',') {
+        match kv.split_once('=') {
+            Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
+            Some(("mac", v)) => mac = Some(v.to_string()),
+            _ => bail!("--net {s:?}: expected tap=NAME[,mac=MAC]"),
+        }
+    }
+    let tap = tap.with_context(|| format!("--net {s:?}: tap=NAME is required"))?;
+    Ok(NetConfig { tap, mac })
+}
+
+impl VmConfig {
+    pub fn from_cli(cli: Cli) -> Result<Self> {
+        let mut cfg = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                serde_json::from_str::<VmConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => {
+                let Some(kernel) = cli.kernel.clone() else {
+                    bail!("no kernel given: use --kernel PATH (or --config FILE.json)");
+                };
+                VmConfig {
+                    kernel,
+                    initrd: None,
+                    cmdline: default_cmdline(),
+                    memory_mib: DEFAULT_MEMORY_MIB,
+                    cpus: 1,
+                    disks: vec![],
+                    nets: vec![],
+                    rng: false,
+                    restricted_dma: None,
+                }
+            }
+        };
+        if let Some(k) = cli.kernel {
+            cfg.kernel = k;
+        }
+        if cli.initrd.is_some() {
+            cfg.initrd = cli.initrd;
+        }
+        if let Some(c) = cli.cmdline {
+            cfg.cmdline = c;
+        }
+        if let Some(m) = cli.memory {
+            cfg.memory_mib = m;
+        }
+        if let Some(c) = cli.cpus {
+            cfg.cpus = c;
+        }
+        for d in &cli.disk {
+            cfg.disks.push(parse_disk(d)?);
+        }
+        for n in &cli.net {
+            cfg.nets.push(parse_net(n)?);
+        }
+        cfg.rng |= cli.rng;
+        if let Some(size) = cli.restricted_dma {
+            cfg.restricted_dma = Some(parse_size(&size)?);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            bail!("--cpus {} is out of range: 1 to {MAX_CPUS}", self.cpus);
+        }
+        if !self.kernel.is_file() {
+            bail!(
+                "kernel {} does not exist or is not a file",
+                self.kernel.display()
+            );
+        }
+        if let Some(i) = &self.initrd {
+            if !i.is_file() {
+                bail!("initrd {} does not exist or is not a file", i.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn disks_and_nets() {
+        assert_eq!(
+            parse_disk("/a.img,readonly").unwrap(),
+            DiskConfig {
+                path: "/a.img".into(),
+                readonly: true
+            }
+        );
+        assert!(parse_disk("/a.img,bogus").is_err());
+        assert!(parse_disk("").is_err());
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
+        assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+    }
+
+    #[test]
+    fn restricted_dma_flag_shapes() {
+        let c = Cli::try_parse_from(["microvm", "--kernel", "k", "--restricted-dma"]).unwrap();
+        assert_eq!(c.restricted_dma.as_deref(), Some("64M"));
+        let c = Cli::try_parse_from(["microvm", "--kernel", "k", "--restricted-dma=8M"]).unwrap();
+        assert_eq!(c.restricted_dma.as_deref(), Some("8M"));
+        let c = Cli::try_parse_from(["microvm", "--kernel", "k"]).unwrap();
+        assert!(c.restricted_dma.is_none());
+    }
+}

@@ -1,0 +1,203 @@
+//! Assembles a VM from its configuration: KVM, memory, boot, devices, vCPU threads, and the
+//! event loop that runs until the guest reboots or powers off.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+use crate::config::VmConfig;
+use crate::exit::{ExitReason, VmExit};
+use crate::layout::*;
+use crate::legacy::{AcpiSleep, BootTimer, I8042};
+use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
+use crate::vcpu::Vcpu;
+use crate::{acpi, boot, cpu, memory};
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Wakes the event loop when a thread ends the VM.
+struct ExitWatcher {
+    exit: Arc<VmExit>,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.exit.evt, EventSet::IN)) {
+            log::error!("cannot watch the VM exit event: {e:?}");
+        }
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.exit.evt.read();
+    }
+}
+
+fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(|e| {
+        anyhow!("cannot open /dev/kvm: {e} (is KVM enabled, and may this user open /dev/kvm?)")
+    })?;
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::Ioeventfd, "ioeventfd"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::UserMemory, "user memory"),
+        (Cap::SetTssAddr, "TSS address"),
+        (Cap::Pit2, "in-kernel PIT"),
+    ] {
+        if !kvm.check_extension(cap) {
+            bail!("KVM lacks a capability microvm needs: {name}");
+        }
+    }
+    Ok(kvm)
+}
+
+fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| anyhow!("KVM refused to create a VM: {e}"))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(|e| anyhow!("KVM_SET_TSS_ADDR failed: {e}"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(|e| anyhow!("KVM_SET_IDENTITY_MAP_ADDR failed: {e}"))?;
+    vm.create_irq_chip()
+        .map_err(|e| anyhow!("KVM_CREATE_IRQCHIP failed: {e}"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| anyhow!("KVM_CREATE_PIT2 failed: {e}"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM (the process
+        // exits with the VM), and it does not overlap another slot.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| anyhow!("KVM refused guest memory region {slot}: {e}"))?;
+    }
+    Ok(vm)
+}
+
+fn kernel_cmdline(cfg: &VmConfig) -> Result<Cmdline> {
+    Cmdline::try_from(&cfg.cmdline, CMDLINE_MAX)
+        .map_err(|e| anyhow!("invalid kernel command line {:?}: {e}", cfg.cmdline))
+}
+
+/// Runs the VM to its end; `Ok` with why it ended.
+pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
+    if !cfg.disks.is_empty() || !cfg.nets.is_empty() || cfg.rng || cfg.restricted_dma.is_some() {
+        bail!("virtio devices (--disk, --net, --rng, --restricted-dma) are not available in this build yet");
+    }
+    let kvm = open_kvm()?;
+    let mem = memory::create(cfg.memory_mib)?;
+    let vm = create_vm(&kvm, &mem)?;
+    let exit = Arc::new(VmExit::new().context("cannot create the exit event")?);
+
+    let rsdp_addr = acpi::create_tables(&mem, cfg.cpus)?;
+    let cmdline = kernel_cmdline(cfg)?;
+    let entry = boot::setup(
+        &mem,
+        &boot::BootSetup {
+            kernel: &cfg.kernel,
+            initrd: cfg.initrd.as_deref(),
+            cmdline: &cmdline,
+            rsdp_addr,
+        },
+    )?;
+
+    // Legacy devices on the port I/O bus.
+    let serial_irq = EventFd::new(0).context("cannot create the serial irqfd")?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|e| anyhow!("cannot register the serial irqfd: {e}"))?;
+    let serial = Arc::new(Mutex::new(SerialPort(vm_superio::Serial::new(
+        IrqTrigger(serial_irq),
+        Console,
+    ))));
+    let mut pio = Bus::default();
+    pio.insert(u64::from(SERIAL_PORT), 8, serial.clone())?;
+    pio.insert(
+        u64::from(I8042_PORT),
+        5,
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+    )?;
+    pio.insert(
+        u64::from(BOOT_MARKER_PORT),
+        1,
+        Arc::new(Mutex::new(BootTimer::new(start))),
+    )?;
+    pio.insert(
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        2,
+        Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
+    )?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::default());
+
+    let mut events: EventManager<Subscriber> =
+        EventManager::new().context("cannot create the event loop")?;
+    events.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
+    events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
+
+    // vCPUs: CPUID before MSRs, since KVM derives the valid MSRs from the guest CPUID.
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| anyhow!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let mut threads = Vec::new();
+    for id in 0..cfg.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| anyhow!("KVM refused to create vCPU {id}: {e}"))?;
+        let mut cpuid = supported.clone();
+        cpu::filter_cpuid(&mut cpuid, id, cfg.cpus, tsc_deadline);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| anyhow!("KVM_SET_CPUID2 failed on vCPU {id}: {e}"))?;
+        cpu::setup_msrs(&fd)?;
+        cpu::setup_fpu(&fd)?;
+        cpu::setup_lapic(&fd)?;
+        if id == 0 {
+            cpu::setup_boot_regs(&fd, &mem, entry)?;
+        }
+        let vcpu = Vcpu {
+            id,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: exit.clone(),
+            mem: mem.clone(),
+        };
+        threads.push(
+            thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu.run())
+                .context("cannot start a vCPU thread")?,
+        );
+    }
+    log::debug!("VM set up in {} us", start.elapsed().as_micros());
+
+    loop {
+        if let Some(reason) = exit.reason() {
+            log::info!("VM exit: {reason:?}");
+            crate::metrics::log_memory_overhead(&mem);
+            return Ok(reason);
+        }
+        events
+            .run()
+            .map_err(|e| anyhow!("event loop failed: {e:?}"))?;
+    }
+}
