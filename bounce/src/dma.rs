@@ -1,10 +1,22 @@
 //! The DMA API devices are written against: streaming mappings of guest buffers.
+//!
+//! Two implementations behind one type: [`Dma::direct`] (the device works on the guest's own
+//! pages, the no-bounce baseline) and [`Dma::bounced`] (every mapping is a bounce buffer in a
+//! shared [`Swiotlb`] pool, filled and drained as Linux's swiotlb does). Devices are written once
+//! and run with either. Rings and descriptor tables are *coherent* DMA memory and are only read in
+//! place by [`crate::DmaQueue`]; data buffers are *streaming* DMA and go through [`Dma::map`].
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::error::DmaError;
+use crate::pool::{MapAttrs, Pool};
+use crate::stats::{add, StatsSnapshot};
+use crate::swiotlb::Swiotlb;
+use crate::trace::{TraceOp, TraceRecorder};
 
 /// Direction of a streaming mapping, as Linux's `enum dma_data_direction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -20,6 +32,11 @@ pub enum DmaDirection {
 impl DmaDirection {
     pub fn device_writes(self) -> bool {
         !matches!(self, DmaDirection::ToDevice)
+    }
+
+    /// Whether the guest's data must reach the device (copied in on `sync_for_device`).
+    pub fn device_reads(self) -> bool {
+        !matches!(self, DmaDirection::FromDevice)
     }
 }
 
@@ -38,35 +55,145 @@ pub struct Dma {
 
 struct Inner {
     mem: GuestMemoryMmap,
+    swiotlb: Option<Arc<Swiotlb>>,
+    trace: ArcSwapOption<TraceRecorder>,
 }
 
 impl Dma {
     /// No bouncing: mappings are the guest's own pages (the baseline).
     pub fn direct(mem: GuestMemoryMmap) -> Self {
         Dma {
-            inner: Arc::new(Inner { mem }),
+            inner: Arc::new(Inner {
+                mem,
+                swiotlb: None,
+                trace: ArcSwapOption::empty(),
+            }),
         }
+    }
+
+    /// Every mapping bounces through `swiotlb`'s pools.
+    pub fn bounced(mem: GuestMemoryMmap, swiotlb: Arc<Swiotlb>) -> Self {
+        Dma {
+            inner: Arc::new(Inner {
+                mem,
+                swiotlb: Some(swiotlb),
+                trace: ArcSwapOption::empty(),
+            }),
+        }
+    }
+
+    /// A bounced handle with pools built from a `key=value,...` string (or a JSON object); see
+    /// the crate README for the keys. `""` gives Linux's defaults.
+    pub fn bounced_from_str(
+        mem: GuestMemoryMmap,
+        config: &str,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Dma::bounced(mem, Swiotlb::from_config_str(config)?))
+    }
+
+    /// The pools, when bouncing.
+    pub fn swiotlb(&self) -> Option<&Arc<Swiotlb>> {
+        self.inner.swiotlb.as_ref()
+    }
+
+    /// Bounce statistics (`None` for a direct handle). `snap.to_json()` prints them.
+    pub fn stats(&self) -> Option<StatsSnapshot> {
+        self.inner.swiotlb.as_ref().map(|s| s.stats())
+    }
+
+    /// Records every map/unmap/sync of this handle and its clones from now on (`None` stops).
+    pub fn set_trace(&self, rec: Option<Arc<TraceRecorder>>) {
+        self.inner.trace.store(rec);
     }
 
     /// Maps `len` bytes of guest memory at `addr` for streaming DMA in direction `dir`.
     pub fn map(
         &self,
-        _src: DmaSource,
+        src: DmaSource,
         addr: GuestAddress,
         len: u32,
         dir: DmaDirection,
+    ) -> Result<DmaBuffer, DmaError> {
+        self.map_with(src, addr, len, dir, MapAttrs::default())
+    }
+
+    /// [`Dma::map`] with the device's alignment requirements (`min_align_mask`,
+    /// `alloc_align_mask`).
+    pub fn map_with(
+        &self,
+        src: DmaSource,
+        addr: GuestAddress,
+        len: u32,
+        dir: DmaDirection,
+        attrs: MapAttrs,
+    ) -> Result<DmaBuffer, DmaError> {
+        let r = self.map_inner(src, addr, len, dir, attrs);
+        if let (Err(e), Some(s)) = (&r, &self.inner.swiotlb) {
+            if matches!(
+                e,
+                DmaError::ZeroLength { .. }
+                    | DmaError::OutOfGuestMemory { .. }
+                    | DmaError::NotContiguous { .. }
+            ) {
+                s.count_failure(e);
+            }
+        }
+        r
+    }
+
+    fn map_inner(
+        &self,
+        src: DmaSource,
+        addr: GuestAddress,
+        len: u32,
+        dir: DmaDirection,
+        attrs: MapAttrs,
     ) -> Result<DmaBuffer, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength { addr: addr.0 });
         }
         let len = len as usize;
         // Validate now so that a buffer, once mapped, can always be accessed.
-        self.guest_slice(addr, len)?;
+        let guest = self.guest_slice(addr, len)?;
+        let guest_ptr = nonnull(guest.ptr_guard_mut().as_ptr());
+        let bounce = match &self.inner.swiotlb {
+            None => None,
+            Some(s) => {
+                let m = s.alloc(src, addr.0, len, attrs)?;
+                let host = nonnull(m.host_ptr());
+                // Linux copies the original into the slot on map for every direction (the
+                // CVE-2022-0854 fix, "swiotlb: rework fix info leak with DMA_FROM_DEVICE"), so a
+                // partial device write cannot leak stale pool data to the guest.
+                // SAFETY: `host` is valid for `len` bytes while the mapping lives (m.pool).
+                guest.copy_to_volatile_slice(unsafe { VolatileSlice::new(host.as_ptr(), len) });
+                add(&s.shard(src).bytes_to_pool, len as u64);
+                Some(Bounce {
+                    _pool: m.pool,
+                    addr: m.addr,
+                    host,
+                })
+            }
+        };
+        let trace = self.inner.trace.load_full();
+        let id = match &trace {
+            Some(t) => {
+                let id = t.next_id();
+                t.record(TraceOp::Map, id, src, addr.0, len, dir);
+                id
+            }
+            None => 0,
+        };
         Ok(DmaBuffer {
             dma: self.clone(),
+            src,
             addr,
             len,
             dir,
+            guest: guest_ptr,
+            bounce,
+            trace_id: id,
+            cpu_owns: false,
+            done: false,
         })
     }
 
@@ -98,14 +225,41 @@ impl Dma {
     }
 }
 
-/// A live streaming mapping. The device accesses the buffer only through it; dropping it unmaps
-/// (and, for device writes, makes the data visible to the guest).
+fn nonnull(p: *mut u8) -> NonNull<u8> {
+    NonNull::new(p).unwrap_or(NonNull::dangling())
+}
+
+struct Bounce {
+    /// Keeps the bounce memory alive for the mapping's lifetime.
+    _pool: Arc<Pool>,
+    /// The bounce address (unmap looks its pool up by it, as Linux does).
+    addr: u64,
+    host: NonNull<u8>,
+}
+
+/// A live streaming mapping. The device accesses the buffer only through it (in bounced mode
+/// the bounce slot, never guest memory); dropping it unmaps (and, for device writes, makes the
+/// data visible to the guest), logging any error.
 pub struct DmaBuffer {
     dma: Dma,
+    src: DmaSource,
     addr: GuestAddress,
     len: usize,
     dir: DmaDirection,
+    /// Validated at map time; guest memory never shrinks while `dma` (which owns it) lives.
+    guest: NonNull<u8>,
+    bounce: Option<Bounce>,
+    trace_id: u64,
+    cpu_owns: bool,
+    done: bool,
 }
+
+// SAFETY: the raw pointers point into memory owned by `dma` (guest memory, an Arc'd mmap) and
+// `bounce.pool` (an Arc'd mmap), both Send + Sync; all accesses go through volatile slices.
+unsafe impl Send for DmaBuffer {}
+// SAFETY: `&DmaBuffer` only allows reads (slice, read_at) of memory valid for the lifetime of
+// the borrow; writes need `&mut self` or go through VolatileSlice (as for guest memory itself).
+unsafe impl Sync for DmaBuffer {}
 
 impl DmaBuffer {
     pub fn len(&self) -> usize {
@@ -125,13 +279,27 @@ impl DmaBuffer {
         self.addr
     }
 
+    /// The bounce address (`None` for a direct mapping).
+    pub fn bounce_addr(&self) -> Option<u64> {
+        self.bounce.as_ref().map(|b| b.addr)
+    }
+
     /// The memory the device may access for the lifetime of the mapping, for zero-copy I/O
-    /// (`ReadVolatile`/`WriteVolatile` on files and sockets).
+    /// (`ReadVolatile`/`WriteVolatile` on files and sockets): the bounce slot when bouncing, the
+    /// guest pages otherwise.
     pub fn slice(&self) -> VolatileSlice<'_> {
-        // Checked in `Dma::map`, and guest memory never shrinks while a `Dma` lives.
-        self.dma
-            .guest_slice(self.addr, self.len)
-            .expect("mapping validated at map time")
+        let p = match &self.bounce {
+            Some(b) => b.host,
+            None => self.guest,
+        };
+        // SAFETY: `p` was validated for `len` bytes at map time and its memory is kept alive by
+        // `self.dma` (guest) or `self.bounce.pool` (bounce) for at least the borrow of `self`.
+        unsafe { VolatileSlice::new(p.as_ptr(), self.len) }
+    }
+
+    fn guest_slice(&self) -> VolatileSlice<'_> {
+        // SAFETY: as in `slice`: validated at map time, owned by `self.dma`.
+        unsafe { VolatileSlice::new(self.guest.as_ptr(), self.len) }
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the buffer (the device reading).
@@ -153,9 +321,91 @@ impl DmaBuffer {
             .map_err(|_| self.out_of_buffer(offset, data.len()))
     }
 
-    /// Ends the mapping. Device writes are visible to the guest once this returns `Ok`.
-    pub fn unmap(self) -> Result<(), DmaError> {
+    /// Hands the buffer to the CPU (Linux `dma_sync_single_for_cpu`): device writes become
+    /// visible in guest memory. Syncing for the CPU twice in a row is a `DoubleSync` error.
+    pub fn sync_for_cpu(&mut self) -> Result<(), DmaError> {
+        if self.cpu_owns {
+            return Err(self.double_sync("cpu"));
+        }
+        self.cpu_owns = true;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
+            if self.dir.device_writes() {
+                self.copy_out(b);
+                add(&s.shard(self.src).bytes_to_guest, self.len as u64);
+            }
+            add(&s.shard(self.src).syncs_for_cpu, 1);
+        }
+        self.trace(TraceOp::SyncForCpu);
         Ok(())
+    }
+
+    /// Hands the buffer back to the device (Linux `dma_sync_single_for_device`): the guest's
+    /// current data is copied in for to-device and bidirectional mappings.
+    pub fn sync_for_device(&mut self) -> Result<(), DmaError> {
+        if !self.cpu_owns {
+            return Err(self.double_sync("device"));
+        }
+        self.cpu_owns = false;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
+            if self.dir.device_reads() {
+                // SAFETY: as in `slice`.
+                let dst = unsafe { VolatileSlice::new(b.host.as_ptr(), self.len) };
+                self.guest_slice().copy_to_volatile_slice(dst);
+                add(&s.shard(self.src).bytes_to_pool, self.len as u64);
+            }
+            add(&s.shard(self.src).syncs_for_device, 1);
+        }
+        self.trace(TraceOp::SyncForDevice);
+        Ok(())
+    }
+
+    /// Ends the mapping. Device writes are visible to the guest once this returns `Ok`.
+    pub fn unmap(mut self) -> Result<(), DmaError> {
+        self.do_unmap()
+    }
+
+    fn do_unmap(&mut self) -> Result<(), DmaError> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
+            // Linux `swiotlb_tbl_unmap_single`: copy back (unless the CPU already owns the
+            // data), then release the slots of the pool found by address.
+            if self.dir.device_writes() && !self.cpu_owns {
+                self.copy_out(b);
+                add(&s.shard(self.src).bytes_to_guest, self.len as u64);
+            }
+            s.free(self.src, b.addr)?;
+        }
+        self.trace(TraceOp::Unmap);
+        Ok(())
+    }
+
+    fn copy_out(&self, b: &Bounce) {
+        // SAFETY: as in `slice`.
+        let from = unsafe { VolatileSlice::new(b.host.as_ptr(), self.len) };
+        from.copy_to_volatile_slice(self.guest_slice());
+    }
+
+    fn trace(&self, op: TraceOp) {
+        if self.trace_id == 0 {
+            return;
+        }
+        if let Some(t) = self.dma.inner.trace.load().as_ref() {
+            t.record(op, self.trace_id, self.src, self.addr.0, self.len, self.dir);
+        }
+    }
+
+    fn double_sync(&self, owner: &'static str) -> DmaError {
+        let e = DmaError::DoubleSync {
+            addr: self.addr.0,
+            owner,
+        };
+        if let Some(s) = &self.dma.inner.swiotlb {
+            s.count_failure(&e);
+        }
+        e
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<(), DmaError> {
@@ -170,6 +420,18 @@ impl DmaBuffer {
             offset,
             len,
             size: self.len,
+        }
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unmap() {
+            log::error!(
+                "DMA unmap of guest {:#x}+{:#x} on drop: {e}",
+                self.addr.0,
+                self.len
+            );
         }
     }
 }
@@ -233,5 +495,145 @@ mod tests {
             b.read_at(6, &mut out),
             Err(DmaError::OutOfBuffer { .. })
         ));
+    }
+
+    fn bounced(cfg: &str) -> Dma {
+        Dma::bounced_from_str(mem(), cfg).unwrap()
+    }
+
+    #[test]
+    fn bounced_round_trip_never_touches_guest_until_unmap() {
+        let dma = bounced("size=1M,areas=2");
+        dma.guest_memory()
+            .write_slice(b"guest!", GuestAddress(0x2000))
+            .unwrap();
+        let src = DmaSource::default();
+        let mut b = dma
+            .map(src, GuestAddress(0x2000), 6, DmaDirection::Bidirectional)
+            .unwrap();
+        let bounce = b.bounce_addr().unwrap();
+        // Copied in on map for every direction.
+        let mut seen = [0u8; 6];
+        b.read_at(0, &mut seen).unwrap();
+        assert_eq!(&seen, b"guest!");
+        assert_eq!(b.slice().ptr_guard().as_ptr() as u64, bounce);
+        b.write_at(0, b"DEVICE").unwrap();
+        let mut g = [0u8; 6];
+        dma.guest_memory()
+            .read_slice(&mut g, GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(&g, b"guest!", "device writes must stay in the bounce slot");
+        b.sync_for_cpu().unwrap();
+        assert!(matches!(b.sync_for_cpu(), Err(DmaError::DoubleSync { .. })));
+        dma.guest_memory()
+            .read_slice(&mut g, GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(&g, b"DEVICE");
+        b.sync_for_device().unwrap();
+        assert!(matches!(
+            b.sync_for_device(),
+            Err(DmaError::DoubleSync { .. })
+        ));
+        b.write_at(0, b"second").unwrap();
+        b.unmap().unwrap();
+        dma.guest_memory()
+            .read_slice(&mut g, GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(&g, b"second");
+        let s = dma.stats().unwrap();
+        assert_eq!((s.maps, s.unmaps, s.slots_used), (1, 1, 0));
+        assert_eq!(s.syncs_for_cpu, 1);
+        assert_eq!(s.syncs_for_device, 1);
+        assert_eq!(s.failures.double_sync, 2);
+        assert_eq!(s.bytes_to_pool, 12);
+        assert_eq!(s.bytes_to_guest, 12);
+        assert!(Dma::direct(mem()).stats().is_none());
+    }
+
+    #[test]
+    fn drop_unmaps_and_copies_back() {
+        let dma = bounced("size=1M");
+        {
+            let mut b = dma
+                .map(
+                    DmaSource::default(),
+                    GuestAddress(0x3000),
+                    4,
+                    DmaDirection::FromDevice,
+                )
+                .unwrap();
+            b.write_at(0, b"drop").unwrap();
+        }
+        let mut g = [0u8; 4];
+        dma.guest_memory()
+            .read_slice(&mut g, GuestAddress(0x3000))
+            .unwrap();
+        assert_eq!(&g, b"drop");
+        assert_eq!(dma.stats().unwrap().slots_used, 0);
+    }
+
+    #[test]
+    fn bounced_rejects_bad_ranges_with_counted_errors() {
+        let dma = bounced("size=1M,transient=off,dynamic=off");
+        let src = DmaSource::default();
+        let d = DmaDirection::ToDevice;
+        assert!(matches!(
+            dma.map(src, GuestAddress(0), 0, d),
+            Err(DmaError::ZeroLength { .. })
+        ));
+        assert!(matches!(
+            dma.map(src, GuestAddress(0), 256 * 1024 + 1, d),
+            Err(DmaError::OutOfGuestMemory { .. })
+        ));
+        let big = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        let dma2 = Dma::bounced_from_str(big, "size=1M").unwrap();
+        assert_eq!(
+            dma2.map(src, GuestAddress(0), 256 * 1024 + 1, d).err(),
+            Some(DmaError::TooLarge {
+                len: 256 * 1024 + 1,
+                max: 256 * 1024
+            })
+        );
+        let s = dma.stats().unwrap();
+        assert_eq!(s.failures.zero_length, 1);
+        assert_eq!(s.failures.guest_range, 1);
+        assert_eq!(dma2.stats().unwrap().failures.too_large, 1);
+    }
+
+    #[test]
+    fn trace_records_every_operation() {
+        use std::io::Write;
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let dma = bounced("size=1M");
+        dma.set_trace(Some(Arc::new(TraceRecorder::new(Box::new(buf.clone())))));
+        let src = DmaSource {
+            device: 3,
+            queue: 1,
+        };
+        let mut b = dma
+            .map(src, GuestAddress(0x100), 64, DmaDirection::FromDevice)
+            .unwrap();
+        b.sync_for_cpu().unwrap();
+        b.unmap().unwrap();
+        dma.set_trace(None);
+        let data = buf.0.lock().unwrap().clone();
+        let recs = crate::trace::read_trace(&data[..]).unwrap();
+        let ops: Vec<_> = recs.iter().map(|r| r.op).collect();
+        assert_eq!(ops, [TraceOp::Map, TraceOp::SyncForCpu, TraceOp::Unmap]);
+        assert!(recs
+            .iter()
+            .all(|r| r.id == 1 && r.device == 3 && r.queue == 1 && r.len == 64));
     }
 }

@@ -20,4 +20,29 @@ pub enum DmaError {
     },
     #[error("write to a DMA buffer mapped to-device (read-only for the device)")]
     ReadOnlyBuffer,
+    /// The mapping (plus its alignment offset) needs more slots than one segment holds
+    /// (Linux: `swiotlb_max_mapping_size`).
+    #[error("DMA mapping of {len:#x} bytes exceeds the bounce segment limit of {max:#x} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// Every pool is full and growth (background or transient) is switched off.
+    #[error("no free bounce slots for {len:#x} bytes and the pools may not grow")]
+    NoSpace { len: usize },
+    /// Every pool is full and a new (transient) pool would pass the cap on shared memory.
+    #[error(
+        "no free bounce slots for {len:#x} bytes and shared memory is at its cap of {cap:#x} bytes"
+    )]
+    CapReached { len: usize, cap: u64 },
+    /// No pool owns this bounce address (never mapped, or its transient pool is gone).
+    #[error("bounce address {addr:#x} belongs to no pool")]
+    UnknownAddress { addr: u64 },
+    /// The address is inside a pool but its slot is free: unmapped twice, or never mapped.
+    #[error("bounce address {addr:#x} is not mapped (already unmapped?)")]
+    NotMapped { addr: u64 },
+    /// The address is inside a live mapping but is not the address `map` returned.
+    #[error("bounce address {addr:#x} is not the start of a mapping")]
+    NotMappingStart { addr: u64 },
+    /// `sync_for_cpu` while the CPU already owns the buffer, or `sync_for_device` while the device
+    /// does.
+    #[error("DMA buffer at guest address {addr:#x} synced twice for the {owner}")]
+    DoubleSync { addr: u64, owner: &'static str },
 }

@@ -4,17 +4,30 @@
 //! Devices receive a [`Dma`] handle and [`DmaQueue`]s. Neither exposes guest memory: a device
 //! reaches a guest buffer only by mapping it for streaming DMA ([`Dma::map`]), which either hands
 //! out the guest pages themselves ([`Dma::direct`], the no-bounce baseline) or a bounce buffer in
-//! a shared pool, filled and drained as Linux's swiotlb does.
+//! a shared pool ([`Dma::bounced`]), filled and drained as Linux's swiotlb does.
 //!
 //! ```compile_fail
 //! // A device cannot get at guest memory through the handle it is given.
 //! fn device(dma: &bounce::Dma) { let _ = &dma.inner.mem; }
 //! ```
 
+pub mod config;
+pub mod convert;
 pub mod dma;
 pub mod error;
+mod lookup;
+pub mod pool;
 pub mod queue;
+pub mod stats;
+pub mod swiotlb;
+pub mod trace;
 
+pub use config::{ConfigError, LookupKind, SwiotlbConfig};
+pub use convert::{ConvertCost, ConvertMode};
 pub use dma::{Dma, DmaBuffer, DmaDirection, DmaSource};
 pub use error::DmaError;
+pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
+pub use stats::{Failures, PoolStats, StatsSnapshot};
+pub use swiotlb::{Freed, Mapping, Swiotlb};
+pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};

@@ -1,0 +1,357 @@
+//! Pool configuration, with Linux's defaults, and the `key=value,...` parser used by the VMM's
+//! command line and by `bounce-replay`.
+//!
+//! Sources for the defaults (Linux 6.6+, `kernel/dma/swiotlb.c`, `include/linux/swiotlb.h`):
+//! - `IO_TLB_SHIFT 11` -> 2 KiB slots; `IO_TLB_SEGSIZE 128` slots per segment;
+//! - `IO_TLB_DEFAULT_SIZE (64UL<<20)` -> 64 MiB default pool; `IO_TLB_MIN_SLABS` -> 1 MiB minimum;
+//! - `swiotlb_dyn_alloc` adds pools of at most `PAGE_SIZE << MAX_PAGE_ORDER` (4 MiB with 4 KiB
+//!   pages), halving on allocation failure down to `IO_TLB_MIN_SLABS`;
+//! - areas default to one per possible CPU rounded up to a power of two
+//!   (`swiotlb_adjust_nareas`), each at least one segment (`limit_nareas`);
+//! - Linux schedules growth only when every pool is full (`swiotlb_find_slots`), i.e. a
+//!   threshold of 100%, and never frees dynamic pools (shrink off). The 70% threshold knob comes
+//!   from Michael Kelley's 2024 throttling RFC (not merged).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::convert::{ConvertCost, ConvertMode};
+
+/// Which structure finds the pool that owns a bounce address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupKind {
+    /// Linux's RCU list (`swiotlb_find_pool`): newest pool first, linear walk.
+    List,
+    /// Pools ordered by start address, binary search (O(log n)); RCU-published like the list.
+    #[default]
+    Tree,
+}
+
+/// Everything that shapes the pools. Serde names match the `key=value` keys where they differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwiotlbConfig {
+    /// Bytes of the initial pool (rounded up to whole segments x areas). Linux: 64 MiB.
+    pub size: u64,
+    /// Create (and convert, in one batch) the initial pool at start.
+    pub initial: bool,
+    /// Slot size in bytes (power of two). Linux: `IO_TLB_SIZE` = 2 KiB.
+    pub slot: u32,
+    /// Slots per segment (power of two); the longest mapping. Linux: `IO_TLB_SEGSIZE` = 128.
+    pub segment: u32,
+    /// Requested areas (locks) per pool, rounded up to a power of two; 0 = one per CPU (Linux).
+    pub areas: u32,
+    /// Background extension by a worker thread.
+    pub dynamic: bool,
+    /// Use (percent of all pool slots) at which the worker is woken. Linux: 100 (when full).
+    pub threshold: u8,
+    /// Bytes the worker adds per extension (halved on failure down to `min_chunk`). Linux: 4 MiB.
+    pub chunk: u64,
+    /// Smallest extension. Linux: `IO_TLB_MIN_SLABS` = 1 MiB.
+    pub min_chunk: u64,
+    /// Transient pools (exactly the request's size, on the I/O path) when no pool has room.
+    pub transient: bool,
+    /// Idle time after which a dynamic chunk is converted back and released; `None` = never
+    /// (Linux).
+    #[serde(with = "opt_duration_ms")]
+    pub shrink: Option<Duration>,
+    /// Cap on total shared (converted) memory, in bytes. 1 GiB: the upper clamp Linux applies to
+    /// CoCo guests' default pool (`swiotlb_adjust_size`, 6% of RAM clamped to 64 MiB..1 GiB).
+    pub cap: u64,
+    pub lookup: LookupKind,
+    /// Private<->shared conversion cost model.
+    pub convert: ConvertCost,
+    #[serde(rename = "convert_mode")]
+    pub convert_mode: ConvertMode,
+    /// Page size for conversions and page alignment (4 KiB).
+    pub page: u32,
+}
+
+impl Default for SwiotlbConfig {
+    fn default() -> Self {
+        SwiotlbConfig {
+            size: 64 << 20,
+            initial: true,
+            slot: 2048,
+            segment: 128,
+            areas: 0,
+            dynamic: true,
+            threshold: 100,
+            chunk: 4 << 20,
+            min_chunk: 1 << 20,
+            transient: true,
+            shrink: None,
+            cap: 1 << 30,
+            lookup: LookupKind::Tree,
+            convert: ConvertCost::None,
+            convert_mode: ConvertMode::Account,
+            page: 4096,
+        }
+    }
+}
+
+mod opt_duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown swiotlb key `{0}`")]
+    UnknownKey(String),
+    #[error("bad value `{value}` for swiotlb key `{key}`: {why}")]
+    BadValue {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("`{0}` is not of the form key=value")]
+    NotKeyValue(String),
+    #[error("invalid swiotlb configuration: {0}")]
+    Invalid(String),
+    #[error("swiotlb configuration JSON: {0}")]
+    Json(String),
+}
+
+/// Parses `64M`, `2K`, `1G`, `4096` (binary multiples).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Parses `5s`, `500ms`, `2m`, `100us`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    Some(match &s[split..] {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "us" => Duration::from_micros(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    })
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+impl SwiotlbConfig {
+    /// Applies one `key=value` pair. Keys: see the crate README.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |why| ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            why,
+        };
+        let size = || parse_size(value).ok_or_else(|| bad("expected a size like 64M"));
+        let boolean = || parse_bool(value).ok_or_else(|| bad("expected on/off"));
+        let int = || value.parse::<u64>().map_err(|_| bad("expected an integer"));
+        match key {
+            "size" => self.size = size()?,
+            "initial" => self.initial = boolean()?,
+            "slot" => self.slot = u32::try_from(size()?).map_err(|_| bad("too large"))?,
+            "segment" => self.segment = u32::try_from(int()?).map_err(|_| bad("too large"))?,
+            "areas" => self.areas = u32::try_from(int()?).map_err(|_| bad("too large"))?,
+            "dynamic" | "grow" => self.dynamic = boolean()?,
+            "threshold" => {
+                let t = int()?;
+                if !(1..=100).contains(&t) {
+                    return Err(bad("expected a percentage 1..=100"));
+                }
+                self.threshold = t as u8;
+            }
+            "chunk" => self.chunk = size()?,
+            "min-chunk" | "min_chunk" => self.min_chunk = size()?,
+            "transient" => self.transient = boolean()?,
+            "shrink" => {
+                self.shrink = match value {
+                    "off" | "never" | "0" => None,
+                    _ => Some(parse_duration(value).ok_or_else(|| bad("expected off or 5s"))?),
+                }
+            }
+            "cap" => self.cap = size()?,
+            "lookup" => {
+                self.lookup = match value {
+                    "list" => LookupKind::List,
+                    "tree" => LookupKind::Tree,
+                    _ => return Err(bad("expected list or tree")),
+                }
+            }
+            "convert" => {
+                self.convert = value
+                    .parse()
+                    .map_err(|_| bad("expected none, snp, tdx or CALL_NS/PAGE_NS"))?
+            }
+            "convert-mode" | "convert_mode" => {
+                self.convert_mode = match value {
+                    "account" => ConvertMode::Account,
+                    "inject" => ConvertMode::Inject,
+                    _ => return Err(bad("expected account or inject")),
+                }
+            }
+            "page" => self.page = u32::try_from(size()?).map_err(|_| bad("too large"))?,
+            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Reads a JSON object (the serde form), or a `key=value,...` string.
+    pub fn from_json_or_kv(s: &str) -> Result<Self, ConfigError> {
+        if s.trim_start().starts_with('{') {
+            let c: SwiotlbConfig =
+                serde_json::from_str(s).map_err(|e| ConfigError::Json(e.to_string()))?;
+            c.validate()?;
+            Ok(c)
+        } else {
+            s.parse()
+        }
+    }
+
+    /// Checks the invariants the pools rely on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inv = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !self.slot.is_power_of_two() || self.slot < 64 {
+            return inv("slot must be a power of two >= 64");
+        }
+        if !self.page.is_power_of_two() || self.page < self.slot {
+            return inv("page must be a power of two >= slot");
+        }
+        if !self.segment.is_power_of_two() || self.segment > 1 << 15 {
+            return inv("segment must be a power of two <= 32768");
+        }
+        if self.areas > 1024 {
+            return inv("areas must be <= 1024");
+        }
+        if self.min_chunk == 0 || self.chunk < self.min_chunk {
+            return inv("chunk must be >= min-chunk > 0");
+        }
+        if self.initial && self.size == 0 {
+            return inv("initial pool of size 0");
+        }
+        if self.initial && self.size > self.cap {
+            return inv("initial pool larger than the cap");
+        }
+        Ok(())
+    }
+
+    /// Areas per pool: requested (or CPUs) rounded up to a power of two, then reduced so that
+    /// each area holds at least one whole segment of a pool of `nslots` (Linux: `limit_nareas`).
+    pub fn areas_for(&self, nslots: usize) -> usize {
+        let req = if self.areas == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.areas as usize
+        };
+        let mut n = req.next_power_of_two();
+        let seg = self.segment as usize;
+        while n > 1 && nslots < n * seg {
+            n /= 2;
+        }
+        n
+    }
+}
+
+impl FromStr for SwiotlbConfig {
+    type Err = ConfigError;
+
+    /// `size=64M,slot=2K,segment=128,areas=4,threshold=70,chunk=4M,transient=on,shrink=5s,
+    /// cap=1G,lookup=tree,convert=snp,convert-mode=inject`; an empty string gives the defaults.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut c = SwiotlbConfig::default();
+        for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ConfigError::NotKeyValue(kv.to_string()))?;
+            c.set(k.trim(), v.trim())?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c: SwiotlbConfig = "size=64M,slot=2K,segment=128,areas=4,threshold=70,chunk=4M,\
+             transient=on,shrink=5s,cap=1G,lookup=tree,convert=snp,convert-mode=inject"
+            .parse()
+            .unwrap();
+        assert_eq!(c.size, 64 << 20);
+        assert_eq!(c.slot, 2048);
+        assert_eq!(c.areas, 4);
+        assert_eq!(c.threshold, 70);
+        assert_eq!(c.shrink, Some(Duration::from_secs(5)));
+        assert_eq!(c.cap, 1 << 30);
+        assert_eq!(c.convert, ConvertCost::Snp);
+        assert_eq!(c.convert_mode, ConvertMode::Inject);
+        let custom: SwiotlbConfig = "convert=100/20,lookup=list".parse().unwrap();
+        assert_eq!(
+            custom.convert,
+            ConvertCost::Custom {
+                per_call_ns: 100,
+                per_page_ns: 20
+            }
+        );
+        assert_eq!(custom.lookup, LookupKind::List);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(
+            "bogus=1".parse::<SwiotlbConfig>(),
+            Err(ConfigError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            "size".parse::<SwiotlbConfig>(),
+            Err(ConfigError::NotKeyValue(_))
+        ));
+        assert!(matches!(
+            "slot=3000".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            "threshold=0".parse::<SwiotlbConfig>(),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            "size=2G".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let c: SwiotlbConfig = "shrink=250ms,convert=tdx".parse().unwrap();
+        let j = serde_json::to_string(&c).unwrap();
+        assert_eq!(SwiotlbConfig::from_json_or_kv(&j).unwrap(), c);
+    }
+}

@@ -1,0 +1,468 @@
+//! One pool: shared memory carved into slots, split into areas with a lock each.
+//!
+//! The allocator follows Linux's `swiotlb_search_pool_area` (kernel/dma/swiotlb.c, 6.9+ form of
+//! the alignment checks): each slot records the length of the free run from it to the end of its
+//! segment (`list`), so a search only has to look at one slot per candidate start; starts are
+//! stepped by a stride derived from the alignment masks.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::stats::{add, PoolStats, Shard};
+
+/// Anonymous, populated, page-aligned memory; unmapped on drop.
+pub(crate) struct PoolMem {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: PoolMem is a plain owned allocation; all accesses go through raw pointers whose
+// exclusivity is guaranteed by slot ownership (one live mapping per slot).
+unsafe impl Send for PoolMem {}
+// SAFETY: as above; &PoolMem only hands out the base pointer.
+unsafe impl Sync for PoolMem {}
+
+impl PoolMem {
+    pub(crate) fn new(len: usize) -> Option<PoolMem> {
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: anonymous private mapping, no file, no fixed address: cannot alias anything.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        Some(PoolMem {
+            ptr: NonNull::new(p.cast())?,
+            len,
+        })
+    }
+}
+
+impl Drop for PoolMem {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; no reference outlives the pool (every
+        // DmaBuffer holds an Arc<Pool>).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoolKind {
+    Initial,
+    Dynamic,
+    Transient,
+}
+
+impl PoolKind {
+    fn name(self) -> &'static str {
+        match self {
+            PoolKind::Initial => "initial",
+            PoolKind::Dynamic => "dynamic",
+            PoolKind::Transient => "transient",
+        }
+    }
+}
+
+/// Per-slot metadata (Linux: `struct io_tlb_slot`).
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// Free slots from here to the end of the segment; 0 = in use.
+    list: u32,
+    /// First slot of a mapping.
+    head: bool,
+    /// Offset of the bounce address inside the head slot (`min_align_mask` bits).
+    offset: u32,
+    /// Head only: mapping size including `offset`.
+    size: u32,
+    /// Head only: original (guest) address.
+    orig: u64,
+}
+
+struct AreaInner {
+    /// Next search start, relative to the area (Linux: `area->index`).
+    index: usize,
+    used: usize,
+    hiwater: usize,
+    slots: Vec<Slot>,
+}
+
+struct Area {
+    lock: Mutex<AreaInner>,
+    /// Mirrors of `used`/`hiwater` for lock-free reads (snapshots, idle checks).
+    used: AtomicUsize,
+    hiwater: AtomicUsize,
+    /// Time (ns since the owner's epoch) of the last free in this area.
+    last_free_ns: AtomicU64,
+}
+
+/// Alignment requirements of one mapping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapAttrs {
+    /// Device's `min_align_mask` (e.g. NVMe: 4095): the bounce address keeps these bits of the
+    /// original address.
+    pub min_align_mask: u64,
+    /// Alignment of the allocation itself (`alloc_align_mask`).
+    pub alloc_align_mask: u64,
+}
+
+/// A successful allocation.
+pub(crate) struct Alloc {
+    pub index: usize,
+    pub offset: usize,
+    pub nslots: usize,
+}
+
+pub struct Pool {
+    pub(crate) id: u64,
+    pub(crate) kind: PoolKind,
+    mem: PoolMem,
+    /// Bounce address of slot 0 (the host address of the memory: unique, like a physical one).
+    pub(crate) start: u64,
+    pub(crate) nslots: usize,
+    shift: u32,
+    seg: usize,
+    area_nslots: usize,
+    areas: Box<[CachePadded<Area>]>,
+    /// Set (under every area lock, with no slot in use) when the pool is being released.
+    retired: AtomicBool,
+    pub(crate) created: Instant,
+}
+
+impl Pool {
+    /// A pool of `nslots` slots of `1 << shift` bytes, `nareas` areas (a power of two dividing
+    /// `nslots` in whole segments, or 1).
+    pub(crate) fn new(
+        id: u64,
+        kind: PoolKind,
+        nslots: usize,
+        shift: u32,
+        seg: usize,
+        nareas: usize,
+        page: usize,
+    ) -> Option<Pool> {
+        let bytes = (nslots << shift).next_multiple_of(page);
+        let mem = PoolMem::new(bytes)?;
+        let nareas = if nareas > 1 && nslots % (nareas * seg) == 0 {
+            nareas
+        } else {
+            1
+        };
+        let area_nslots = nslots / nareas;
+        let areas = (0..nareas)
+            .map(|a| {
+                let base = a * area_nslots;
+                let slots = (base..base + area_nslots)
+                    .map(|i| Slot {
+                        // Linux `swiotlb_init_io_tlb_pool`:
+                        // min(IO_TLB_SEGSIZE - io_tlb_offset(i), nslabs - i).
+                        list: (seg - (i % seg)).min(nslots - i) as u32,
+                        ..Slot::default()
+                    })
+                    .collect();
+                CachePadded::new(Area {
+                    lock: Mutex::new(AreaInner {
+                        index: 0,
+                        used: 0,
+                        hiwater: 0,
+                        slots,
+                    }),
+                    used: AtomicUsize::new(0),
+                    hiwater: AtomicUsize::new(0),
+                    last_free_ns: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        Some(Pool {
+            id,
+            kind,
+            start: mem.ptr.as_ptr() as u64,
+            mem,
+            nslots,
+            shift,
+            seg,
+            area_nslots,
+            areas,
+            retired: AtomicBool::new(false),
+            created: Instant::now(),
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.mem.len as u64
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.start + ((self.nslots as u64) << self.shift)
+    }
+
+    pub(crate) fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end()
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.areas.iter().map(|a| a.used.load(Relaxed)).sum()
+    }
+
+    pub(crate) fn last_free_ns(&self) -> u64 {
+        self.areas
+            .iter()
+            .map(|a| a.last_free_ns.load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Host pointer of a bounce address inside this pool.
+    pub(crate) fn host_ptr(&self, addr: u64) -> *mut u8 {
+        debug_assert!(self.contains(addr));
+        // SAFETY: addr is inside the mapping (callers check `contains`), so the offset is in
+        // bounds of the same allocation.
+        unsafe { self.mem.ptr.as_ptr().add((addr - self.start) as usize) }
+    }
+
+    pub(crate) fn slot_addr(&self, index: usize) -> u64 {
+        self.start + ((index as u64) << self.shift)
+    }
+
+    fn lock_area<'a>(&'a self, a: &'a Area, shard: &Shard) -> MutexGuard<'a, AreaInner> {
+        if let Some(g) = a.lock.try_lock() {
+            return g;
+        }
+        let t = Instant::now();
+        let g = a.lock.lock();
+        add(&shard.lock_wait_ns, t.elapsed().as_nanos() as u64);
+        add(&shard.lock_contended, 1);
+        g
+    }
+
+    /// Tries every area, starting at `hint`'s (Linux: `swiotlb_search_area`).
+    pub(crate) fn alloc(
+        &self,
+        hint: usize,
+        orig: u64,
+        len: usize,
+        attrs: MapAttrs,
+        page: usize,
+        shard: &Shard,
+    ) -> Option<Alloc> {
+        let n = self.areas.len();
+        let first = hint & (n - 1);
+        (0..n).find_map(|i| {
+            let a = (first + i) & (n - 1);
+            self.alloc_in_area(a, orig, len, attrs, page, shard)
+        })
+    }
+
+    fn alloc_in_area(
+        &self,
+        a: usize,
+        orig: u64,
+        len: usize,
+        attrs: MapAttrs,
+        page: usize,
+        shard: &Shard,
+    ) -> Option<Alloc> {
+        let slot_mask = (1u64 << self.shift) - 1;
+        let offset = (orig & attrs.min_align_mask & slot_mask) as usize;
+        let size = offset + len;
+        let nslots = size.div_ceil(1 << self.shift);
+        // Linux 6.9+ `swiotlb_search_pool_area`:
+        let mut iotlb_align_mask = attrs.min_align_mask;
+        let mut alloc_align_mask = attrs.alloc_align_mask;
+        if alloc_align_mask == 0 && iotlb_align_mask & !slot_mask == 0 && len >= page {
+            // Historically, allocations >= PAGE_SIZE are page aligned.
+            alloc_align_mask = page as u64 - 1;
+        }
+        alloc_align_mask |= slot_mask;
+        iotlb_align_mask &= !alloc_align_mask;
+        let stride = ((alloc_align_mask.max(iotlb_align_mask) >> self.shift) + 1) as usize;
+
+        let area = &self.areas[a];
+        if area.used.load(Relaxed) + nslots > self.area_nslots {
+            return None; // Cheap early out without the lock (re-checked below).
+        }
+        let mut g = self.lock_area(area, shard);
+        if self.retired.load(Relaxed) || g.used + nslots > self.area_nslots {
+            return None;
+        }
+        let base = a * self.area_nslots;
+        let mut index = g.index;
+        let mut checked = 0;
+        let found = loop {
+            if checked >= self.area_nslots {
+                return None;
+            }
+            let slot_index = base + index;
+            let addr = self.slot_addr(slot_index);
+            if addr & alloc_align_mask != 0
+                || (orig != 0 && addr & iotlb_align_mask != orig & iotlb_align_mask)
+            {
+                index = (index + 1) % self.area_nslots;
+                checked += 1;
+                continue;
+            }
+            if g.slots[index].list as usize >= nslots {
+                break index;
+            }
+            index = (index + stride) % self.area_nslots;
+            checked += stride;
+        };
+        let slots = &mut g.slots;
+        for s in &mut slots[found..found + nslots] {
+            *s = Slot::default();
+        }
+        slots[found] = Slot {
+            list: 0,
+            head: true,
+            offset: offset as u32,
+            size: size as u32,
+            orig,
+        };
+        // Free slots before the run, in the same segment, now end at the run.
+        let mut count = 0;
+        let mut i = found;
+        while i > 0 && (base + i - 1) % self.seg != self.seg - 1 && slots[i - 1].list != 0 {
+            count += 1;
+            slots[i - 1].list = count;
+            i -= 1;
+        }
+        g.index = (found + nslots) % self.area_nslots;
+        g.used += nslots;
+        if g.used > g.hiwater {
+            g.hiwater = g.used;
+            area.hiwater.store(g.hiwater, Relaxed);
+        }
+        area.used.store(g.used, Relaxed);
+        Some(Alloc {
+            index: base + found,
+            offset,
+            nslots,
+        })
+    }
+
+    /// Releases the mapping whose bounce address is `addr` (Linux: `swiotlb_release_slots`).
+    /// Returns (nslots, original address, mapping length).
+    pub(crate) fn free(
+        &self,
+        addr: u64,
+        now_ns: u64,
+        shard: &Shard,
+    ) -> Result<(usize, u64, usize), crate::DmaError> {
+        let rel = addr - self.start;
+        let index = (rel >> self.shift) as usize;
+        let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
+        let a = index / self.area_nslots;
+        let area = &self.areas[a];
+        let base = a * self.area_nslots;
+        let mut g = self.lock_area(area, shard);
+        let li = index - base;
+        let head = g.slots[li];
+        if head.list != 0 {
+            return Err(crate::DmaError::NotMapped { addr });
+        }
+        if !head.head || head.offset != in_slot {
+            return Err(crate::DmaError::NotMappingStart { addr });
+        }
+        let nslots = (head.size as usize).div_ceil(1 << self.shift);
+        let slots = &mut g.slots;
+        let mut count = if li + nslots < self.area_nslots && (index + nslots) % self.seg != 0 {
+            slots[li + nslots].list
+        } else {
+            0
+        };
+        for i in (li..li + nslots).rev() {
+            count += 1;
+            slots[i] = Slot {
+                list: count,
+                ..Slot::default()
+            };
+        }
+        let mut i = li;
+        while i > 0 && (base + i - 1) % self.seg != self.seg - 1 && slots[i - 1].list != 0 {
+            count += 1;
+            slots[i - 1].list = count;
+            i -= 1;
+        }
+        g.used -= nslots;
+        area.used.store(g.used, Relaxed);
+        area.last_free_ns.store(now_ns, Relaxed);
+        Ok((nslots, head.orig, head.size as usize - head.offset as usize))
+    }
+
+    /// Original address and length of the live mapping at `addr`, if any (for address-based
+    /// syncs).
+    pub(crate) fn mapping(
+        &self,
+        addr: u64,
+        shard: &Shard,
+    ) -> Result<(u64, usize), crate::DmaError> {
+        let rel = addr - self.start;
+        let index = (rel >> self.shift) as usize;
+        let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
+        let a = index / self.area_nslots;
+        let g = self.lock_area(&self.areas[a], shard);
+        let s = g.slots[index - a * self.area_nslots];
+        if s.list != 0 {
+            return Err(crate::DmaError::NotMapped { addr });
+        }
+        if !s.head || s.offset != in_slot {
+            return Err(crate::DmaError::NotMappingStart { addr });
+        }
+        Ok((s.orig, (s.size - s.offset) as usize))
+    }
+
+    /// Marks the pool retired if no slot is in use; afterwards nothing can be allocated in it.
+    pub(crate) fn try_retire(&self) -> bool {
+        let guards: Vec<_> = self.areas.iter().map(|a| a.lock.lock()).collect();
+        if guards.iter().any(|g| g.used != 0) {
+            return false;
+        }
+        self.retired.store(true, Relaxed);
+        true
+    }
+
+    /// Every slot free and its free-run count as after init (test helper).
+    #[cfg(test)]
+    pub(crate) fn check_all_free(&self) -> bool {
+        self.areas.iter().enumerate().all(|(a, area)| {
+            let g = area.lock.lock();
+            g.used == 0
+                && g.slots.iter().enumerate().all(|(li, s)| {
+                    let i = a * self.area_nslots + li;
+                    s.list as usize == (self.seg - (i % self.seg)).min(self.nslots - i) && !s.head
+                })
+        })
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            id: self.id,
+            kind: self.kind.name().to_string(),
+            start: self.start,
+            bytes: self.bytes(),
+            slots: self.nslots as u64,
+            areas: self.areas.len() as u64,
+            slots_used: self.used() as u64,
+            slots_used_hiwater: self
+                .areas
+                .iter()
+                .map(|a| a.hiwater.load(Relaxed) as u64)
+                .sum(),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Statistics: atomic counters, sharded by area/queue on the hot path so that concurrent
+//! queues do not bounce cache lines, summed into one serializable [`StatsSnapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+use serde::{Deserialize, Serialize};
+
+/// Hot-path counters of one shard (one per area index / queue).
+#[derive(Default)]
+pub(crate) struct Shard {
+    pub maps: AtomicU64,
+    pub unmaps: AtomicU64,
+    pub syncs_for_cpu: AtomicU64,
+    pub syncs_for_device: AtomicU64,
+    pub bytes_to_pool: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+    pub lookups: AtomicU64,
+    pub lookup_steps: AtomicU64,
+    pub lock_wait_ns: AtomicU64,
+    pub lock_contended: AtomicU64,
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Failures by cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    pub zero_length: u64,
+    pub guest_range: u64,
+    pub too_large: u64,
+    pub no_space: u64,
+    pub cap_reached: u64,
+    pub unknown_address: u64,
+    pub not_mapped: u64,
+    pub not_mapping_start: u64,
+    pub double_sync: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct FailureCounters {
+    pub zero_length: AtomicU64,
+    pub guest_range: AtomicU64,
+    pub too_large: AtomicU64,
+    pub no_space: AtomicU64,
+    pub cap_reached: AtomicU64,
+    pub unknown_address: AtomicU64,
+    pub not_mapped: AtomicU64,
+    pub not_mapping_start: AtomicU64,
+    pub double_sync: AtomicU64,
+}
+
+impl FailureCounters {
+    pub fn count(&self, e: &crate::DmaError) {
+        use crate::DmaError::*;
+        let c = match e {
+            ZeroLength { .. } => &self.zero_length,
+            OutOfGuestMemory { .. } | NotContiguous { .. } => &self.guest_range,
+            TooLarge { .. } => &self.too_large,
+            NoSpace { .. } => &self.no_space,
+            CapReached { .. } => &self.cap_reached,
+            UnknownAddress { .. } => &self.unknown_address,
+            NotMapped { .. } => &self.not_mapped,
+            NotMappingStart { .. } => &self.not_mapping_start,
+            DoubleSync { .. } => &self.double_sync,
+            OutOfBuffer { .. } | ReadOnlyBuffer => return,
+        };
+        add(c, 1);
+    }
+
+    fn snapshot(&self) -> Failures {
+        Failures {
+            zero_length: self.zero_length.load(Relaxed),
+            guest_range: self.guest_range.load(Relaxed),
+            too_large: self.too_large.load(Relaxed),
+            no_space: self.no_space.load(Relaxed),
+            cap_reached: self.cap_reached.load(Relaxed),
+            unknown_address: self.unknown_address.load(Relaxed),
+            not_mapped: self.not_mapped.load(Relaxed),
+            not_mapping_start: self.not_mapping_start.load(Relaxed),
+            double_sync: self.double_sync.load(Relaxed),
+        }
+    }
+}
+
+/// Private<->shared conversions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversions {
+    pub to_shared_calls: u64,
+    pub to_shared_pages: u64,
+    pub to_private_calls: u64,
+    pub to_private_pages: u64,
+    /// Modeled time of all conversions (account and inject modes).
+    pub modeled_ns: u64,
+    /// Of which really spent delaying threads (inject mode).
+    pub injected_ns: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct ConversionCounters {
+    pub to_shared_calls: AtomicU64,
+    pub to_shared_pages: AtomicU64,
+    pub to_private_calls: AtomicU64,
+    pub to_private_pages: AtomicU64,
+    pub modeled_ns: AtomicU64,
+    pub injected_ns: AtomicU64,
+}
+
+/// Rare-event and global counters.
+#[derive(Default)]
+pub(crate) struct Global {
+    pub failures: FailureCounters,
+    pub conv: ConversionCounters,
+    pub pools_created: AtomicU64,
+    pub transient_created: AtomicU64,
+    pub extensions: AtomicU64,
+    pub extension_failures: AtomicU64,
+    pub shrinks: AtomicU64,
+    pub worker_wakeups: AtomicU64,
+    /// Slots in use in all pools (Linux: `mem->total_used`) and its high-water mark.
+    pub used: CachePadded<AtomicU64>,
+    pub used_hiwater: AtomicU64,
+    pub shared_bytes_hiwater: AtomicU64,
+}
+
+impl Global {
+    pub fn inc_used(&self, n: u64) -> u64 {
+        let now = self.used.fetch_add(n, Relaxed) + n;
+        if now > self.used_hiwater.load(Relaxed) {
+            self.used_hiwater.fetch_max(now, Relaxed);
+        }
+        now
+    }
+}
+
+/// One pool's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub id: u64,
+    /// `initial`, `dynamic` or `transient`.
+    pub kind: String,
+    /// Bounce (shared) address of the first slot.
+    pub start: u64,
+    pub bytes: u64,
+    pub slots: u64,
+    pub areas: u64,
+    pub slots_used: u64,
+    /// Sum of the areas' high-water marks (an upper bound of the pool's own).
+    pub slots_used_hiwater: u64,
+}
+
+/// Everything, at one moment. `serde_json::to_string_pretty(&snap)` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub slot_bytes: u64,
+    pub slots_total: u64,
+    pub slots_used: u64,
+    pub slots_used_hiwater: u64,
+    pub shared_bytes: u64,
+    pub shared_bytes_hiwater: u64,
+    pub pools_live: u64,
+    pub pools_created: u64,
+    pub transient_live: u64,
+    pub transient_created: u64,
+    pub maps: u64,
+    pub unmaps: u64,
+    pub syncs_for_cpu: u64,
+    pub syncs_for_device: u64,
+    /// Guest -> pool (map, sync_for_device).
+    pub bytes_to_pool: u64,
+    /// Pool -> guest (unmap, sync_for_cpu).
+    pub bytes_to_guest: u64,
+    pub failures: Failures,
+    pub conversions: Conversions,
+    pub extensions: u64,
+    pub extension_failures: u64,
+    pub shrinks: u64,
+    pub worker_wakeups: u64,
+    pub lookups: u64,
+    pub lookup_steps: u64,
+    pub lock_wait_ns: u64,
+    pub lock_contended: u64,
+    pub pools: Vec<PoolStats>,
+}
+
+impl StatsSnapshot {
+    pub(crate) fn fill(&mut self, shards: &[CachePadded<Shard>], g: &Global) {
+        for s in shards {
+            self.maps += s.maps.load(Relaxed);
+            self.unmaps += s.unmaps.load(Relaxed);
+            self.syncs_for_cpu += s.syncs_for_cpu.load(Relaxed);
+            self.syncs_for_device += s.syncs_for_device.load(Relaxed);
+            self.bytes_to_pool += s.bytes_to_pool.load(Relaxed);
+            self.bytes_to_guest += s.bytes_to_guest.load(Relaxed);
+            self.lookups += s.lookups.load(Relaxed);
+            self.lookup_steps += s.lookup_steps.load(Relaxed);
+            self.lock_wait_ns += s.lock_wait_ns.load(Relaxed);
+            self.lock_contended += s.lock_contended.load(Relaxed);
+        }
+        self.failures = g.failures.snapshot();
+        let c = &g.conv;
+        self.conversions = Conversions {
+            to_shared_calls: c.to_shared_calls.load(Relaxed),
+            to_shared_pages: c.to_shared_pages.load(Relaxed),
+            to_private_calls: c.to_private_calls.load(Relaxed),
+            to_private_pages: c.to_private_pages.load(Relaxed),
+            modeled_ns: c.modeled_ns.load(Relaxed),
+            injected_ns: c.injected_ns.load(Relaxed),
+        };
+        self.pools_created = g.pools_created.load(Relaxed);
+        self.transient_created = g.transient_created.load(Relaxed);
+        self.extensions = g.extensions.load(Relaxed);
+        self.extension_failures = g.extension_failures.load(Relaxed);
+        self.shrinks = g.shrinks.load(Relaxed);
+        self.worker_wakeups = g.worker_wakeups.load(Relaxed);
+        self.slots_used_hiwater = g.used_hiwater.load(Relaxed);
+        self.shared_bytes_hiwater = g.shared_bytes_hiwater.load(Relaxed);
+    }
+
+    /// Pretty JSON (what the VMM prints at exit and `bounce-replay` prints).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
