@@ -85,7 +85,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderRes
             linux_loader::loader::elf::Error::InvalidElfMagicNumber,
         )) => BzImage::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START))).map_err(|e| {
             anyhow!(
-                "{} is neither an ELF vmlinux nor a bzImage the guest memory can hold: {e}",
+                "{} is not a kernel microvm can boot (an ELF vmlinux with PVH, or a bzImage): {e}",
                 path.display()
             )
         }),

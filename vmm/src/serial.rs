@@ -65,7 +65,7 @@ impl MutEventSubscriber for StdinInput {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&io::stdin(), EventSet::IN)) {
             // Not pollable (e.g. a regular file): the guest simply gets no input.
-            log::info!("guest console input disabled: stdin cannot be polled: {e:?}");
+            log::debug!("guest console input disabled: stdin cannot be polled: {e:?}");
         }
     }
 
