@@ -86,9 +86,11 @@ struct Slot {
     list: u32,
     /// First slot of a mapping.
     head: bool,
-    /// Offset of the bounce address inside the head slot (`min_align_mask` bits).
+    /// Head only: slots of the run before the head (Linux: `pad_slots`).
+    pad: u32,
+    /// Head only: offset of the bounce address inside the head slot (`min_align_mask` bits).
     offset: u32,
-    /// Head only: mapping size including `offset`.
+    /// Head only: mapping size including padding and `offset`.
     size: u32,
     /// Head only: original (guest) address.
     orig: u64,
@@ -119,6 +121,12 @@ pub struct MapAttrs {
     pub min_align_mask: u64,
     /// Alignment of the allocation itself (`alloc_align_mask`).
     pub alloc_align_mask: u64,
+}
+
+/// Bytes between the start of the allocation and the bounce address: the original address's
+/// bits under `min_align_mask`, up to the allocation alignment (at least the slot).
+pub(crate) fn align_offset(orig: u64, attrs: MapAttrs, slot_mask: u64) -> usize {
+    (orig & attrs.min_align_mask & (attrs.alloc_align_mask | slot_mask)) as usize
 }
 
 /// A successful allocation.
@@ -278,7 +286,9 @@ impl Pool {
         shard: &Shard,
     ) -> Option<Alloc> {
         let slot_mask = (1u64 << self.shift) - 1;
-        let offset = (orig & attrs.min_align_mask & slot_mask) as usize;
+        // Linux 6.9+ `swiotlb_align_offset(dev, alloc_align_mask, orig)`: the kept bits may reach
+        // past the slot (up to the allocation alignment); whole slots of it become `pad_slots`.
+        let offset = align_offset(orig, attrs, slot_mask);
         let size = offset + len;
         let nslots = size.div_ceil(1 << self.shift);
         // Linux 6.9+ `swiotlb_search_pool_area`:
@@ -326,10 +336,12 @@ impl Pool {
         for s in &mut slots[found..found + nslots] {
             *s = Slot::default();
         }
-        slots[found] = Slot {
+        let pad = offset >> self.shift;
+        slots[found + pad] = Slot {
             list: 0,
             head: true,
-            offset: offset as u32,
+            pad: pad as u32,
+            offset: (offset as u64 & slot_mask) as u32,
             size: size as u32,
             orig,
         };
@@ -370,14 +382,16 @@ impl Pool {
         let area = &self.areas[a];
         let base = a * self.area_nslots;
         let mut g = self.lock_area(area, shard);
-        let li = index - base;
-        let head = g.slots[li];
+        let head = g.slots[index - base];
         if head.list != 0 {
             return Err(crate::DmaError::NotMapped { addr });
         }
         if !head.head || head.offset != in_slot {
             return Err(crate::DmaError::NotMappingStart { addr });
         }
+        // Linux: `index -= mem->slots[index].pad_slots`.
+        let index = index - head.pad as usize;
+        let li = index - base;
         let nslots = (head.size as usize).div_ceil(1 << self.shift);
         let slots = &mut g.slots;
         let mut count = if li + nslots < self.area_nslots && (index + nslots) % self.seg != 0 {
@@ -401,7 +415,8 @@ impl Pool {
         g.used -= nslots;
         area.used.store(g.used, Relaxed);
         area.last_free_ns.store(now_ns, Relaxed);
-        Ok((nslots, head.orig, head.size as usize - head.offset as usize))
+        let full_offset = ((head.pad as usize) << self.shift) + head.offset as usize;
+        Ok((nslots, head.orig, head.size as usize - full_offset))
     }
 
     /// Original address and length of the live mapping at `addr`, if any (for address-based
@@ -423,7 +438,7 @@ impl Pool {
         if !s.head || s.offset != in_slot {
             return Err(crate::DmaError::NotMappingStart { addr });
         }
-        Ok((s.orig, (s.size - s.offset) as usize))
+        Ok((s.orig, (s.size - (s.pad << self.shift) - s.offset) as usize))
     }
 
     /// Marks the pool retired if no slot is in use; afterwards nothing can be allocated in it.

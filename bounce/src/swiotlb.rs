@@ -273,7 +273,7 @@ impl Shared {
             return Err(DmaError::ZeroLength { addr: orig });
         }
         let slot = 1usize << self.shift;
-        let offset = (orig & attrs.min_align_mask & (slot as u64 - 1)) as usize;
+        let offset = crate::pool::align_offset(orig, attrs, slot as u64 - 1);
         let max = (self.seg << self.shift) - offset;
         if len > max {
             return Err(DmaError::TooLarge { len, max });
@@ -509,5 +509,316 @@ impl Shared {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SRC: DmaSource = DmaSource {
+        device: 0,
+        queue: 0,
+    };
+
+    fn tlb(cfg: &str) -> Arc<Swiotlb> {
+        Swiotlb::from_config_str(cfg).unwrap()
+    }
+
+    fn all_free(s: &Swiotlb) -> bool {
+        s.sh.pools.load().list.iter().all(|p| p.check_all_free())
+    }
+
+    #[test]
+    fn bad_addresses_get_specific_errors() {
+        let s = tlb("size=1M,areas=1");
+        let m = s.alloc(SRC, 0x1000, 3000, MapAttrs::default()).unwrap();
+        assert_eq!(
+            s.free(SRC, 1).err(),
+            Some(DmaError::UnknownAddress { addr: 1 })
+        );
+        assert_eq!(
+            s.free(SRC, m.addr + 2048).err(),
+            Some(DmaError::NotMappingStart {
+                addr: m.addr + 2048
+            })
+        );
+        assert_eq!(
+            s.free(SRC, m.addr + 1).err(),
+            Some(DmaError::NotMappingStart { addr: m.addr + 1 })
+        );
+        assert_eq!(
+            s.free(SRC, m.addr).unwrap(),
+            Freed {
+                orig: 0x1000,
+                len: 3000
+            }
+        );
+        assert_eq!(
+            s.free(SRC, m.addr).err(),
+            Some(DmaError::NotMapped { addr: m.addr })
+        );
+        assert_eq!(
+            s.mapping(SRC, m.addr).err(),
+            Some(DmaError::NotMapped { addr: m.addr })
+        );
+        let st = s.stats();
+        assert_eq!(st.failures.unknown_address, 1);
+        assert_eq!(st.failures.not_mapping_start, 2);
+        assert_eq!(st.failures.not_mapped, 1);
+        assert!(all_free(&s));
+    }
+
+    #[test]
+    fn full_pool_without_growth_fails_cleanly() {
+        let s = tlb("size=256K,areas=1,dynamic=off,transient=off");
+        let m: Vec<_> = (0..128)
+            .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
+            .collect();
+        assert_eq!(
+            s.alloc(SRC, 0, 1, MapAttrs::default()).err(),
+            Some(DmaError::NoSpace { len: 1 })
+        );
+        for x in m {
+            s.free(SRC, x.addr).unwrap();
+        }
+        assert!(all_free(&s));
+        assert_eq!(s.stats().failures.no_space, 1);
+    }
+
+    #[test]
+    fn transient_pools_and_cap() {
+        let s = tlb("size=256K,areas=1,dynamic=off,cap=300K,convert=snp");
+        let m: Vec<_> = (0..128)
+            .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
+            .collect();
+        let t = s.alloc(SRC, 0x5000, 5000, MapAttrs::default()).unwrap();
+        let st = s.stats();
+        assert_eq!((st.transient_live, st.transient_created), (1, 1));
+        assert_eq!(st.conversions.to_shared_calls, 2);
+        // 256K + 8K used; another 40K transient would pass 300K.
+        assert_eq!(
+            s.alloc(SRC, 0, 40 << 10, MapAttrs::default()).err(),
+            Some(DmaError::CapReached {
+                len: 40 << 10,
+                cap: 300 << 10
+            })
+        );
+        s.free(SRC, t.addr).unwrap();
+        let st = s.stats();
+        assert_eq!(st.transient_live, 0);
+        assert_eq!(st.conversions.to_private_calls, 1);
+        assert_eq!(st.conversions.to_private_pages, 2);
+        assert_eq!(st.failures.cap_reached, 1);
+        assert!(st.conversions.modeled_ns > 0);
+        assert_eq!(
+            s.free(SRC, t.addr).err(),
+            Some(DmaError::UnknownAddress { addr: t.addr })
+        );
+        for x in m {
+            s.free(SRC, x.addr).unwrap();
+        }
+        assert!(all_free(&s));
+    }
+
+    #[test]
+    fn background_extension_and_shrink() {
+        let s = tlb("size=256K,areas=1,threshold=50,chunk=1M,shrink=20ms,transient=off");
+        let m: Vec<_> = (0..70)
+            .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
+            .collect();
+        let t = Instant::now();
+        while s.stats().extensions == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "worker never extended"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(s.stats().pools_live, 2);
+        for x in m {
+            s.free(SRC, x.addr).unwrap();
+        }
+        let t = Instant::now();
+        while s.stats().shrinks == 0 {
+            assert!(t.elapsed() < Duration::from_secs(5), "worker never shrank");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let st = s.stats();
+        assert_eq!(st.pools_live, 1);
+        assert_eq!(st.shared_bytes, 256 << 10);
+        assert!(all_free(&s));
+    }
+
+    #[test]
+    fn list_and_tree_agree() {
+        for kind in ["list", "tree"] {
+            let s = tlb(&format!(
+                "initial=off,slot=64,segment=1,dynamic=off,lookup={kind}"
+            ));
+            for _ in 0..100 {
+                s.grow(4096).unwrap();
+            }
+            let starts = s.pool_starts();
+            assert_eq!(starts.len(), 100);
+            for (i, &a) in starts.iter().enumerate() {
+                let id = s.find_pool(a + 63).unwrap();
+                let again = s.find_pool(a).unwrap();
+                assert_eq!(id, again, "pool {i}");
+            }
+            assert_eq!(s.find_pool(0), None);
+            let st = s.stats();
+            if kind == "tree" {
+                assert!(st.lookup_steps <= st.lookups * 8);
+            } else {
+                assert!(st.lookup_steps > st.lookups * 8);
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_map_unmap_while_growing_and_shrinking() {
+        let s = tlb("size=256K,areas=4,threshold=60,chunk=1M,shrink=5ms,transient=on");
+        std::thread::scope(|sc| {
+            for q in 0..4u16 {
+                let s = &s;
+                sc.spawn(move || {
+                    let src = DmaSource {
+                        device: 0,
+                        queue: q,
+                    };
+                    let mut live = Vec::new();
+                    for i in 0..3000u64 {
+                        let len = 1 + ((i * 7919 + q as u64 * 31) % 8192) as usize;
+                        let m = s.alloc(src, i * 4096, len, MapAttrs::default()).unwrap();
+                        // Stamp the slot, check it later: no overlap across threads.
+                        // SAFETY: the mapping owns `len` bytes at host_ptr.
+                        unsafe { std::ptr::write_bytes(m.host_ptr(), q as u8 + 1, len) };
+                        live.push(m);
+                        if live.len() > 40 || i % 3 == 0 {
+                            let m = live.swap_remove(0);
+                            // SAFETY: as above.
+                            let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
+                            assert!(b.iter().all(|&x| x == q as u8 + 1));
+                            s.free(src, m.addr).unwrap();
+                        }
+                    }
+                    for m in live {
+                        s.free(src, m.addr).unwrap();
+                    }
+                });
+            }
+        });
+        let st = s.stats();
+        assert_eq!(st.maps, 12000);
+        assert_eq!(st.unmaps, 12000);
+        assert_eq!(st.slots_used, 0);
+        assert!(all_free(&s));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Map {
+            orig: u64,
+            len: usize,
+            min_align: u32,
+            alloc_align: u32,
+            queue: u16,
+        },
+        Unmap(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u64..1 << 30, 1usize..70_000, 0u32..4, 0u32..3, 0u16..4).prop_map(
+                |(orig, len, ma, aa, queue)| Op::Map {
+                    orig,
+                    len,
+                    min_align: [0, 0x7ff, 0xfff, 0x3][ma as usize],
+                    alloc_align: [0, 0xfff, 0x1fff][aa as usize],
+                    queue,
+                }
+            ),
+            2 => any::<prop::sample::Index>().prop_map(|i| Op::Unmap(i.index(1 << 20))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Against a reference model (a list of live byte ranges): no overlap, alignment rules,
+        /// data round trips, all free at the end, statistics add up.
+        #[test]
+        fn model(ops in prop::collection::vec(op(), 1..120)) {
+            let s = tlb("size=512K,areas=2,dynamic=off,transient=on,cap=2M");
+            let mut live: Vec<(Mapping, u8, DmaSource)> = Vec::new();
+            let (mut maps, mut unmaps, mut fails) = (0u64, 0u64, 0u64);
+            for (n, o) in ops.into_iter().enumerate() {
+                match o {
+                    Op::Map { orig, len, min_align, alloc_align, queue } => {
+                        let attrs = MapAttrs {
+                            min_align_mask: min_align as u64,
+                            alloc_align_mask: alloc_align as u64,
+                        };
+                        let src = DmaSource { device: 1, queue };
+                        match s.alloc(src, orig, len, attrs) {
+                            Ok(m) => {
+                                maps += 1;
+                                let mask = min_align as u64;
+                                prop_assert_eq!(m.addr & mask, orig & mask);
+                                let start = m.addr - crate::pool::align_offset(orig, attrs, 2047) as u64;
+                                prop_assert_eq!(start & (alloc_align as u64 | 2047), 0);
+                                if min_align == 0 && alloc_align == 0 && len >= 4096 {
+                                    prop_assert_eq!(m.addr & 4095, 0);
+                                }
+                                for (o, _, _) in &live {
+                                    prop_assert!(m.addr + m.len as u64 <= o.addr
+                                        || o.addr + o.len as u64 <= m.addr, "overlap");
+                                }
+                                let tag = n as u8;
+                                // SAFETY: the mapping owns `len` bytes.
+                                unsafe { std::ptr::write_bytes(m.host_ptr(), tag, m.len) };
+                                live.push((m, tag, src));
+                            }
+                            Err(DmaError::TooLarge { .. }) => {
+                                prop_assert!(len + crate::pool::align_offset(orig, attrs, 2047) > 256 << 10);
+                                fails += 1;
+                            }
+                            Err(DmaError::CapReached { .. }) | Err(DmaError::NoSpace { .. }) => fails += 1,
+                            Err(e) => prop_assert!(false, "unexpected {e}"),
+                        }
+                    }
+                    Op::Unmap(i) if !live.is_empty() => {
+                        let (m, tag, src) = live.swap_remove(i % live.len());
+                        // SAFETY: still mapped.
+                        let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
+                        prop_assert!(b.iter().all(|&x| x == tag), "data corrupted");
+                        let f = s.free(src, m.addr).unwrap();
+                        prop_assert_eq!(f.len, m.len);
+                        unmaps += 1;
+                        prop_assert_eq!(s.free(src, m.addr).is_err(), true);
+                        fails += 1;
+                    }
+                    Op::Unmap(_) => {}
+                }
+                let st = s.stats();
+                let used: u64 = st.pools.iter().map(|p| p.slots_used).sum();
+                prop_assert_eq!(st.slots_used, used);
+                prop_assert_eq!(st.maps - st.unmaps, live.len() as u64);
+            }
+            for (m, _, src) in live.drain(..) {
+                s.free(src, m.addr).unwrap();
+                unmaps += 1;
+            }
+            let st = s.stats();
+            prop_assert_eq!(st.maps, maps);
+            prop_assert_eq!(st.unmaps, unmaps);
+            let f = &st.failures;
+            prop_assert_eq!(f.too_large + f.cap_reached + f.no_space + f.not_mapped
+                + f.unknown_address, fails);
+            prop_assert_eq!(st.slots_used, 0);
+            prop_assert_eq!(st.transient_live, 0);
+            prop_assert!(all_free(&s));
+        }
     }
 }
