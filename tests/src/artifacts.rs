@@ -1,0 +1,137 @@
+//! Build inputs the tests need: the guest kernel and initramfs (resources/ scripts,
+//! cached by content hash) and release binaries (`cargo build --release`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Repository root (`MICROVM_REPO_ROOT` overrides the compile-time location).
+pub fn repo_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("MICROVM_REPO_ROOT") {
+        return PathBuf::from(p);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Cache directory for harness-built files (`build/cache`, git-ignored).
+pub fn cache_dir() -> Result<PathBuf> {
+    let dir = repo_root().join("build").join("cache");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Guest kernel and initramfs built from `resources/`.
+#[derive(Debug, Clone)]
+pub struct KernelArtifacts {
+    pub bzimage: PathBuf,
+    pub vmlinux: PathBuf,
+    pub config: PathBuf,
+    pub initramfs: PathBuf,
+    /// sha256 (hex) of `/payload.bin` inside the initramfs.
+    pub payload_sha256: String,
+}
+
+/// Run a resources/ build script; it prints its output directory as its last stdout line.
+fn run_resource_script(name: &str) -> Result<PathBuf> {
+    let script = repo_root().join("resources").join(name);
+    log::info!("running {}", script.display());
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}); its messages are above. Run it by hand to see the whole log.",
+            script.display(),
+            out.status
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout
+        .lines()
+        .last()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .with_context(|| format!("{} printed no output directory", script.display()))?;
+    Ok(PathBuf::from(dir))
+}
+
+fn existing(p: PathBuf) -> Result<PathBuf> {
+    if !p.is_file() {
+        bail!("expected build output {} is missing", p.display());
+    }
+    Ok(p)
+}
+
+/// Build (or reuse from the cache) the guest kernel and initramfs.
+pub fn kernel_artifacts() -> Result<KernelArtifacts> {
+    let kdir = run_resource_script("build-kernel.sh").context("building the guest kernel")?;
+    let idir = run_resource_script("build-initramfs.sh").context("building the guest initramfs")?;
+    let sha_file = existing(idir.join("payload.sha256"))?;
+    let payload_sha256 = std::fs::read_to_string(&sha_file)
+        .with_context(|| format!("cannot read {}", sha_file.display()))?
+        .trim()
+        .to_string();
+    Ok(KernelArtifacts {
+        bzimage: existing(kdir.join("bzImage"))?,
+        vmlinux: existing(kdir.join("vmlinux"))?,
+        config: existing(kdir.join("config"))?,
+        initramfs: existing(idir.join("initramfs.cpio.gz"))?,
+        payload_sha256,
+    })
+}
+
+/// The cargo target directory (CARGO_TARGET_DIR, else `<repo>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                repo_root().join(d)
+            }
+        }
+        None => repo_root().join("target"),
+    }
+}
+
+/// `cargo build --release -p PACKAGE --bin BIN`, returning the binary's path.
+pub fn cargo_release_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = target_dir();
+    log::info!("cargo build --release -p {package} --bin {bin}");
+    let status = Command::new(&cargo)
+        .current_dir(repo_root())
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", &target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("cannot run {}", Path::new(&cargo).display()))?;
+    if !status.success() {
+        bail!("cargo build --release -p {package} --bin {bin} failed ({status}); compiler output is above");
+    }
+    existing(target.join("release").join(bin))
+}
+
+/// The `microvm` binary: `MICROVM_BIN` if set, else `cargo build --release -p vmm`.
+pub fn microvm_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MICROVM_BIN") {
+        return existing(PathBuf::from(p)).context("MICROVM_BIN points to a missing file");
+    }
+    cargo_release_binary("vmm", "microvm")
+}
+
+/// The `harness-exec` helper run inside the outer machine on the nested path.
+pub fn harness_exec_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MICROVM_HARNESS_EXEC") {
+        return existing(PathBuf::from(p)).context("MICROVM_HARNESS_EXEC points to a missing file");
+    }
+    cargo_release_binary("microvm-tests", "harness-exec")
+}

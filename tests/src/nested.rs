@@ -1,0 +1,592 @@
+//! The nested path: run a program inside a QEMU TCG machine with emulated AMD SVM,
+//! whose Debian kernel gets a real `/dev/kvm` from `kvm-amd`.
+//!
+//! The outer machine boots from two concatenated cpio archives: a cached base
+//! (busybox, kernel modules, `/init`) and a per-run part (the program and every file it
+//! needs, at the same absolute paths as on the host, plus `/run.sh`). `/run.sh` runs the
+//! program under `harness-exec`, which writes a JSON [`ExecReport`] to the second serial
+//! port (a host file); the first serial port (QEMU's stdout) shows the console live.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::artifacts::{cache_dir, harness_exec_binary, repo_root};
+use crate::cpio::CpioWriter;
+use crate::exec::ExecReport;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+const BUSYBOX: &str = "/bin/busybox";
+/// Modules loaded in the outer machine: (name, required).
+const OUTER_MODULES: &[(&str, bool)] = &[
+    ("irqbypass", true),
+    ("kvm", true),
+    ("kvm-amd", true),
+    ("virtio_pci", false),
+    ("virtio_blk", false),
+    ("tun", false),
+];
+/// Extra time for the outer machine to boot and power off, on top of the run's timeout.
+const OUTER_SLACK: Duration = Duration::from_secs(180);
+
+const OUTER_INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp /run && mount -t tmpfs tmpfs /tmp
+for m in $(cat /modules.order); do
+    insmod "/modules/$m" || echo "outer-init: insmod $m failed"
+done
+[ -c /dev/kvm ] || echo "outer-init: no /dev/kvm after loading the kvm modules"
+# Byte-exact console: no \n -> \r\n on the outer serial ports.
+stty -F /dev/ttyS0 -opost 2>/dev/null
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+ip link set lo up 2>/dev/null
+if [ -x /run.sh ]; then
+    /run.sh
+    echo "outer-init: run.sh exited with $?"
+else
+    echo "outer-init: no /run.sh"
+fi
+sync
+poweroff -f
+"#;
+
+/// The Debian kernel booted as the outer machine, with its module tree.
+#[derive(Debug, Clone)]
+pub struct OuterKernel {
+    pub vmlinuz: PathBuf,
+    pub modules: PathBuf,
+    pub version: String,
+}
+
+/// Compare version strings numerically where they are numeric ("6.1.0-10" < "6.1.0-9" is false).
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    v.split(|c: char| !c.is_ascii_alphanumeric())
+        .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string()))
+        .collect()
+}
+
+/// Find `/boot/vmlinuz-*-cloud-amd64` (or any `/boot/vmlinuz-*`) with its modules
+/// installed; `MICROVM_OUTER_KERNEL=/boot/vmlinuz-VER` chooses one.
+pub fn find_outer_kernel() -> Result<OuterKernel> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("MICROVM_OUTER_KERNEL") {
+        candidates.push(PathBuf::from(p));
+    } else {
+        let entries = fs::read_dir("/boot").context("cannot list /boot")?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("vmlinuz-") {
+                candidates.push(e.path());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for c in candidates {
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(version) = name.strip_prefix("vmlinuz-") else {
+            continue;
+        };
+        let modules = Path::new("/lib/modules").join(version);
+        if modules.join("modules.dep").is_file() {
+            found.push(OuterKernel {
+                vmlinuz: c.clone(),
+                modules,
+                version: version.to_string(),
+            });
+        }
+    }
+    // Prefer the cloud flavour (small, virtio built for VMs), newest version.
+    found.sort_by_key(|k| (k.version.ends_with("-cloud-amd64"), version_key(&k.version)));
+    found.pop().context(
+        "no /boot/vmlinuz-* with modules in /lib/modules/<version>: \
+         apt-get install linux-image-cloud-amd64",
+    )
+}
+
+/// Module files (deps first) for [`OUTER_MODULES`], from modules.dep.
+fn resolve_modules(kernel: &OuterKernel) -> Result<Vec<PathBuf>> {
+    let dep_file = kernel.modules.join("modules.dep");
+    let deps = fs::read_to_string(&dep_file)
+        .with_context(|| format!("cannot read {}", dep_file.display()))?;
+    let mut table = Vec::new();
+    for line in deps.lines() {
+        let Some((module, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let deps: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+        table.push((module.to_string(), deps));
+    }
+    let module_name = |path: &str| -> String {
+        let base = path.rsplit('/').next().unwrap_or(path);
+        let base = base.split(".ko").next().unwrap_or(base);
+        base.replace('-', "_")
+    };
+    let mut order: Vec<String> = Vec::new();
+    for (name, required) in OUTER_MODULES {
+        let want = name.replace('-', "_");
+        let Some((path, deps)) = table.iter().find(|(m, _)| module_name(m) == want) else {
+            if *required {
+                bail!(
+                    "kernel module {name} not found in {} (the outer machine needs it for /dev/kvm)",
+                    dep_file.display()
+                );
+            }
+            log::info!("module {name} not in {}: assuming built in", dep_file.display());
+            continue;
+        };
+        // modules.dep lists dependencies so that the last one must be loaded first.
+        for d in deps.iter().rev().chain(std::iter::once(path)) {
+            if !order.contains(d) {
+                order.push(d.clone());
+            }
+        }
+    }
+    Ok(order.iter().map(|m| kernel.modules.join(m)).collect())
+}
+
+/// A module's bytes, decompressing .ko.xz / .ko.zst / .ko.gz with the host tools.
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        Some(("xz", "apt-get install xz-utils"))
+    } else if name.ends_with(".zst") {
+        Some(("zstd", "apt-get install zstd"))
+    } else if name.ends_with(".gz") {
+        Some(("gzip", "apt-get install gzip"))
+    } else {
+        None
+    };
+    match tool {
+        None => fs::read(path).with_context(|| format!("cannot read {}", path.display())),
+        Some((tool, hint)) => {
+            let out = Command::new(tool)
+                .arg("-dc")
+                .arg(path)
+                .output()
+                .with_context(|| format!("cannot run {tool} to decompress {} ({hint})", path.display()))?;
+            if !out.status.success() {
+                bail!("{tool} -dc {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(out.stdout)
+        }
+    }
+}
+
+fn module_file_name(path: &Path) -> String {
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match base.find(".ko") {
+        Some(i) => format!("{}.ko", &base[..i]),
+        None => base,
+    }
+}
+
+/// Build (or reuse) the base part of the outer initramfs.
+pub fn base_initramfs(kernel: &OuterKernel) -> Result<PathBuf> {
+    let busybox = fs::read(BUSYBOX)
+        .with_context(|| format!("cannot read {BUSYBOX}: apt-get install busybox-static"))?;
+    let modules = resolve_modules(kernel)?;
+    let mut module_data = Vec::new();
+    for m in &modules {
+        module_data.push((module_file_name(m), read_module(m)?));
+    }
+    let mut h = DefaultHasher::new();
+    OUTER_INIT.hash(&mut h);
+    busybox.hash(&mut h);
+    kernel.version.hash(&mut h);
+    module_data.hash(&mut h);
+    let out = cache_dir()?.join(format!("outer-base-{:016x}.cpio", h.finish()));
+    if out.is_file() {
+        return Ok(out);
+    }
+
+    let list = Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .with_context(|| format!("cannot run {BUSYBOX} --list-full"))?;
+    if !list.status.success() {
+        bail!("{BUSYBOX} --list-full failed: is it busybox-static?");
+    }
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut w = CpioWriter::new(BufWriter::new(file));
+    for d in ["dev", "proc", "sys", "tmp", "run", "root", "etc", "modules"] {
+        w.dir(d)?;
+    }
+    w.char_dev("dev/console", 0o600, 5, 1)?;
+    w.file("bin/busybox", 0o755, &busybox)?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "bin/busybox" {
+            continue;
+        }
+        w.symlink(applet, "/bin/busybox")?;
+    }
+    w.file("init", 0o755, OUTER_INIT.as_bytes())?;
+    let mut order = String::new();
+    for (name, data) in &module_data {
+        w.file(&format!("modules/{name}"), 0o644, data)?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    w.file("modules.order", 0o644, order.as_bytes())?;
+    w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
+    w.finish()?
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+    fs::rename(&tmp, &out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+    log::info!("built outer base initramfs {}", out.display());
+    Ok(out)
+}
+
+/// Shared libraries of a dynamically linked program (`ldd`), including the loader.
+pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("cannot run ldd (apt-get install libc-bin)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("not a dynamic executable") {
+        return Ok(Vec::new()); // static
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.contains("=> not found") {
+            bail!("{}: shared library missing on the host: {line}", program.display());
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// One program run inside the outer machine.
+#[derive(Debug, Clone)]
+pub struct NestedSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Host files to carry (at the same absolute paths). Executables bring their libraries.
+    pub carry: Vec<PathBuf>,
+    /// Host disk images attached as /dev/vda, /dev/vdb, ...
+    pub disks: Vec<PathBuf>,
+    pub timeout: Duration,
+    pub marks: Vec<String>,
+    pub echo: bool,
+}
+
+/// What the outer machine did besides running the program.
+#[derive(Debug, Clone)]
+pub struct OuterInfo {
+    /// Host time from QEMU start to the outer machine running /run.sh.
+    pub boot: Duration,
+    /// Host time from QEMU start to QEMU exit.
+    pub total: Duration,
+    /// The outer machine's whole serial console.
+    pub console: String,
+}
+
+fn shell_quote(s: &[u8]) -> String {
+    let s = String::from_utf8_lossy(s);
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// An exclusive lock (flock) so nested boots, which each use both cores, run one at a time.
+struct FileLock(fs::File);
+
+impl FileLock {
+    fn acquire(path: &Path) -> Result<FileLock> {
+        use std::os::unix::io::AsRawFd;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            bail!("flock {} failed: {}", path.display(), std::io::Error::last_os_error());
+        }
+        Ok(FileLock(f))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: unlocking our own descriptor.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Run `spec` inside a fresh outer machine.
+pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
+    let kernel = find_outer_kernel()?;
+    let base = base_initramfs(&kernel)?;
+    let helper = harness_exec_binary()?;
+
+    let nonce = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        RUN_COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let run_dir = repo_root().join("build").join("runs").join(&nonce);
+    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let initrd = run_dir.join("initrd.cpio");
+    let report_file = run_dir.join("ttyS1.log");
+
+    // Per-run initramfs: base + carried files + /run.sh.
+    {
+        let mut out = BufWriter::new(
+            fs::File::create(&initrd).with_context(|| format!("cannot create {}", initrd.display()))?,
+        );
+        let mut base_f = fs::File::open(&base).with_context(|| format!("cannot open {}", base.display()))?;
+        let mut buf = Vec::new();
+        base_f.read_to_end(&mut buf)?;
+        out.write_all(&buf)?;
+        let mut w = CpioWriter::new(out);
+        let mut carried = BTreeSet::new();
+        let mut to_carry: Vec<PathBuf> = vec![helper.clone(), spec.program.clone()];
+        to_carry.extend(spec.carry.iter().cloned());
+        for f in &to_carry {
+            let abs = f
+                .canonicalize()
+                .with_context(|| format!("file to carry into the outer machine is missing: {}", f.display()))?;
+            // Carry both the given path and, if a symlink, keep the given name.
+            let mut paths = vec![(f.clone(), abs.clone())];
+            for lib in shared_libraries(&abs)? {
+                let real = lib.canonicalize().with_context(|| format!("cannot resolve {}", lib.display()))?;
+                paths.push((lib, real));
+            }
+            for (name, real) in paths {
+                let name = if name.is_absolute() {
+                    name
+                } else {
+                    std::env::current_dir()?.join(name)
+                };
+                if carried.insert(name.clone()) {
+                    w.host_file(&name.to_string_lossy(), &real)?;
+                }
+            }
+        }
+        let mut cmd = format!(
+            "{} --report /dev/ttyS1 --timeout-ms {}",
+            shell_quote(helper.as_os_str().as_bytes()),
+            spec.timeout.as_millis()
+        );
+        if spec.echo {
+            cmd.push_str(" --echo");
+        }
+        for m in &spec.marks {
+            cmd.push_str(&format!(" --mark {}", shell_quote(m.as_bytes())));
+        }
+        cmd.push_str(" -- ");
+        cmd.push_str(&shell_quote(spec.program.as_os_str().as_bytes()));
+        for a in &spec.args {
+            cmd.push(' ');
+            cmd.push_str(&shell_quote(a.as_bytes()));
+        }
+        let script = format!(
+            "#!/bin/sh\necho \"@@MVH-OUTER-READY uptime=$(cut -d' ' -f1 /proc/uptime)@@\"\ncd /tmp\n{cmd}\n"
+        );
+        w.file("run.sh", 0o755, script.as_bytes())?;
+        w.finish()?
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {}", initrd.display(), e.error()))?;
+    }
+
+    let mut qemu = Command::new(QEMU);
+    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt"])
+        .args(["-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-net", "none"])
+        .args(["-serial", "mon:stdio"])
+        .arg("-serial")
+        .arg(format!("file:{}", report_file.display()))
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=1 mitigations=off"]);
+    for d in &spec.disks {
+        if !d.is_file() {
+            bail!("disk image {} does not exist", d.display());
+        }
+        qemu.arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw", d.display()));
+    }
+    qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"))?;
+    log::info!("starting outer machine: {qemu:?}");
+    let start = Instant::now();
+    let mut child = qemu
+        .spawn()
+        .with_context(|| format!("cannot start {QEMU}: apt-get install qemu-system-x86"))?;
+    let mut out = child.stdout.take().context("qemu stdout not captured")?;
+    let mut err = child.stderr.take().context("qemu stderr not captured")?;
+    let ready_at: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let ready = Arc::clone(&ready_at);
+    let echo = spec.echo;
+    let reader = thread::spawn(move || {
+        let mut all: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        let mut echoing = false;
+        let mut echoed_to = 0usize;
+        loop {
+            let n = match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            all.extend_from_slice(&buf[..n]);
+            if let Ok(mut r) = ready.lock() {
+                if r.is_none() && contains(&all, b"@@MVH-OUTER-READY") {
+                    *r = Some(start.elapsed());
+                }
+            }
+            if echo {
+                // Show what the program prints: the bytes between the helper's markers.
+                if !echoing {
+                    if let Some(i) = find(&all, b"@@MVH-BEGIN@@\n") {
+                        echoing = true;
+                        echoed_to = i + b"@@MVH-BEGIN@@\n".len();
+                    }
+                }
+                if echoing {
+                    let end = find(&all[echoed_to..], b"@@MVH-END@@")
+                        .map(|i| echoed_to + i)
+                        .unwrap_or_else(|| all.len().saturating_sub(b"@@MVH-END@@".len()));
+                    if end > echoed_to {
+                        let mut so = std::io::stdout().lock();
+                        let _ = so.write_all(&all[echoed_to..end]);
+                        let _ = so.flush();
+                        echoed_to = end;
+                    }
+                }
+            }
+        }
+        all
+    });
+    let err_reader = thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = err.read_to_end(&mut all);
+        all
+    });
+
+    let limit = spec.timeout + OUTER_SLACK;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting for qemu failed")? {
+            break st;
+        }
+        if start.elapsed() >= limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().context("waiting for the killed qemu failed")?;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let total = start.elapsed();
+    let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    let qemu_err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    let boot = ready_at.lock().ok().and_then(|r| *r);
+    let report_text = fs::read_to_string(&report_file).unwrap_or_default();
+    let report = report_text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
+
+    let what = format!(
+        "outer machine ({QEMU} TCG, kernel {}) running {}",
+        kernel.vmlinuz.display(),
+        spec.program.display()
+    );
+    if timed_out {
+        bail!(
+            "{what}: killed after {limit:?} without finishing. Console tail:\n{}\nqemu stderr: {}",
+            tail(&console, 30),
+            qemu_err.trim()
+        );
+    }
+    let Some(report) = report else {
+        bail!(
+            "{what}: qemu exited ({status}) after {total:?} without a report from harness-exec \
+             (outer boot {}). Console tail:\n{}\nqemu stderr: {}",
+            if boot.is_some() { "reached /run.sh" } else { "never reached /run.sh" },
+            tail(&console, 30),
+            qemu_err.trim()
+        );
+    };
+    let _ = fs::remove_dir_all(&run_dir);
+    Ok((
+        report,
+        OuterInfo {
+            boot: boot.unwrap_or(total),
+            total,
+            console,
+        },
+    ))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+/// Check that the nested path has what it needs; the error says what to install.
+pub fn check_prerequisites() -> Result<()> {
+    let qemu_ok = Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !qemu_ok {
+        bail!("{QEMU} is not installed: apt-get install qemu-system-x86");
+    }
+    if !Path::new(BUSYBOX).is_file() {
+        bail!("{BUSYBOX} is missing: apt-get install busybox-static");
+    }
+    let kernel = find_outer_kernel()?;
+    resolve_modules(&kernel)?;
+    Ok(())
+}
