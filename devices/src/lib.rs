@@ -1,1 +1,12 @@
-//! Emulated devices.
+//! Emulated devices of microvm.
+//!
+//! * [`bus`]: the [`bus::MmioDevice`] trait the VMM's MMIO bus dispatches guest accesses to.
+//! * [`virtio`]: the [`virtio::VirtioDevice`] trait, the virtio-mmio (modern, v2) transport
+//!   [`virtio::mmio::MmioTransport`], and the block, rng and net devices.
+//!
+//! Devices reach guest memory only through `bounce::Dma` / `bounce::DmaQueue`: no constructor in
+//! this crate takes a guest memory object, so a device cannot touch guest memory except through a
+//! streaming DMA mapping (direct or bounced).
+
+pub mod bus;
+pub mod virtio;

@@ -1,0 +1,586 @@
+//! virtio-blk (virtio 1.2 §5.2) on a raw image file.
+//!
+//! Data moves between the image and the driver's buffers without a host copy: each data
+//! descriptor is mapped with `bounce::DmaQueue::map` and `pread`/`pwrite` go straight to
+//! `DmaBuffer::slice()` (the guest pages, or the bounce slot in bounced mode). One segment is
+//! mapped at a time, so a request holds at most one bounce slot.
+//!
+//! Every request is validated before any I/O: a 16-byte driver-readable header first, a
+//! device-writable status descriptor (≥ 1 byte) last, data descriptors in the direction the
+//! request type needs, at most `seg_max` of them and each at most `size_max` bytes, and a sector
+//! range inside the disk computed with checked arithmetic. Failures get `VIRTIO_BLK_S_IOERR`
+//! (or `S_UNSUPP` for unknown requests and flags); a chain without a usable status byte is
+//! returned with used length 0.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+
+use bounce::{Chain, Desc, DmaError, DmaQueue};
+use thiserror::Error;
+use vm_memory::VolatileSlice;
+use vmm_sys_util::write_zeroes::{PunchHole, WriteZeroesAt};
+
+use super::{
+    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, VirtioDevice,
+    TYPE_BLOCK,
+};
+
+pub const SECTOR_SHIFT: u32 = 9;
+pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
+
+// Feature bits (§5.2.3).
+pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+pub const VIRTIO_BLK_F_MQ: u32 = 12;
+pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+
+// Request types and status values (§5.2.6).
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+/// Length of the device ID returned by GET_ID.
+pub const ID_LEN: usize = 20;
+const HEADER_LEN: u32 = 16;
+const DISCARD_SEG_LEN: usize = 16;
+
+/// Largest single data segment (config `size_max`).
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Discard and write-zeroes limits advertised in config space.
+pub const MAX_DISCARD_SECTORS: u32 = (1 << 30) >> SECTOR_SHIFT;
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = (128 << 20) >> SECTOR_SHIFT;
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 4096 >> SECTOR_SHIFT;
+
+/// Config space length (up to `write_zeroes_may_unmap` and padding, §5.2.4).
+const CONFIG_LEN: usize = 60;
+
+/// Device options chosen by the VMM.
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    /// Offer `VIRTIO_BLK_F_RO` and fail writes.
+    pub readonly: bool,
+    /// GET_ID answer (truncated / zero-padded to 20 bytes).
+    pub serial: String,
+    /// Number of request queues (> 1 offers `VIRTIO_BLK_F_MQ`).
+    pub num_queues: u16,
+    /// Maximum size of each queue (power of two, ≤ 32768).
+    pub queue_size: u16,
+}
+
+impl Default for BlockConfig {
+    fn default() -> Self {
+        BlockConfig {
+            readonly: false,
+            serial: String::new(),
+            num_queues: 1,
+            queue_size: 256,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum BlockError {
+    #[error("disk image metadata: {0}")]
+    Metadata(io::Error),
+    #[error("invalid queue configuration: {num_queues} queues of size {queue_size}")]
+    QueueConfig { num_queues: u16, queue_size: u16 },
+}
+
+/// Why a request failed; each maps to the status the spec asks for.
+#[derive(Debug, Error)]
+enum RequestError {
+    #[error("chain has no header descriptor")]
+    NoHeader,
+    #[error("header descriptor is device-writable or not 16 bytes ({0})")]
+    BadHeader(u32),
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+    #[error("descriptor has the wrong direction for the request")]
+    WrongDirection,
+    #[error("{0} data segments exceed seg_max")]
+    TooManySegments(usize),
+    #[error("data segment of {0} bytes exceeds size_max")]
+    SegmentTooLarge(u32),
+    #[error("request of {0} bytes is not a whole number of sectors")]
+    NotSectorMultiple(u64),
+    #[error("sectors {sector}+{bytes}B are outside the disk")]
+    OutOfRange { sector: u64, bytes: u64 },
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    #[error("request has a data segment it must not have")]
+    UnexpectedData,
+    #[error("malformed discard/write-zeroes segment")]
+    BadSegment,
+    #[error("unsupported discard/write-zeroes flags {0:#x}")]
+    UnsupportedFlags(u32),
+    #[error("DMA: {0}")]
+    Dma(#[from] DmaError),
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl RequestError {
+    fn status(&self) -> u8 {
+        match self {
+            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => VIRTIO_BLK_S_UNSUPP,
+            _ => VIRTIO_BLK_S_IOERR,
+        }
+    }
+}
+
+/// The backend: the image and the request limits.
+struct Disk {
+    file: File,
+    /// Disk size in bytes (a whole number of sectors).
+    size: u64,
+    readonly: bool,
+    id: [u8; ID_LEN],
+    seg_max: u32,
+    discard: bool,
+}
+
+/// virtio-blk device.
+pub struct Block {
+    disk: Disk,
+    max_sizes: Vec<u16>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queues: Vec<DmaQueue>,
+    interrupt: Option<Arc<Interrupt>>,
+}
+
+impl Block {
+    /// A block device on `file` (opened by the VMM, read-write unless `cfg.readonly`). The
+    /// capacity is the file size rounded down to whole sectors.
+    pub fn new(file: File, cfg: BlockConfig) -> Result<Self, BlockError> {
+        let qs = cfg.queue_size;
+        if cfg.num_queues == 0 || qs < 2 || !qs.is_power_of_two() || qs > 32768 {
+            return Err(BlockError::QueueConfig {
+                num_queues: cfg.num_queues,
+                queue_size: qs,
+            });
+        }
+        let len = file.metadata().map_err(BlockError::Metadata)?.len();
+        let size = len & !(SECTOR_SIZE - 1);
+        let mut id = [0u8; ID_LEN];
+        let serial = cfg.serial.as_bytes();
+        let n = serial.len().min(ID_LEN);
+        id[..n].copy_from_slice(&serial[..n]);
+        let seg_max = u32::from(qs) - 2;
+
+        let mut features = feature(VIRTIO_BLK_F_SIZE_MAX)
+            | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_FLUSH);
+        if cfg.readonly {
+            features |= feature(VIRTIO_BLK_F_RO);
+        } else {
+            features |= feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        if cfg.num_queues > 1 {
+            features |= feature(VIRTIO_BLK_F_MQ);
+        }
+
+        let mut config = [0u8; CONFIG_LEN];
+        let mut put =
+            |off: usize, bytes: &[u8]| config[off..off + bytes.len()].copy_from_slice(bytes);
+        put(0, &(size >> SECTOR_SHIFT).to_le_bytes()); // capacity
+        put(8, &SIZE_MAX.to_le_bytes()); // size_max
+        put(12, &seg_max.to_le_bytes()); // seg_max
+        put(20, &512u32.to_le_bytes()); // blk_size (informational, BLK_SIZE not offered)
+        put(34, &cfg.num_queues.to_le_bytes()); // num_queues
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(40, &1u32.to_le_bytes()); // max_discard_seg
+        put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+        put(48, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+        put(52, &1u32.to_le_bytes()); // max_write_zeroes_seg
+        put(56, &[1]); // write_zeroes_may_unmap
+
+        Ok(Block {
+            disk: Disk {
+                file,
+                size,
+                readonly: cfg.readonly,
+                id,
+                seg_max,
+                discard: !cfg.readonly,
+            },
+            max_sizes: vec![qs; usize::from(cfg.num_queues)],
+            features,
+            config,
+            queues: Vec::new(),
+            interrupt: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.size >> SECTOR_SHIFT
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.max_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        queues: Vec<DmaQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if !self.queues.is_empty() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != self.max_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.max_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        if !queues
+            .first()
+            .is_some_and(|q| virtio_queue::QueueT::ready(q.queue()))
+        {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        self.queues = queues;
+        self.interrupt = Some(interrupt);
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+        let Block {
+            disk,
+            queues,
+            interrupt,
+            ..
+        } = self;
+        let (Some(queue), Some(interrupt)) = (queues.get_mut(index), interrupt.as_ref()) else {
+            return Err(DeviceError::NoSuchQueue(index));
+        };
+        if !virtio_queue::QueueT::ready(queue.queue()) {
+            log::warn!("virtio-blk: notification for queue {index}, which is not enabled");
+            return Ok(());
+        }
+        drain_queue(queue, interrupt, |q, chain| disk.process_chain(q, chain))
+    }
+
+    fn reset(&mut self) {
+        self.queues.clear();
+        self.interrupt = None;
+    }
+}
+
+impl Disk {
+    /// Executes one request; returns the used length (bytes written to the driver's buffers).
+    fn process_chain(&self, q: &DmaQueue, chain: &Chain) -> u32 {
+        let Some((status_desc, rest)) = chain.descs.split_last() else {
+            log::warn!("virtio-blk: empty chain {}", chain.head);
+            return 0;
+        };
+        if !status_desc.writable || status_desc.len == 0 {
+            log::warn!(
+                "virtio-blk: chain {} has no writable status byte; returned unused",
+                chain.head
+            );
+            return 0;
+        }
+        let mut written = 0u32;
+        let status = match self.execute(q, rest, &mut written) {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(e) => {
+                log::debug!("virtio-blk: request at head {} failed: {e}", chain.head);
+                e.status()
+            }
+        };
+        let wrote_status = q.map(status_desc).and_then(|mut b| {
+            b.write_at(0, &[status])?;
+            b.unmap()
+        });
+        match wrote_status {
+            Ok(()) => written.saturating_add(1),
+            Err(e) => {
+                log::warn!("virtio-blk: chain {}: status byte: {e}", chain.head);
+                written
+            }
+        }
+    }
+
+    fn execute(&self, q: &DmaQueue, descs: &[Desc], written: &mut u32) -> Result<(), RequestError> {
+        let (hdr_desc, data) = descs.split_first().ok_or(RequestError::NoHeader)?;
+        if hdr_desc.writable || hdr_desc.len != HEADER_LEN {
+            return Err(RequestError::BadHeader(hdr_desc.len));
+        }
+        let mut hdr = [0u8; HEADER_LEN as usize];
+        let b = q.map(hdr_desc)?;
+        b.read_at(0, &mut hdr)?;
+        b.unmap()?;
+        let (t, s) = hdr.split_at(8);
+        let req_type = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        let sector = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+
+        if data.len() > self.seg_max as usize {
+            return Err(RequestError::TooManySegments(data.len()));
+        }
+        match req_type {
+            VIRTIO_BLK_T_IN => self.read(q, sector, data, written),
+            VIRTIO_BLK_T_OUT => {
+                if self.readonly {
+                    return Err(RequestError::ReadOnly);
+                }
+                self.write(q, sector, data)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                if !data.is_empty() {
+                    return Err(RequestError::UnexpectedData);
+                }
+                // The status byte says OK only once the data is on stable storage.
+                self.file.sync_data()?;
+                Ok(())
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let [d] = data else {
+                    return Err(RequestError::UnexpectedData);
+                };
+                if !d.writable {
+                    return Err(RequestError::WrongDirection);
+                }
+                let n = (d.len as usize).min(ID_LEN);
+                let mut b = q.map(d)?;
+                b.write_at(0, &self.id[..n])?;
+                b.unmap()?;
+                *written = n as u32;
+                Ok(())
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if self.discard => {
+                self.discard_or_zero(q, req_type, data)
+            }
+            t => Err(RequestError::Unsupported(t)),
+        }
+    }
+
+    /// Checks directions and lengths of the data segments and the sector range; returns the
+    /// byte offset in the image.
+    fn check_data(&self, sector: u64, data: &[Desc], writable: bool) -> Result<u64, RequestError> {
+        let mut total = 0u64;
+        for d in data {
+            if d.writable != writable {
+                return Err(RequestError::WrongDirection);
+            }
+            if d.len > SIZE_MAX {
+                return Err(RequestError::SegmentTooLarge(d.len));
+            }
+            total += u64::from(d.len); // ≤ seg_max * SIZE_MAX: no overflow
+        }
+        if total % SECTOR_SIZE != 0 {
+            return Err(RequestError::NotSectorMultiple(total));
+        }
+        let out_of_range = RequestError::OutOfRange {
+            sector,
+            bytes: total,
+        };
+        let offset = sector
+            .checked_mul(SECTOR_SIZE)
+            .ok_or_else(|| out_of_range)?;
+        match offset.checked_add(total) {
+            Some(end) if end <= self.size => Ok(offset),
+            _ => Err(RequestError::OutOfRange {
+                sector,
+                bytes: total,
+            }),
+        }
+    }
+
+    fn read(
+        &self,
+        q: &DmaQueue,
+        sector: u64,
+        data: &[Desc],
+        written: &mut u32,
+    ) -> Result<(), RequestError> {
+        let mut offset = self.check_data(sector, data, true)?;
+        for d in data {
+            let b = q.map(d)?;
+            pread_exact(&self.file, &b.slice(), offset)?;
+            b.unmap()?;
+            *written = written.saturating_add(d.len);
+            offset += u64::from(d.len);
+        }
+        Ok(())
+    }
+
+    fn write(&self, q: &DmaQueue, sector: u64, data: &[Desc]) -> Result<(), RequestError> {
+        let mut offset = self.check_data(sector, data, false)?;
+        for d in data {
+            let b = q.map(d)?;
+            pwrite_all(&self.file, &b.slice(), offset)?;
+            b.unmap()?;
+            offset += u64::from(d.len);
+        }
+        Ok(())
+    }
+
+    fn discard_or_zero(&self, q: &DmaQueue, t: u32, data: &[Desc]) -> Result<(), RequestError> {
+        // max_discard_seg = max_write_zeroes_seg = 1: exactly one 16-byte segment.
+        let [d] = data else {
+            return Err(RequestError::BadSegment);
+        };
+        if d.writable {
+            return Err(RequestError::WrongDirection);
+        }
+        if d.len as usize != DISCARD_SEG_LEN {
+            return Err(RequestError::BadSegment);
+        }
+        let mut seg = [0u8; DISCARD_SEG_LEN];
+        let b = q.map(d)?;
+        b.read_at(0, &mut seg)?;
+        b.unmap()?;
+        let (s, rest) = seg.split_at(8);
+        let sector = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+        let num_sectors = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let flags = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+
+        let (max, allowed_flags) = if t == VIRTIO_BLK_T_DISCARD {
+            (MAX_DISCARD_SECTORS, 0)
+        } else {
+            (MAX_WRITE_ZEROES_SECTORS, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
+        };
+        if flags & !allowed_flags != 0 {
+            return Err(RequestError::UnsupportedFlags(flags));
+        }
+        let bytes = u64::from(num_sectors) << SECTOR_SHIFT;
+        if num_sectors > max {
+            return Err(RequestError::OutOfRange { sector, bytes });
+        }
+        let offset = sector
+            .checked_mul(SECTOR_SIZE)
+            .filter(|o| o.checked_add(bytes).is_some_and(|end| end <= self.size))
+            .ok_or(RequestError::OutOfRange { sector, bytes })?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        let unmap = t == VIRTIO_BLK_T_DISCARD || flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+        if unmap {
+            if let Err(e) = punch_hole(&self.file, offset, bytes) {
+                if t == VIRTIO_BLK_T_DISCARD {
+                    return Err(e.into());
+                }
+                // Fall back to writing zeroes.
+                log::debug!("virtio-blk: punch hole failed ({e}); writing zeroes");
+                write_zeroes(&self.file, offset, bytes)?;
+            }
+        } else {
+            write_zeroes(&self.file, offset, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut f = file.try_clone()?;
+    f.punch_hole(offset, len)
+}
+
+/// `vmm-sys-util`'s helpers take `&mut File`; a dup of the fd serves.
+fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut f = file.try_clone()?;
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    f.write_all_zeroes_at(offset, len)
+}
+
+fn to_off(offset: u64) -> io::Result<libc::off64_t> {
+    libc::off64_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Reads exactly `slice.len()` bytes of `file` at `offset` into `slice` (pread(2), no seek, no
+/// host copy).
+pub(crate) fn pread_exact(file: &File, slice: &VolatileSlice, offset: u64) -> io::Result<()> {
+    let guard = slice.ptr_guard_mut();
+    let base = guard.as_ptr();
+    let len = slice.len();
+    let mut done = 0usize;
+    while done < len {
+        let off = to_off(offset + done as u64)?;
+        // SAFETY: `base` points to `len` bytes of memory valid for writes for the lifetime of
+        // `slice` (a VolatileSlice invariant, held by `guard`); the kernel writes at most
+        // `len - done` bytes starting `done` bytes in. The fd is owned by `file`.
+        let r = unsafe {
+            libc::pread64(
+                file.as_raw_fd(),
+                base.add(done).cast::<libc::c_void>(),
+                len - done,
+                off,
+            )
+        };
+        match r {
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            r => done += r as usize,
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `slice` to `file` at `offset` (pwrite(2), no seek, no host copy).
+pub(crate) fn pwrite_all(file: &File, slice: &VolatileSlice, offset: u64) -> io::Result<()> {
+    let guard = slice.ptr_guard();
+    let base = guard.as_ptr();
+    let len = slice.len();
+    let mut done = 0usize;
+    while done < len {
+        let off = to_off(offset + done as u64)?;
+        // SAFETY: `base` points to `len` readable bytes for the lifetime of `slice` (held by
+        // `guard`); the kernel reads at most `len - done` bytes starting `done` bytes in.
+        let r = unsafe {
+            libc::pwrite64(
+                file.as_raw_fd(),
+                base.add(done).cast::<libc::c_void>(),
+                len - done,
+                off,
+            )
+        };
+        match r {
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            r => done += r as usize,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

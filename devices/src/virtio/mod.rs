@@ -1,0 +1,241 @@
+//! Virtio devices and their transport.
+//!
+//! A device implements [`VirtioDevice`]; the transport ([`mmio::MmioTransport`]) owns it, does
+//! the register protocol (feature negotiation, queue setup, status, interrupts) and hands the
+//! device its queues as [`bounce::DmaQueue`]s at activation (DRIVER_OK). Devices never see guest
+//! memory: the queues and the buffers they map go through `bounce::Dma`.
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bounce::{DmaQueue, QueueError};
+use event_manager::EventSet;
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+pub mod block;
+pub mod mmio;
+// pub mod net;
+pub mod rng;
+// mod tap;
+
+pub use block::{Block, BlockConfig};
+pub use mmio::{MmioOptions, MmioTransport};
+// pub use net::{Net, NetConfig};
+pub use rng::Rng;
+
+/// Virtio device IDs (virtio 1.2 §5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+
+/// Feature bit numbers the transport handles (virtio 1.2 §6).
+pub const VIRTIO_F_RING_INDIRECT_DESC: u32 = 28;
+pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+pub const VIRTIO_F_ACCESS_PLATFORM: u32 = 33;
+
+/// Device status bits (virtio 1.2 §2.1).
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+
+/// InterruptStatus bits (virtio 1.2 §4.2.2).
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// `1 << bit` as a feature mask.
+pub const fn feature(bit: u32) -> u64 {
+    1u64 << bit
+}
+
+/// A device's interrupt line: the InterruptStatus register plus the irqfd the VMM registered
+/// with KVM (`KVM_IRQFD` on the device's GSI). Shared by the transport and the device.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Arc<Self> {
+        Arc::new(Interrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        })
+    }
+
+    /// Sets InterruptStatus bit 0 ("used buffer") and raises the interrupt.
+    pub fn signal_used_queue(&self) -> io::Result<()> {
+        self.raise(INT_USED_RING)
+    }
+
+    /// Sets InterruptStatus bit 1 ("configuration change") and raises the interrupt.
+    pub fn signal_config(&self) -> io::Result<()> {
+        self.raise(INT_CONFIG)
+    }
+
+    fn raise(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the written bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The irqfd (for the VMM to register with KVM, or for tests to read).
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// Why a device could not be activated. The transport sets DEVICE_NEEDS_RESET.
+#[derive(Debug, Error)]
+pub enum ActivateError {
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("queue {0} is required but the driver did not make it ready")]
+    QueueNotReady(usize),
+    #[error("queue {index}: size {size} is 0, not a power of two or above the maximum {max}")]
+    BadQueueSize { index: usize, size: u16, max: u16 },
+    #[error("queue {index}: {source}")]
+    Queue { index: usize, source: QueueError },
+    #[error("device already active")]
+    AlreadyActive,
+    #[error("backend: {0}")]
+    Backend(#[from] io::Error),
+}
+
+/// A failure while processing a queue or the backend: the device needs a reset.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("interrupt: {0}")]
+    Interrupt(io::Error),
+    #[error("backend: {0}")]
+    Backend(io::Error),
+    #[error("queue index {0} does not exist")]
+    NoSuchQueue(usize),
+}
+
+/// A virtio device behind a transport.
+///
+/// Call order (the transport guarantees it): `features`/`read_config`/`write_config` any time;
+/// `ack_features` once at FEATURES_OK; `activate` once at DRIVER_OK; `process_queue` and
+/// `process_backend` only while active; `reset` when the driver writes 0 to Status (after which
+/// the device is as newly constructed, its queues dropped).
+pub trait VirtioDevice: Send {
+    /// The virtio device ID ([`TYPE_BLOCK`], ...).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device-specific feature bits offered (the transport adds VERSION_1, EVENT_IDX,
+    /// INDIRECT_DESC and, if configured, ACCESS_PLATFORM).
+    fn features(&self) -> u64;
+    /// The features the driver accepted (a subset of what was offered), at FEATURES_OK.
+    fn ack_features(&mut self, _features: u64) {}
+    /// Reads device config space; bytes outside it read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device config space (most devices have no writable fields).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::warn!(
+            "virtio type {}: ignored config write of {} bytes at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
+    }
+    /// Starts the device with its queues (one per `queue_max_sizes` entry, in order; a queue
+    /// the driver did not enable is passed not ready).
+    fn activate(
+        &mut self,
+        queues: Vec<DmaQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError>;
+    /// The driver notified queue `index`.
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError>;
+    /// The backend fd the device wants polled right now and for what (`None`: nothing, e.g. not
+    /// active, or net RX back-pressure). The transport (un)registers it with the event loop.
+    fn backend_interest(&self) -> Option<(RawFd, EventSet)> {
+        None
+    }
+    /// The backend fd from [`VirtioDevice::backend_interest`] is ready.
+    fn process_backend(&mut self, _events: EventSet) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Back to the state after construction (queues dropped, not active).
+    fn reset(&mut self);
+}
+
+/// Copies `config[offset..]` into `data`, zero-filling what lies outside `config`.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Drains `queue` with `handle` (which returns the used length of a chain), returning malformed chains with used length 0. Follows the
+/// disable/drain/enable pattern so a chain added while draining is not missed, and raises the
+/// used-ring interrupt if the driver wants one.
+pub(crate) fn drain_queue<F>(
+    queue: &mut DmaQueue,
+    interrupt: &Interrupt,
+    mut handle: F,
+) -> Result<(), DeviceError>
+where
+    F: FnMut(&DmaQueue, &bounce::Chain) -> u32,
+{
+    let mut used = false;
+    loop {
+        queue.disable_notification()?;
+        loop {
+            match queue.pop() {
+                Ok(Some(chain)) => {
+                    let len = handle(queue, &chain);
+                    queue.add_used(chain.head, len)?;
+                    used = true;
+                }
+                Ok(None) => break,
+                Err(QueueError::MalformedChain { head }) => {
+                    log::warn!("malformed descriptor chain at head {head}: returned unused");
+                    queue.add_used(head, 0)?;
+                    used = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !queue.enable_notification()? {
+            break;
+        }
+    }
+    if used && queue.needs_notification()? {
+        interrupt
+            .signal_used_queue()
+            .map_err(DeviceError::Interrupt)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_utils;
