@@ -1,1 +1,187 @@
-fn main() {}
+//! Criterion benchmarks; each group puts the compared variants side by side in one run.
+//! `CARGO_TARGET_DIR=... cargo bench -p bounce --bench bounce`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bounce::{Dma, DmaDirection, DmaSource, MapAttrs, Swiotlb};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+const SRC: DmaSource = DmaSource {
+    device: 0,
+    queue: 0,
+};
+
+fn guest() -> GuestMemoryMmap {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    // Touch every page so the copies measure memory, not page faults.
+    let s = mem.get_slice(GuestAddress(0), 4 << 20).unwrap();
+    s.write_slice(&vec![0x5a; 4 << 20], 0).unwrap();
+    mem
+}
+
+fn map_copy_unmap(c: &mut Criterion) {
+    for (name, len) in [
+        ("map_copy_unmap_64k", 64 << 10),
+        ("map_copy_unmap_4k", 4 << 10),
+    ] {
+        let mut g = c.benchmark_group(name);
+        g.measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500))
+            .sample_size(30)
+            .throughput(Throughput::Bytes(len as u64));
+        let mem = guest();
+        let src_ptr = mem
+            .get_slice(GuestAddress(0x10000), len)
+            .unwrap()
+            .ptr_guard()
+            .as_ptr();
+        let mut dst = vec![0u8; len];
+        g.bench_function("memcpy", |b| {
+            b.iter(|| {
+                // SAFETY: both ranges are valid for `len` bytes and do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(src_ptr, dst.as_mut_ptr(), len) };
+                black_box(&dst);
+            })
+        });
+        let dma = Dma::bounced_from_str(mem.clone(), "size=64M,areas=1").unwrap();
+        g.bench_function("bounce", |b| {
+            b.iter(|| {
+                let buf = dma
+                    .map(
+                        SRC,
+                        GuestAddress(0x10000),
+                        len as u32,
+                        DmaDirection::ToDevice,
+                    )
+                    .unwrap();
+                black_box(&buf);
+                buf.unmap().unwrap();
+            })
+        });
+        let direct = Dma::direct(mem.clone());
+        g.bench_function("direct_map_unmap", |b| {
+            b.iter(|| {
+                let buf = direct
+                    .map(
+                        SRC,
+                        GuestAddress(0x10000),
+                        len as u32,
+                        DmaDirection::ToDevice,
+                    )
+                    .unwrap();
+                black_box(&buf);
+                buf.unmap().unwrap();
+            })
+        });
+        g.finish();
+    }
+}
+
+fn alloc_2k(c: &mut Criterion) {
+    let mut g = c.benchmark_group("alloc_2k");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(30);
+    let s = Swiotlb::from_config_str("size=64M,areas=1,dynamic=off").unwrap();
+    // Allocation alone: time N allocations, free them outside the timed section.
+    g.bench_function("alloc", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut live = Vec::with_capacity(256);
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(256);
+                let t = Instant::now();
+                for i in 0..n {
+                    live.push(s.alloc(SRC, i * 2048, 2048, MapAttrs::default()).unwrap());
+                }
+                total += t.elapsed();
+                for m in live.drain(..) {
+                    s.free(SRC, m.addr).unwrap();
+                }
+                left -= n;
+            }
+            total
+        })
+    });
+    g.bench_function("alloc_free", |b| {
+        b.iter(|| {
+            let m = s.alloc(SRC, 0x1000, 2048, MapAttrs::default()).unwrap();
+            s.free(SRC, black_box(m.addr)).unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map_copy_unmap_4k_threads");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    let mem = guest();
+    let dma = Dma::bounced_from_str(mem, "size=64M,areas=2").unwrap();
+    for threads in [1u64, 2] {
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &t| {
+            // `iters` operations in total, split over `t` threads: time per operation.
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(t);
+                let start = Instant::now();
+                std::thread::scope(|sc| {
+                    for q in 0..t {
+                        let dma = dma.clone();
+                        sc.spawn(move || {
+                            let src = DmaSource {
+                                device: 0,
+                                queue: q as u16,
+                            };
+                            let addr = GuestAddress(0x100000 * (q + 1));
+                            for _ in 0..per {
+                                let buf =
+                                    dma.map(src, addr, 4096, DmaDirection::FromDevice).unwrap();
+                                buf.unmap().unwrap();
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lookup_1000_pools");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(30);
+    for kind in ["list", "tree"] {
+        let s: Arc<Swiotlb> = Swiotlb::from_config_str(&format!(
+            "initial=off,slot=2K,segment=1,dynamic=off,lookup={kind}"
+        ))
+        .unwrap();
+        for _ in 0..1000 {
+            s.grow(4096).unwrap();
+        }
+        let starts = s.pool_starts();
+        // A fixed pseudo-random walk over the pools (no prefetch-friendly order).
+        let addrs: Vec<u64> = (0..1024u64)
+            .map(|i| starts[((i * 2654435761) % 1000) as usize] + 100)
+            .collect();
+        g.bench_function(kind, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                black_box(s.find_pool(addrs[i]))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, map_copy_unmap, alloc_2k, scaling, lookup);
+criterion_main!(benches);

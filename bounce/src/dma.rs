@@ -13,7 +13,7 @@ use arc_swap::ArcSwapOption;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::error::DmaError;
-use crate::pool::{MapAttrs, Pool};
+use crate::pool::MapAttrs;
 use crate::stats::{add, StatsSnapshot};
 use crate::swiotlb::Swiotlb;
 use crate::trace::{TraceOp, TraceRecorder};
@@ -48,9 +48,33 @@ pub struct DmaSource {
 }
 
 /// A device's only handle on guest memory. Cheap to clone; shared by a device's queues.
-#[derive(Clone)]
+///
+/// Each clone has its own reference-counted handle, which the buffers it maps hold: threads that
+/// map through their own clone never write a shared reference count (2-thread scaling).
 pub struct Dma {
-    inner: Arc<Inner>,
+    inner: Arc<Handle>,
+}
+
+/// One clone's handle on the shared state.
+struct Handle {
+    shared: Arc<Inner>,
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.shared
+    }
+}
+
+impl Clone for Dma {
+    fn clone(&self) -> Self {
+        Dma {
+            inner: Arc::new(Handle {
+                shared: self.inner.shared.clone(),
+            }),
+        }
+    }
 }
 
 struct Inner {
@@ -62,24 +86,28 @@ struct Inner {
 impl Dma {
     /// No bouncing: mappings are the guest's own pages (the baseline).
     pub fn direct(mem: GuestMemoryMmap) -> Self {
+        Dma::new(Inner {
+            mem,
+            swiotlb: None,
+            trace: ArcSwapOption::empty(),
+        })
+    }
+
+    fn new(inner: Inner) -> Self {
         Dma {
-            inner: Arc::new(Inner {
-                mem,
-                swiotlb: None,
-                trace: ArcSwapOption::empty(),
+            inner: Arc::new(Handle {
+                shared: Arc::new(inner),
             }),
         }
     }
 
     /// Every mapping bounces through `swiotlb`'s pools.
     pub fn bounced(mem: GuestMemoryMmap, swiotlb: Arc<Swiotlb>) -> Self {
-        Dma {
-            inner: Arc::new(Inner {
-                mem,
-                swiotlb: Some(swiotlb),
-                trace: ArcSwapOption::empty(),
-            }),
-        }
+        Dma::new(Inner {
+            mem,
+            swiotlb: Some(swiotlb),
+            trace: ArcSwapOption::empty(),
+        })
     }
 
     /// A bounced handle with pools built from a `key=value,...` string (or a JSON object); see
@@ -164,14 +192,10 @@ impl Dma {
                 // Linux copies the original into the slot on map for every direction (the
                 // CVE-2022-0854 fix, "swiotlb: rework fix info leak with DMA_FROM_DEVICE"), so a
                 // partial device write cannot leak stale pool data to the guest.
-                // SAFETY: `host` is valid for `len` bytes while the mapping lives (m.pool).
+                // SAFETY: `host` is valid for `len` bytes while the mapping lives (`Mapping::host_ptr`).
                 guest.copy_to_volatile_slice(unsafe { VolatileSlice::new(host.as_ptr(), len) });
                 add(&s.shard(src).bytes_to_pool, len as u64);
-                Some(Bounce {
-                    _pool: m.pool,
-                    addr: m.addr,
-                    host,
-                })
+                Some(Bounce { addr: m.addr, host })
             }
         };
         let trace = self.inner.trace.load_full();
@@ -184,7 +208,9 @@ impl Dma {
             None => 0,
         };
         Ok(DmaBuffer {
-            dma: self.clone(),
+            dma: Dma {
+                inner: self.inner.clone(),
+            },
             src,
             addr,
             len,
@@ -229,9 +255,9 @@ fn nonnull(p: *mut u8) -> NonNull<u8> {
     NonNull::new(p).unwrap_or(NonNull::dangling())
 }
 
+/// A bounce slot. Its memory lives while the mapping does: see [`crate::Mapping::host_ptr`]
+/// (the buffer's `dma` keeps the `Swiotlb`, which owns the pools, alive).
 struct Bounce {
-    /// Keeps the bounce memory alive for the mapping's lifetime.
-    _pool: Arc<Pool>,
     /// The bounce address (unmap looks its pool up by it, as Linux does).
     addr: u64,
     host: NonNull<u8>,
@@ -254,8 +280,8 @@ pub struct DmaBuffer {
     done: bool,
 }
 
-// SAFETY: the raw pointers point into memory owned by `dma` (guest memory, an Arc'd mmap) and
-// `bounce.pool` (an Arc'd mmap), both Send + Sync; all accesses go through volatile slices.
+// SAFETY: the raw pointers point into memory owned through `dma` (guest memory, and the
+// Swiotlb's pools), both Send + Sync; all accesses go through volatile slices.
 unsafe impl Send for DmaBuffer {}
 // SAFETY: `&DmaBuffer` only allows reads (slice, read_at) of memory valid for the lifetime of
 // the borrow; writes need `&mut self` or go through VolatileSlice (as for guest memory itself).
@@ -293,7 +319,8 @@ impl DmaBuffer {
             None => self.guest,
         };
         // SAFETY: `p` was validated for `len` bytes at map time and its memory is kept alive by
-        // `self.dma` (guest) or `self.bounce.pool` (bounce) for at least the borrow of `self`.
+        // `self.dma` (guest memory; the Swiotlb whose pool holds our live slot) for at least the
+        // borrow of `self`.
         unsafe { VolatileSlice::new(p.as_ptr(), self.len) }
     }
 

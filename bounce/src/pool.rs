@@ -129,6 +129,15 @@ pub(crate) fn align_offset(orig: u64, attrs: MapAttrs, slot_mask: u64) -> usize 
     (orig & attrs.min_align_mask & (attrs.alloc_align_mask | slot_mask)) as usize
 }
 
+/// Linux `wrap_area_index` (no division on the hot path).
+fn wrap(i: usize, n: usize) -> usize {
+    if i >= n {
+        i % n
+    } else {
+        i
+    }
+}
+
 /// A successful allocation.
 pub(crate) struct Alloc {
     pub index: usize,
@@ -179,7 +188,7 @@ impl Pool {
                     .map(|i| Slot {
                         // Linux `swiotlb_init_io_tlb_pool`:
                         // min(IO_TLB_SEGSIZE - io_tlb_offset(i), nslabs - i).
-                        list: (seg - (i % seg)).min(nslots - i) as u32,
+                        list: (seg - (i & (seg - 1))).min(nslots - i) as u32,
                         ..Slot::default()
                     })
                     .collect();
@@ -322,14 +331,14 @@ impl Pool {
             if addr & alloc_align_mask != 0
                 || (orig != 0 && addr & iotlb_align_mask != orig & iotlb_align_mask)
             {
-                index = (index + 1) % self.area_nslots;
+                index = wrap(index + 1, self.area_nslots);
                 checked += 1;
                 continue;
             }
             if g.slots[index].list as usize >= nslots {
                 break index;
             }
-            index = (index + stride) % self.area_nslots;
+            index = wrap(index + stride, self.area_nslots);
             checked += stride;
         };
         let slots = &mut g.slots;
@@ -348,12 +357,12 @@ impl Pool {
         // Free slots before the run, in the same segment, now end at the run.
         let mut count = 0;
         let mut i = found;
-        while i > 0 && (base + i - 1) % self.seg != self.seg - 1 && slots[i - 1].list != 0 {
+        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && slots[i - 1].list != 0 {
             count += 1;
             slots[i - 1].list = count;
             i -= 1;
         }
-        g.index = (found + nslots) % self.area_nslots;
+        g.index = wrap(found + nslots, self.area_nslots);
         g.used += nslots;
         if g.used > g.hiwater {
             g.hiwater = g.used;
@@ -394,7 +403,8 @@ impl Pool {
         let li = index - base;
         let nslots = (head.size as usize).div_ceil(1 << self.shift);
         let slots = &mut g.slots;
-        let mut count = if li + nslots < self.area_nslots && (index + nslots) % self.seg != 0 {
+        let mut count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0
+        {
             slots[li + nslots].list
         } else {
             0
@@ -407,7 +417,7 @@ impl Pool {
             };
         }
         let mut i = li;
-        while i > 0 && (base + i - 1) % self.seg != self.seg - 1 && slots[i - 1].list != 0 {
+        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && slots[i - 1].list != 0 {
             count += 1;
             slots[i - 1].list = count;
             i -= 1;
@@ -459,7 +469,8 @@ impl Pool {
             g.used == 0
                 && g.slots.iter().enumerate().all(|(li, s)| {
                     let i = a * self.area_nslots + li;
-                    s.list as usize == (self.seg - (i % self.seg)).min(self.nslots - i) && !s.head
+                    s.list as usize == (self.seg - (i & (self.seg - 1))).min(self.nslots - i)
+                        && !s.head
                 })
         })
     }

@@ -26,17 +26,23 @@ const SHARDS: usize = 16;
 
 /// A live bounce allocation.
 pub struct Mapping {
-    pub(crate) pool: Arc<Pool>,
+    host: *mut u8,
     /// The bounce address (what Linux would hand the device as its DMA address).
     pub addr: u64,
     pub len: usize,
 }
 
+// SAFETY: a plain description of an allocation; the pointer is only dereferenced by callers
+// that own the mapping.
+unsafe impl Send for Mapping {}
+
 impl Mapping {
-    /// Host pointer to the first byte of the bounce buffer. Valid for `len` bytes while the
-    /// mapping is live (the `Arc<Pool>` keeps the memory).
+    /// Host pointer to the first byte of the bounce buffer. Valid for `len` bytes until the
+    /// mapping is freed or the `Swiotlb` dropped: a pool with a slot in use is never retired or
+    /// unpublished (`Pool::try_retire` checks under every area lock; a transient pool is removed
+    /// only after its one mapping is freed), and the published set owns its pools.
     pub fn host_ptr(&self) -> *mut u8 {
-        self.pool.host_ptr(self.addr)
+        self.host
     }
 }
 
@@ -292,9 +298,10 @@ impl Shared {
                     self.kick();
                 }
                 add(&shard.maps, 1);
+                let addr = p.slot_addr(a.index) + a.offset as u64;
                 return Ok(Mapping {
-                    addr: p.slot_addr(a.index) + a.offset as u64,
-                    pool: p.clone(),
+                    host: p.host_ptr(addr),
+                    addr,
                     len,
                 });
             }
@@ -315,9 +322,10 @@ impl Shared {
             Some(a) => {
                 self.g.inc_used(a.nslots as u64);
                 add(&shard.maps, 1);
+                let addr = p.slot_addr(a.index) + a.offset as u64;
                 Ok(Mapping {
-                    addr: p.slot_addr(a.index) + a.offset as u64,
-                    pool: p,
+                    host: p.host_ptr(addr),
+                    addr,
                     len,
                 })
             }
