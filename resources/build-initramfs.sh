@@ -24,7 +24,7 @@ file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 file_is_static "$BUSYBOX" || die "$BUSYBOX is dynamically linked: install busybox-static, not busybox"
 command -v cpio >/dev/null || die "cpio not found: apt-get install cpio"
 
-HASH=$( { cat "$SELF" "$GUEST/init"; for f in "$GUEST"/tests/*.sh; do echo "$f"; cat "$f"; done;
+HASH=$( { cat "$SELF" "$GUEST/init"; for f in "$GUEST"/tests/*.sh; do basename "$f"; cat "$f"; done;
           sha256sum "$BUSYBOX"; } | sha256sum | cut -c1-16)
 CACHE=$ROOT/build/cache
 OUT=$CACHE/initramfs-$HASH

@@ -25,3 +25,32 @@ fn detect_chooses_a_working_path() {
         assert_eq!(h.path() == PathKind::Direct, hw, "path {} vs probe", h.path());
     }
 }
+
+/// The harness carries a host program, returns stdout, stderr and the exit status
+/// separately, and (nested) sees /dev/kvm inside the outer machine.
+#[test]
+fn runs_host_program_with_separate_streams_and_status() {
+    use microvm_tests::{Arg, Program, Run};
+    use std::time::Duration;
+    let h = Harness::detect().expect("harness");
+    let run = Run {
+        program: Program::Host("/bin/sh".into()),
+        args: vec![
+            Arg::s("-c"),
+            Arg::s("test -c /dev/kvm && echo kvm-present; echo to-out; echo to-err >&2; exit 7"),
+        ],
+        files_to_carry: vec![],
+        disks: vec![],
+        timeout: Duration::from_secs(60),
+        marks: vec!["to-out".into()],
+        echo: false,
+    };
+    let out = h.run(&run).expect("run");
+    assert_eq!(out.status, Some(7), "{}", out.describe());
+    assert_eq!(out.stdout, "kvm-present\nto-out\n", "{}", out.describe());
+    assert_eq!(out.stderr, "to-err\n", "{}", out.describe());
+    assert!(out.marks.contains_key("to-out"));
+    if let Some(outer) = &out.outer {
+        eprintln!("outer machine: boot {:?}, total {:?}", outer.boot, outer.total);
+    }
+}

@@ -62,6 +62,8 @@ fn real_main() -> Result<()> {
     let line = serde_json::to_string(&rep).context("cannot encode the report")?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
+        .create(true)
+        .truncate(true)
         .open(&report)
         .with_context(|| format!("cannot open the report file {}", report.to_string_lossy()))?;
     f.write_all(format!("\n{line}\n").as_bytes())
