@@ -46,21 +46,25 @@ fn map_copy_unmap(c: &mut Criterion) {
                 black_box(&dst);
             })
         });
-        let dma = Dma::bounced_from_str(mem.clone(), "size=64M,areas=1").unwrap();
-        g.bench_function("bounce", |b| {
-            b.iter(|| {
-                let buf = dma
-                    .map(
-                        SRC,
-                        GuestAddress(0x10000),
-                        len as u32,
-                        DmaDirection::ToDevice,
-                    )
+        for reuse in ["next", "lifo"] {
+            let dma =
+                Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=1,reuse={reuse}"))
                     .unwrap();
-                black_box(&buf);
-                buf.unmap().unwrap();
-            })
-        });
+            g.bench_function(format!("bounce_{reuse}"), |b| {
+                b.iter(|| {
+                    let buf = dma
+                        .map(
+                            SRC,
+                            GuestAddress(0x10000),
+                            len as u32,
+                            DmaDirection::ToDevice,
+                        )
+                        .unwrap();
+                    black_box(&buf);
+                    buf.unmap().unwrap();
+                })
+            });
+        }
         let direct = Dma::direct(mem.clone());
         g.bench_function("direct_map_unmap", |b| {
             b.iter(|| {
@@ -85,34 +89,37 @@ fn alloc_2k(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500))
         .sample_size(30);
-    let s = Swiotlb::from_config_str("size=64M,areas=1,dynamic=off").unwrap();
-    // Allocation alone: time N allocations, free them outside the timed section.
-    g.bench_function("alloc", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut live = Vec::with_capacity(256);
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(256);
-                let t = Instant::now();
-                for i in 0..n {
-                    live.push(s.alloc(SRC, i * 2048, 2048, MapAttrs::default()).unwrap());
+    for reuse in ["next", "lifo"] {
+        let s = Swiotlb::from_config_str(&format!("size=64M,areas=1,dynamic=off,reuse={reuse}"))
+            .unwrap();
+        // Allocation alone: time N allocations, free them outside the timed section.
+        g.bench_function(format!("alloc_{reuse}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut live = Vec::with_capacity(256);
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(256);
+                    let t = Instant::now();
+                    for i in 0..n {
+                        live.push(s.alloc(SRC, i * 2048, 2048, MapAttrs::default()).unwrap());
+                    }
+                    total += t.elapsed();
+                    for m in live.drain(..) {
+                        s.free(SRC, m.addr).unwrap();
+                    }
+                    left -= n;
                 }
-                total += t.elapsed();
-                for m in live.drain(..) {
-                    s.free(SRC, m.addr).unwrap();
-                }
-                left -= n;
-            }
-            total
-        })
-    });
-    g.bench_function("alloc_free", |b| {
-        b.iter(|| {
-            let m = s.alloc(SRC, 0x1000, 2048, MapAttrs::default()).unwrap();
-            s.free(SRC, black_box(m.addr)).unwrap();
-        })
-    });
+                total
+            })
+        });
+        g.bench_function(format!("alloc_free_{reuse}"), |b| {
+            b.iter(|| {
+                let m = s.alloc(SRC, 0x1000, 2048, MapAttrs::default()).unwrap();
+                s.free(SRC, black_box(m.addr)).unwrap();
+            })
+        });
+    }
     g.finish();
 }
 
@@ -122,34 +129,37 @@ fn scaling(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .sample_size(20);
     let mem = guest();
-    let dma = Dma::bounced_from_str(mem, "size=64M,areas=2").unwrap();
-    for threads in [1u64, 2] {
-        g.throughput(Throughput::Elements(1));
-        g.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &t| {
-            // `iters` operations in total, split over `t` threads: time per operation.
-            b.iter_custom(|iters| {
-                let per = iters.div_ceil(t);
-                let start = Instant::now();
-                std::thread::scope(|sc| {
-                    for q in 0..t {
-                        let dma = dma.clone();
-                        sc.spawn(move || {
-                            let src = DmaSource {
-                                device: 0,
-                                queue: q as u16,
-                            };
-                            let addr = GuestAddress(0x100000 * (q + 1));
-                            for _ in 0..per {
-                                let buf =
-                                    dma.map(src, addr, 4096, DmaDirection::FromDevice).unwrap();
-                                buf.unmap().unwrap();
-                            }
-                        });
-                    }
-                });
-                start.elapsed()
-            })
-        });
+    for reuse in ["next", "lifo"] {
+        let dma =
+            Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=2,reuse={reuse}")).unwrap();
+        for threads in [1u64, 2] {
+            g.throughput(Throughput::Elements(1));
+            g.bench_with_input(BenchmarkId::new(reuse, threads), &threads, |b, &t| {
+                // `iters` operations in total, split over `t` threads: time per operation.
+                b.iter_custom(|iters| {
+                    let per = iters.div_ceil(t);
+                    let start = Instant::now();
+                    std::thread::scope(|sc| {
+                        for q in 0..t {
+                            let dma = dma.clone();
+                            sc.spawn(move || {
+                                let src = DmaSource {
+                                    device: 0,
+                                    queue: q as u16,
+                                };
+                                let addr = GuestAddress(0x100000 * (q + 1));
+                                for _ in 0..per {
+                                    let buf =
+                                        dma.map(src, addr, 4096, DmaDirection::FromDevice).unwrap();
+                                    buf.unmap().unwrap();
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -31,6 +31,19 @@ pub enum LookupKind {
     Tree,
 }
 
+/// Where an area's next search starts after a free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotReuse {
+    /// Linux: next fit; the search index only moves forward (`area->index = index + nslots`),
+    /// so consecutive mappings walk the whole pool (cold cache lines for every copy).
+    #[default]
+    Next,
+    /// Freeing the most recently allocated run of an area moves the search index back to it,
+    /// so a map/unmap loop reuses cache-hot slots. Not in Linux.
+    Lifo,
+}
+
 /// Everything that shapes the pools. Serde names match the `key=value` keys where they differ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +76,8 @@ pub struct SwiotlbConfig {
     /// CoCo guests' default pool (`swiotlb_adjust_size`, 6% of RAM clamped to 64 MiB..1 GiB).
     pub cap: u64,
     pub lookup: LookupKind,
+    /// Slot reuse policy (Linux: next fit).
+    pub reuse: SlotReuse,
     /// Private<->shared conversion cost model.
     pub convert: ConvertCost,
     #[serde(rename = "convert_mode")]
@@ -87,6 +102,7 @@ impl Default for SwiotlbConfig {
             shrink: None,
             cap: 1 << 30,
             lookup: LookupKind::Tree,
+            reuse: SlotReuse::Next,
             convert: ConvertCost::None,
             convert_mode: ConvertMode::Account,
             page: 4096,
@@ -201,6 +217,13 @@ impl SwiotlbConfig {
                     "list" => LookupKind::List,
                     "tree" => LookupKind::Tree,
                     _ => return Err(bad("expected list or tree")),
+                }
+            }
+            "reuse" => {
+                self.reuse = match value {
+                    "next" => SlotReuse::Next,
+                    "lifo" => SlotReuse::Lifo,
+                    _ => return Err(bad("expected next or lifo")),
                 }
             }
             "convert" => {

@@ -22,7 +22,7 @@ pub mod stats;
 pub mod swiotlb;
 pub mod trace;
 
-pub use config::{ConfigError, LookupKind, SwiotlbConfig};
+pub use config::{ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
 pub use convert::{ConvertCost, ConvertMode};
 pub use dma::{Dma, DmaBuffer, DmaDirection, DmaSource};
 pub use error::DmaError;

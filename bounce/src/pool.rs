@@ -158,6 +158,8 @@ pub struct Pool {
     areas: Box<[CachePadded<Area>]>,
     /// Set (under every area lock, with no slot in use) when the pool is being released.
     retired: AtomicBool,
+    /// `SlotReuse::Lifo`.
+    lifo: bool,
     pub(crate) created: Instant,
 }
 
@@ -172,6 +174,7 @@ impl Pool {
         seg: usize,
         nareas: usize,
         page: usize,
+        lifo: bool,
     ) -> Option<Pool> {
         let bytes = (nslots << shift).next_multiple_of(page);
         let mem = PoolMem::new(bytes)?;
@@ -216,6 +219,7 @@ impl Pool {
             area_nslots,
             areas,
             retired: AtomicBool::new(false),
+            lifo,
             created: Instant::now(),
         })
     }
@@ -421,6 +425,9 @@ impl Pool {
             count += 1;
             slots[i - 1].list = count;
             i -= 1;
+        }
+        if self.lifo && g.index == wrap(li + nslots, self.area_nslots) {
+            g.index = li;
         }
         g.used -= nslots;
         area.used.store(g.used, Relaxed);

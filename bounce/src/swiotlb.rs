@@ -381,6 +381,7 @@ impl Shared {
                 cap,
             })?;
         let id = self.next_id.fetch_add(1, Relaxed);
+        let lifo = self.cfg.reuse == crate::config::SlotReuse::Lifo;
         let Some(p) = Pool::new(
             id,
             kind,
@@ -389,6 +390,7 @@ impl Shared {
             self.seg,
             nareas,
             page as usize,
+            lifo,
         ) else {
             self.reserved.fetch_sub(real, Relaxed);
             return Err(DmaError::NoSpace {
@@ -758,10 +760,11 @@ mod tests {
         /// data round trips, all free at the end, statistics add up.
         #[test]
         fn model(ops in prop::collection::vec(op(), 1..120)) {
-            let s = tlb("size=512K,areas=2,dynamic=off,transient=on,cap=2M");
+        for reuse in ["next", "lifo"] {
+            let s = tlb(&format!("size=512K,areas=2,dynamic=off,transient=on,cap=2M,reuse={reuse}"));
             let mut live: Vec<(Mapping, u8, DmaSource)> = Vec::new();
             let (mut maps, mut unmaps, mut fails) = (0u64, 0u64, 0u64);
-            for (n, o) in ops.into_iter().enumerate() {
+            for (n, o) in ops.iter().cloned().enumerate() {
                 match o {
                     Op::Map { orig, len, min_align, alloc_align, queue } => {
                         let attrs = MapAttrs {
@@ -827,6 +830,7 @@ mod tests {
             prop_assert_eq!(st.slots_used, 0);
             prop_assert_eq!(st.transient_live, 0);
             prop_assert!(all_free(&s));
+        }
         }
     }
 }
