@@ -396,23 +396,16 @@ impl Disk {
             }
             total += u64::from(d.len); // ≤ seg_max * SIZE_MAX: no overflow
         }
-        if total % SECTOR_SIZE != 0 {
+        if total & (SECTOR_SIZE - 1) != 0 {
             return Err(RequestError::NotSectorMultiple(total));
         }
-        let out_of_range = RequestError::OutOfRange {
-            sector,
-            bytes: total,
-        };
-        let offset = sector
+        sector
             .checked_mul(SECTOR_SIZE)
-            .ok_or_else(|| out_of_range)?;
-        match offset.checked_add(total) {
-            Some(end) if end <= self.size => Ok(offset),
-            _ => Err(RequestError::OutOfRange {
+            .filter(|o| o.checked_add(total).is_some_and(|end| end <= self.size))
+            .ok_or(RequestError::OutOfRange {
                 sector,
                 bytes: total,
-            }),
-        }
+            })
     }
 
     fn read(

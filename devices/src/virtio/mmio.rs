@@ -508,7 +508,7 @@ impl MmioDevice for MmioTransport {
         }
         data.fill(0);
         match <&mut [u8; 4]>::try_from(data) {
-            Ok(out) if offset % 4 == 0 => *out = self.read_reg(offset).to_le_bytes(),
+            Ok(out) if offset & 3 == 0 => *out = self.read_reg(offset).to_le_bytes(),
             _ => log::warn!("virtio-mmio: bad register read at {offset:#x}"),
         }
     }
@@ -519,7 +519,7 @@ impl MmioDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(bytes) if offset % 4 == 0 => self.write_reg(offset, u32::from_le_bytes(bytes)),
+            Ok(bytes) if offset & 3 == 0 => self.write_reg(offset, u32::from_le_bytes(bytes)),
             _ => log::warn!("virtio-mmio: bad register write at {offset:#x}"),
         }
     }

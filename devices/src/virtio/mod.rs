@@ -17,13 +17,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
 pub mod mmio;
-// pub mod net;
+pub mod net;
 pub mod rng;
-// mod tap;
+mod tap;
 
 pub use block::{Block, BlockConfig};
 pub use mmio::{MmioOptions, MmioTransport};
-// pub use net::{Net, NetConfig};
+pub use net::{Net, NetConfig};
 pub use rng::Rng;
 
 /// Virtio device IDs (virtio 1.2 §5).
