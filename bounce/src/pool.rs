@@ -166,6 +166,7 @@ pub struct Pool {
 impl Pool {
     /// A pool of `nslots` slots of `1 << shift` bytes, `nareas` areas (a power of two dividing
     /// `nslots` in whole segments, or 1).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         kind: PoolKind,

@@ -662,6 +662,39 @@ mod tests {
     }
 
     #[test]
+    fn inject_delays_the_paying_thread() {
+        // Transient pools: the I/O thread pays 2 ms to convert and 2 ms to convert back.
+        let s = tlb("size=256K,areas=1,dynamic=off,convert=2000000/0,convert-mode=inject");
+        let t = Instant::now();
+        let held: Vec<_> = (0..128)
+            .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
+            .collect();
+        assert!(
+            t.elapsed() < Duration::from_millis(2),
+            "pool slots are free"
+        );
+        let t = Instant::now();
+        let m = s.alloc(SRC, 0, 100, MapAttrs::default()).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(2));
+        let t = Instant::now();
+        s.free(SRC, m.addr).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(2));
+        let st = s.stats();
+        // Initial pool + transient + back: 3 calls of 2 ms modeled, 2 really injected here (the
+        // initial pool's too, on the constructing thread).
+        assert_eq!(st.conversions.modeled_ns, 6_000_000);
+        assert!(st.conversions.injected_ns >= 6_000_000);
+        for m in held {
+            s.free(SRC, m.addr).unwrap();
+        }
+        // Account mode: modeled, not spent.
+        let s = tlb("size=256K,convert=2000000/0,convert-mode=account");
+        let st = s.stats();
+        assert_eq!(st.conversions.modeled_ns, 2_000_000);
+        assert_eq!(st.conversions.injected_ns, 0);
+    }
+
+    #[test]
     fn list_and_tree_agree() {
         for kind in ["list", "tree"] {
             let s = tlb(&format!(
