@@ -7,6 +7,7 @@
 //! place by [`crate::DmaQueue`]; data buffers are *streaming* DMA and go through [`Dma::map`].
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -81,6 +82,8 @@ struct Inner {
     mem: GuestMemoryMmap,
     swiotlb: Option<Arc<Swiotlb>>,
     trace: ArcSwapOption<TraceRecorder>,
+    /// Whether `trace` is set: a plain load on the fast path.
+    tracing: AtomicBool,
 }
 
 impl Dma {
@@ -90,6 +93,7 @@ impl Dma {
             mem,
             swiotlb: None,
             trace: ArcSwapOption::empty(),
+            tracing: AtomicBool::new(false),
         })
     }
 
@@ -107,6 +111,7 @@ impl Dma {
             mem,
             swiotlb: Some(swiotlb),
             trace: ArcSwapOption::empty(),
+            tracing: AtomicBool::new(false),
         })
     }
 
@@ -131,6 +136,7 @@ impl Dma {
 
     /// Records every map/unmap/sync of this handle and its clones from now on (`None` stops).
     pub fn set_trace(&self, rec: Option<Arc<TraceRecorder>>) {
+        self.inner.tracing.store(rec.is_some(), Relaxed);
         self.inner.trace.store(rec);
     }
 
@@ -198,15 +204,13 @@ impl Dma {
                 Some(Bounce { addr: m.addr, host })
             }
         };
-        let trace = self.inner.trace.load_full();
-        let id = match &trace {
-            Some(t) => {
-                let id = t.next_id();
+        let mut id = 0;
+        if self.inner.tracing.load(Relaxed) {
+            if let Some(t) = self.inner.trace.load().as_ref() {
+                id = t.next_id();
                 t.record(TraceOp::Map, id, src, addr.0, len, dir);
-                id
             }
-            None => 0,
-        };
+        }
         Ok(DmaBuffer {
             dma: Dma {
                 inner: self.inner.clone(),

@@ -96,9 +96,29 @@ struct Slot {
     orig: u64,
 }
 
+/// Hot-path counters kept under the area lock (no atomic read-modify-write on the fast path);
+/// folded into the owner's totals when the pool goes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AreaCounts {
+    pub maps: u64,
+    pub unmaps: u64,
+    pub lookups: u64,
+    pub lookup_steps: u64,
+}
+
+impl AreaCounts {
+    pub fn add(&mut self, o: &AreaCounts) {
+        self.maps += o.maps;
+        self.unmaps += o.unmaps;
+        self.lookups += o.lookups;
+        self.lookup_steps += o.lookup_steps;
+    }
+}
+
 struct AreaInner {
     /// Next search start, relative to the area (Linux: `area->index`).
     index: usize,
+    counts: AreaCounts,
     used: usize,
     hiwater: usize,
     slots: Vec<Slot>,
@@ -199,6 +219,7 @@ impl Pool {
                 CachePadded::new(Area {
                     lock: Mutex::new(AreaInner {
                         index: 0,
+                        counts: AreaCounts::default(),
                         used: 0,
                         hiwater: 0,
                         slots,
@@ -368,6 +389,7 @@ impl Pool {
             i -= 1;
         }
         g.index = wrap(found + nslots, self.area_nslots);
+        g.counts.maps += 1;
         g.used += nslots;
         if g.used > g.hiwater {
             g.hiwater = g.used;
@@ -387,6 +409,7 @@ impl Pool {
         &self,
         addr: u64,
         now_ns: u64,
+        lookup_steps: u64,
         shard: &Shard,
     ) -> Result<(usize, u64, usize), crate::DmaError> {
         let rel = addr - self.start;
@@ -396,6 +419,8 @@ impl Pool {
         let area = &self.areas[a];
         let base = a * self.area_nslots;
         let mut g = self.lock_area(area, shard);
+        g.counts.lookups += 1;
+        g.counts.lookup_steps += lookup_steps;
         let head = g.slots[index - base];
         if head.list != 0 {
             return Err(crate::DmaError::NotMapped { addr });
@@ -430,6 +455,7 @@ impl Pool {
         if self.lifo && g.index == wrap(li + nslots, self.area_nslots) {
             g.index = li;
         }
+        g.counts.unmaps += 1;
         g.used -= nslots;
         area.used.store(g.used, Relaxed);
         area.last_free_ns.store(now_ns, Relaxed);
@@ -481,6 +507,15 @@ impl Pool {
                         && !s.head
                 })
         })
+    }
+
+    /// Sum of the areas' hot-path counters.
+    pub(crate) fn counts(&self) -> AreaCounts {
+        let mut c = AreaCounts::default();
+        for a in self.areas.iter() {
+            c.add(&a.lock.lock().counts);
+        }
+        c
     }
 
     pub(crate) fn stats(&self) -> PoolStats {

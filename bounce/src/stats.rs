@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 /// Hot-path counters of one shard (one per area index / queue).
 #[derive(Default)]
 pub(crate) struct Shard {
-    pub maps: AtomicU64,
-    pub unmaps: AtomicU64,
     pub syncs_for_cpu: AtomicU64,
     pub syncs_for_device: AtomicU64,
     pub bytes_to_pool: AtomicU64,
     pub bytes_to_guest: AtomicU64,
+    /// Lookups outside the unmap path, or that found no pool (unmap lookups are counted under the
+    /// area lock).
     pub lookups: AtomicU64,
     pub lookup_steps: AtomicU64,
     pub lock_wait_ns: AtomicU64,
@@ -188,8 +188,6 @@ pub struct StatsSnapshot {
 impl StatsSnapshot {
     pub(crate) fn fill(&mut self, shards: &[CachePadded<Shard>], g: &Global) {
         for s in shards {
-            self.maps += s.maps.load(Relaxed);
-            self.unmaps += s.unmaps.load(Relaxed);
             self.syncs_for_cpu += s.syncs_for_cpu.load(Relaxed);
             self.syncs_for_device += s.syncs_for_device.load(Relaxed);
             self.bytes_to_pool += s.bytes_to_pool.load(Relaxed);

@@ -19,7 +19,7 @@ use crate::convert::{delay, ConvertMode};
 use crate::dma::DmaSource;
 use crate::error::DmaError;
 use crate::lookup::PoolSet;
-use crate::pool::{MapAttrs, Pool, PoolKind};
+use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind};
 use crate::stats::{add, Global, Shard, StatsSnapshot};
 
 const SHARDS: usize = 16;
@@ -71,6 +71,8 @@ struct Shared {
     g: Global,
     epoch: Instant,
     kicked: AtomicBool,
+    /// Hot-path counters of pools that are gone.
+    retired_counts: Mutex<AreaCounts>,
     ctl: Mutex<Ctl>,
     cv: Condvar,
 }
@@ -97,6 +99,7 @@ impl Swiotlb {
             g: Global::default(),
             epoch: Instant::now(),
             kicked: AtomicBool::new(false),
+            retired_counts: Mutex::new(AreaCounts::default()),
             ctl: Mutex::new(Ctl {
                 pending: false,
                 shutdown: false,
@@ -227,12 +230,21 @@ impl Swiotlb {
 
     /// All statistics at this moment.
     pub fn stats(&self) -> StatsSnapshot {
+        let _w = self.sh.writer.lock();
         let set = self.sh.pools.load();
         let mut s = StatsSnapshot {
             slot_bytes: 1 << self.sh.shift,
             ..Default::default()
         };
         s.fill(&self.sh.shards, &self.sh.g);
+        let mut c = *self.sh.retired_counts.lock();
+        for p in &set.list {
+            c.add(&p.counts());
+        }
+        s.maps += c.maps;
+        s.unmaps += c.unmaps;
+        s.lookups += c.lookups;
+        s.lookup_steps += c.lookup_steps;
         s.pools = set.sorted.iter().map(|p| p.stats()).collect();
         s.slots_total = set.slots_total as u64;
         s.slots_used = s.pools.iter().map(|p| p.slots_used).sum();
@@ -297,7 +309,6 @@ impl Shared {
                 {
                     self.kick();
                 }
-                add(&shard.maps, 1);
                 let addr = p.slot_addr(a.index) + a.offset as u64;
                 return Ok(Mapping {
                     host: p.host_ptr(addr),
@@ -321,7 +332,6 @@ impl Shared {
         match p.alloc(0, orig, len, attrs, page, shard) {
             Some(a) => {
                 self.g.inc_used(a.nslots as u64);
-                add(&shard.maps, 1);
                 let addr = p.slot_addr(a.index) + a.offset as u64;
                 Ok(Mapping {
                     host: p.host_ptr(addr),
@@ -340,17 +350,18 @@ impl Shared {
         let shard = &self.shards[hint(src) % SHARDS];
         let set = self.pools.load();
         let (p, steps) = set.find(self.cfg.lookup, addr);
-        add(&shard.lookups, 1);
-        add(&shard.lookup_steps, steps);
-        let p = p.ok_or(DmaError::UnknownAddress { addr })?;
+        let Some(p) = p else {
+            add(&shard.lookups, 1);
+            add(&shard.lookup_steps, steps);
+            return Err(DmaError::UnknownAddress { addr });
+        };
         let now = if p.kind == PoolKind::Dynamic && self.cfg.shrink.is_some() {
             self.now_ns()
         } else {
             0
         };
-        let (nslots, orig, len) = p.free(addr, now, shard)?;
+        let (nslots, orig, len) = p.free(addr, now, steps, shard)?;
         self.g.used.fetch_sub(nslots as u64, Relaxed);
-        add(&shard.unmaps, 1);
         if p.kind == PoolKind::Transient {
             let p = p.clone();
             drop(set);
@@ -416,6 +427,9 @@ impl Shared {
     fn remove_pool(&self, p: &Arc<Pool>) {
         {
             let _w = self.writer.lock();
+            // Fold its counters into the totals in the same step as unpublishing it, so a
+            // snapshot (which takes the writer lock) counts them exactly once.
+            self.retired_counts.lock().add(&p.counts());
             self.pools.store(Arc::new(self.pools.load().without(p.id)));
         }
         let page = self.cfg.page as u64;
