@@ -133,6 +133,10 @@ fn blk(c: &mut Criterion) {
         for (mode, bounced) in [("direct", false), ("bounced", true)] {
             let mut d = Driver::new(bounced);
             let mut pos = 0;
+            d.batch(write, len, random, &mut pos);
+            let mut st = [0xffu8; BATCH as usize];
+            d.mem.read_slice(&mut st, GuestAddress(STATUS)).unwrap();
+            assert!(st.iter().all(|&s| s == 0), "{name}/{mode}: requests failed");
             g.bench_function(mode, |b| b.iter(|| d.batch(write, len, random, &mut pos)));
         }
         g.finish();
