@@ -244,3 +244,10 @@ fn device_failure_sets_needs_reset() {
     t.process_event(0, EventSet::IN);
     t.process_event(TOKEN_CONTROL, EventSet::IN);
 }
+
+#[test]
+fn transport_is_send_for_the_event_loop_and_vcpu_threads() {
+    fn send<T: Send>() {}
+    send::<MmioTransport>();
+    send::<Arc<Mutex<MmioTransport>>>();
+}
