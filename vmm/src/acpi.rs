@@ -1,7 +1,12 @@
-//! ACPI tables (hardware-reduced, as Cloud Hypervisor and Firecracker build them): the MADT
-//! announces every vCPU and the I/O APIC, the FADT's sleep registers let the guest power off,
-//! and the DSDT's `_S5_` tells it which sleep type that is.
+//! ACPI tables: the MADT announces every vCPU and the I/O APIC, the FADT's PM1 registers let
+//! the guest power off, and the DSDT's `_S5_` tells it which sleep type that is.
+//!
+//! Not hardware-reduced ACPI (Firecracker's and QEMU microvm's choice): Linux then drops the
+//! legacy PIC and ISA IRQs, so the 8250 at IRQ 4 and `virtio_mmio.device=...:IRQ` devices would
+//! need DSDT entries and PNP support in the guest. A fixed-hardware FADT with only the PM1 event
+//! and control blocks keeps ISA IRQ numbers meaning IOAPIC pins, as the MP table did.
 
+use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -14,18 +19,22 @@ use acpi_tables::{aml, Aml};
 use anyhow::{Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{
-    ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, EBDA_START, HIMEM_START,
-    IOAPIC_ADDR, LAPIC_ADDR,
-};
+use crate::layout::{ACPI_PM1_PORT, ACPI_START, HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR};
 
 const OEM_ID: [u8; 6] = *b"MICROV";
 const OEM_TABLE: [u8; 8] = *b"MICROVM ";
 
 /// Sleep type the guest writes for S5 (soft off); any value works as long as `_S5_` agrees.
-pub const S5_SLEEP_TYPE: u8 = 5;
-/// SLP_EN bit of the hardware-reduced sleep control register.
-pub const SLEEP_ENABLE: u8 = 1 << 5;
+pub const S5_SLEEP_TYPE: u16 = 5;
+/// PM1 control register (ACPI 6.5, 4.8.2.1): SLP_TYP in bits 10-12, SLP_EN in bit 13.
+pub const PM1_CNT_OFFSET: u64 = 4;
+pub const PM1_SLP_TYP_SHIFT: u16 = 10;
+pub const PM1_SLP_EN: u16 = 1 << 13;
+/// PM1 event block: status and enable, 2 bytes each; then the 2-byte control block.
+const PM1_EVT_LEN: u8 = 4;
+const PM1_CNT_LEN: u8 = 2;
+/// The SCI's ISA IRQ, as on PCs; microvm never raises it.
+const SCI_IRQ: u16 = 9;
 
 // FADT IA-PC boot architecture flags (ACPI 6.5, table 5.11).
 const IAPC_8042: u16 = 1 << 1;
@@ -60,22 +69,30 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     dsdt.append_slice(&bytes(&s5));
     let dsdt_addr = place(dsdt.as_slice())?;
 
-    let sleep_reg = |port: u16| {
+    let facs_addr = place(&bytes(&FACS::new()))?;
+    let pm1_reg = |port: u16, len: u8| {
         GAS::new(
             AddressSpace::SystemIo,
-            8,
+            len * 8,
             0,
-            AccessSize::ByteAccess,
+            AccessSize::Undefined,
             port.into(),
         )
     };
+    let pm1_cnt = ACPI_PM1_PORT + PM1_CNT_OFFSET as u16;
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE, 1)
-        .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
+        .firmware_ctrl_64(facs_addr)
         .dsdt_64(dsdt_addr);
-    fadt.sleep_control_reg = sleep_reg(ACPI_SLEEP_CONTROL_PORT);
-    fadt.sleep_status_reg = sleep_reg(ACPI_SLEEP_STATUS_PORT);
+    fadt.sci_int = SCI_IRQ.into();
+    // SMI_CMD = 0: the platform is always in ACPI mode.
+    fadt.pm1a_evt_blk = u32::from(ACPI_PM1_PORT).into();
+    fadt.pm1a_cnt_blk = u32::from(pm1_cnt).into();
+    fadt.pm1_evt_len = PM1_EVT_LEN;
+    fadt.pm1_cnt_len = PM1_CNT_LEN;
+    fadt.x_pm1a_evt_blk = pm1_reg(ACPI_PM1_PORT, PM1_EVT_LEN);
+    fadt.x_pm1a_cnt_blk = pm1_reg(pm1_cnt, PM1_CNT_LEN);
     // An 8042 (for reboot=k); no VGA, MSI or CMOS RTC to probe.
     fadt.iapc_boot_arch = (IAPC_8042 | IAPC_NO_VGA | IAPC_NO_MSI | IAPC_NO_CMOS_RTC).into();
     let fadt_addr = place(&bytes(&fadt.finalize()))?;
@@ -100,6 +117,5 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
     mem.write_slice(&bytes(&rsdp), GuestAddress(rsdp_addr))
         .context("cannot write the RSDP")?;
-    debug_assert!(rsdp_addr >= EBDA_START);
     Ok(rsdp_addr)
 }

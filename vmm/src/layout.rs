@@ -39,6 +39,6 @@ pub const I8042_PORT: u16 = 0x60;
 /// [`BOOT_MARKER_VALUE`] when user space starts.
 pub const BOOT_MARKER_PORT: u16 = 0x80;
 pub const BOOT_MARKER_VALUE: u8 = 0x41;
-/// ACPI hardware-reduced sleep control/status registers.
-pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
-pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
+/// ACPI PM1a event (4 bytes) and control (2 bytes) blocks, where QEMU's PIIX4 has them.
+pub const ACPI_PM1_PORT: u16 = 0x600;
+pub const ACPI_PM1_LEN: u64 = 6;

@@ -1,10 +1,10 @@
-//! The few legacy I/O-port devices a micro-VM needs: the i8042's reset line, the ACPI sleep
+//! The few legacy I/O-port devices a micro-VM needs: the i8042's reset line, the ACPI PM1
 //! registers, and the boot-time marker port.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::acpi::{S5_SLEEP_TYPE, SLEEP_ENABLE};
+use crate::acpi::{PM1_CNT_OFFSET, PM1_SLP_EN, PM1_SLP_TYP_SHIFT, S5_SLEEP_TYPE};
 use crate::bus::BusDevice;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::BOOT_MARKER_VALUE;
@@ -37,26 +37,31 @@ impl BusDevice for I8042 {
     }
 }
 
-/// ACPI hardware-reduced sleep control (offset 0) and status (offset 1) registers.
-pub struct AcpiSleep {
+/// ACPI PM1a event block (status, enable) and control block; writing SLP_EN with the S5 sleep
+/// type to the control register powers the machine off.
+pub struct AcpiPm {
     exit: Arc<VmExit>,
 }
 
-impl AcpiSleep {
+impl AcpiPm {
     pub fn new(exit: Arc<VmExit>) -> Self {
-        AcpiSleep { exit }
+        AcpiPm { exit }
     }
 }
 
-impl BusDevice for AcpiSleep {
+impl BusDevice for AcpiPm {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&v) = data.first() else { return };
-        if offset == 0 && v & SLEEP_ENABLE != 0 {
-            let sleep_type = (v >> 2) & 0x7;
+        let value = match data {
+            [lo] => u16::from(*lo),
+            [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+            [] => return,
+        };
+        if offset == PM1_CNT_OFFSET && value & PM1_SLP_EN != 0 {
+            let sleep_type = (value >> PM1_SLP_TYP_SHIFT) & 0x7;
             if sleep_type == S5_SLEEP_TYPE {
                 log::info!("guest powered off through ACPI");
                 self.exit.trigger(ExitReason::PowerOff);

@@ -19,7 +19,7 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
-use crate::legacy::{AcpiSleep, BootTimer, I8042};
+use crate::legacy::{AcpiPm, BootTimer, I8042};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
 use crate::vcpu::Vcpu;
 use crate::{acpi, boot, cpu, memory};
@@ -77,6 +77,7 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
     };
     vm.create_pit2(pit)
         .map_err(|e| anyhow!("KVM_CREATE_PIT2 failed: {e}"))?;
+    disable_pit_reinjection(&vm)?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -91,6 +92,26 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
             .map_err(|e| anyhow!("KVM refused guest memory region {slot}: {e}"))?;
     }
     Ok(vm)
+}
+
+// Declared `_IO` in <linux/kvm.h> although it takes a `struct kvm_reinject_control *`.
+vmm_sys_util::ioctl_io_nr!(KVM_REINJECT_CONTROL, kvm_bindings::KVMIO, 0x71);
+
+/// Drops PIT ticks the guest missed instead of replaying them. Replaying lets a slow (nested or
+/// overcommitted) host fall ever further behind a periodic PIT until it livelocks in the
+/// reinjection thread; Linux keeps time with kvm-clock, not by counting PIT ticks.
+fn disable_pit_reinjection(vm: &VmFd) -> Result<()> {
+    let ctl = kvm_bindings::kvm_reinject_control::default();
+    // SAFETY: KVM_REINJECT_CONTROL reads a `kvm_reinject_control` that outlives the call; the
+    // return value is checked.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm, KVM_REINJECT_CONTROL(), &ctl) };
+    if ret < 0 {
+        bail!(
+            "KVM_REINJECT_CONTROL failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn kernel_cmdline(cfg: &VmConfig) -> Result<Cmdline> {
@@ -141,9 +162,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         Arc::new(Mutex::new(BootTimer::new(start))),
     )?;
     pio.insert(
-        u64::from(ACPI_SLEEP_CONTROL_PORT),
-        2,
-        Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
+        u64::from(ACPI_PM1_PORT),
+        ACPI_PM1_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
     )?;
     let pio = Arc::new(pio);
     let mmio = Arc::new(Bus::default());
