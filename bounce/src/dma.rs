@@ -234,6 +234,10 @@ impl Dma {
 
     fn guest_slice(&self, addr: GuestAddress, len: usize) -> Result<VolatileSlice<'_>, DmaError> {
         let mem = &self.inner.mem;
+        // Fast path: one region lookup. Classify the failure only when there is one.
+        if let Ok(s) = mem.get_slice(addr, len) {
+            return Ok(s);
+        }
         let end = addr
             .0
             .checked_add(len as u64 - 1)
