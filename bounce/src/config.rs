@@ -268,6 +268,12 @@ impl SwiotlbConfig {
         if !self.segment.is_power_of_two() || self.segment > 1 << 15 {
             return inv("segment must be a power of two <= 32768");
         }
+        if (self.slot as u64) * (self.segment as u64) > 1 << 30 {
+            return inv("slot x segment (the longest mapping) must be <= 1G");
+        }
+        if !(1..=100).contains(&self.threshold) {
+            return inv("threshold must be a percentage 1..=100");
+        }
         if self.areas > 1024 {
             return inv("areas must be <= 1024");
         }
@@ -368,6 +374,18 @@ mod tests {
         assert!(matches!(
             "size=2G".parse::<SwiotlbConfig>(),
             Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            "slot=1M,page=1M,segment=2048".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            SwiotlbConfig::from_json_or_kv(r#"{"threshold": 0}"#),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            SwiotlbConfig::from_json_or_kv(r#"{"bogus": 0}"#),
+            Err(ConfigError::Json(_))
         ));
     }
 

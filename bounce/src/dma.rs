@@ -671,4 +671,27 @@ mod tests {
             .iter()
             .all(|r| r.id == 1 && r.device == 3 && r.queue == 1 && r.len == 64));
     }
+
+    #[test]
+    fn spanning_two_regions_is_not_contiguous() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .unwrap();
+        for dma in [
+            Dma::direct(mem.clone()),
+            Dma::bounced_from_str(mem, "size=1M").unwrap(),
+        ] {
+            assert!(matches!(
+                dma.map(
+                    DmaSource::default(),
+                    GuestAddress(0xff00),
+                    0x200,
+                    DmaDirection::ToDevice
+                ),
+                Err(DmaError::NotContiguous { .. })
+            ));
+        }
+    }
 }
