@@ -1,6 +1,6 @@
 //! Emulated devices of microvm.
 //!
-//! * [`bus`]: the [`bus::MmioDevice`] trait the VMM's MMIO bus dispatches guest accesses to.
+//! * [`bus`]: the [`bus::Bus`] that routes port I/O and MMIO exits to [`bus::BusDevice`]s.
 //! * [`virtio`]: the [`virtio::VirtioDevice`] trait, the virtio-mmio (modern, v2) transport
 //!   [`virtio::mmio::MmioTransport`], and the block, rng and net devices.
 //!

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use bounce::SwiotlbConfig;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,18 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", num_args = 0..=1, require_equals = true,
           default_missing_value = DEFAULT_RESTRICTED_DMA)]
     pub restricted_dma: Option<String>,
+    /// Restricted-DMA pool model knobs as key=value,... (slot, segment, areas, dynamic,
+    /// threshold, chunk, transient, shrink, cap, lookup, convert, convert-mode, ...; see
+    /// bounce/README.md). Needs --restricted-dma.
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub bounce: Option<String>,
+    /// Also make the guest bounce: offer VIRTIO_F_ACCESS_PLATFORM and add swiotlb=force to the
+    /// kernel command line.
+    #[arg(long)]
+    pub guest_swiotlb: bool,
+    /// Record every DMA map/unmap/sync to PATH (JSON lines; replay with bounce-replay).
+    #[arg(long, value_name = "PATH")]
+    pub dma_trace: Option<PathBuf>,
     /// Read the configuration from a JSON file (flags given as well override it).
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
@@ -66,7 +79,7 @@ pub struct NetConfig {
 }
 
 /// The resolved configuration. Also the JSON file's schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -84,9 +97,13 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     #[serde(default)]
     pub rng: bool,
-    /// Pool size in bytes; `None`: devices DMA directly (no bouncing).
+    /// The bounce pool model; `None`: devices DMA directly (no bouncing).
     #[serde(default)]
-    pub restricted_dma: Option<u64>,
+    pub restricted_dma: Option<SwiotlbConfig>,
+    #[serde(default)]
+    pub guest_swiotlb: bool,
+    #[serde(default)]
+    pub dma_trace: Option<PathBuf>,
 }
 
 fn default_cmdline() -> String {
@@ -177,6 +194,8 @@ impl VmConfig {
                     nets: vec![],
                     rng: false,
                     restricted_dma: None,
+                    guest_swiotlb: false,
+                    dma_trace: None,
                 }
             }
         };
@@ -202,8 +221,17 @@ impl VmConfig {
             cfg.nets.push(parse_net(n)?);
         }
         cfg.rng |= cli.rng;
-        if let Some(size) = cli.restricted_dma {
-            cfg.restricted_dma = Some(parse_size(&size)?);
+        match (cli.restricted_dma, cli.bounce) {
+            (None, Some(_)) => bail!("--bounce needs --restricted-dma"),
+            (None, None) => {}
+            (Some(size), opts) => {
+                let size = parse_size(&size)?;
+                cfg.restricted_dma = Some(crate::virtio::pool_config(Some(size), opts.as_deref())?);
+            }
+        }
+        cfg.guest_swiotlb |= cli.guest_swiotlb;
+        if cli.dma_trace.is_some() {
+            cfg.dma_trace = cli.dma_trace;
         }
         cfg.validate()?;
         Ok(cfg)

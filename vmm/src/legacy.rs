@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::acpi::{PM1_CNT_OFFSET, PM1_SLP_EN, PM1_SLP_TYP_SHIFT, S5_SLEEP_TYPE};
-use crate::bus::BusDevice;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::BOOT_MARKER_VALUE;
+use devices::bus::BusDevice;
 
 /// i8042 keyboard controller, only as far as `reboot=k` needs: command 0xFE on port 0x64 pulses
 /// the CPU reset line. Status reads say "no data, input buffer empty".

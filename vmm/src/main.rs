@@ -2,7 +2,6 @@
 
 mod acpi;
 mod boot;
-mod bus;
 mod config;
 mod cpu;
 mod exit;
@@ -12,6 +11,7 @@ mod memory;
 mod metrics;
 mod serial;
 mod vcpu;
+mod virtio;
 mod vm;
 
 use std::io::IsTerminal;

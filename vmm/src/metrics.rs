@@ -1,5 +1,11 @@
 //! What the VMM itself costs.
 
+use std::sync::Arc;
+
+use bounce::{Dma, TraceRecorder};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Logs the process's resident memory outside guest RAM (from /proc/self/smaps).
@@ -35,4 +41,66 @@ pub fn log_memory_overhead(mem: &GuestMemoryMmap) {
         total_kib - guest_kib,
         guest_kib
     );
+}
+
+/// What `--restricted-dma` and `--dma-trace` produce: statistics and a trace to flush.
+#[derive(Clone)]
+pub struct DmaReport {
+    pub dma: Dma,
+    pub trace: Option<Arc<TraceRecorder>>,
+}
+
+impl DmaReport {
+    /// Logs the bounce statistics as one JSON line and flushes the DMA trace.
+    pub fn log(&self) {
+        match self.dma.stats() {
+            Some(stats) => match serde_json::to_string(&stats) {
+                Ok(json) => log::info!("bounce statistics: {json}"),
+                Err(e) => log::warn!("cannot serialize bounce statistics: {e}"),
+            },
+            None => log::info!("bounce statistics: none (--restricted-dma is off)"),
+        }
+        if let Some(trace) = &self.trace {
+            if let Err(e) = trace.flush() {
+                log::warn!("cannot flush the DMA trace: {e}");
+            }
+            if trace.errors() > 0 {
+                log::warn!("DMA trace: {} records could not be written", trace.errors());
+            }
+        }
+    }
+}
+
+/// Logs the bounce statistics when the process gets SIGUSR1 (read through a signalfd, so the
+/// work happens on the event loop, not in a signal handler).
+pub struct StatsSignal {
+    report: DmaReport,
+    fd: SignalFd,
+}
+
+impl StatsSignal {
+    /// Blocks SIGUSR1 in the calling thread (and the threads it starts later) and opens a
+    /// signalfd for it.
+    pub fn new(report: DmaReport) -> std::io::Result<Self> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGUSR1);
+        set.thread_block().map_err(std::io::Error::from)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        Ok(StatsSignal { report, fd })
+    }
+}
+
+impl MutEventSubscriber for StatsSignal {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::warn!("SIGUSR1 statistics disabled: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Ok(Some(_)) = self.fd.read_signal() {
+            self.report.log();
+        }
+    }
 }

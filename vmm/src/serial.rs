@@ -9,7 +9,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::BusDevice;
+use devices::bus::BusDevice;
 
 /// Raises the serial IRQ through an irqfd.
 pub struct IrqTrigger(pub EventFd);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::bus::Bus;
 use crate::exit::{ExitReason, VmExit};
+use devices::bus::Bus;
 
 pub struct Vcpu {
     pub id: u8,

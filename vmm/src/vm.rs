@@ -15,14 +15,15 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::legacy::{AcpiPm, BootTimer, I8042};
+use crate::metrics::StatsSignal;
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
 use crate::vcpu::Vcpu;
-use crate::{acpi, boot, cpu, memory};
+use crate::{acpi, boot, cpu, memory, virtio};
+use devices::bus::Bus;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -121,16 +122,26 @@ fn kernel_cmdline(cfg: &VmConfig) -> Result<Cmdline> {
 
 /// Runs the VM to its end; `Ok` with why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
-    if !cfg.disks.is_empty() || !cfg.nets.is_empty() || cfg.rng || cfg.restricted_dma.is_some() {
-        bail!("virtio devices (--disk, --net, --rng, --restricted-dma) are not available in this build yet");
-    }
     let kvm = open_kvm()?;
     let mem = memory::create(cfg.memory_mib)?;
     let vm = create_vm(&kvm, &mem)?;
     let exit = Arc::new(VmExit::new().context("cannot create the exit event")?);
 
+    let mut events: EventManager<Subscriber> =
+        EventManager::new().context("cannot create the event loop")?;
+    let mut mmio = Bus::default();
+    let mut cmdline = kernel_cmdline(cfg)?;
+    let report = virtio::create_dma(cfg, &mem)?;
+    virtio::attach(cfg, &vm, &report.dma, &mut mmio, &mut events, &mut cmdline)?;
+    if cfg.guest_swiotlb {
+        cmdline
+            .insert_str("swiotlb=force")
+            .map_err(|e| anyhow!("kernel command line too long: {e}"))?;
+    }
+    let stats = StatsSignal::new(report.clone()).context("cannot set up the SIGUSR1 handler")?;
+    events.add_subscriber(Arc::new(Mutex::new(stats)));
+
     let rsdp_addr = acpi::create_tables(&mem, cfg.cpus)?;
-    let cmdline = kernel_cmdline(cfg)?;
     let entry = boot::setup(
         &mem,
         &boot::BootSetup {
@@ -167,10 +178,8 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
     )?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::default());
+    let mmio = Arc::new(mmio);
 
-    let mut events: EventManager<Subscriber> =
-        EventManager::new().context("cannot create the event loop")?;
     events.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
     events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
 
@@ -215,6 +224,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
             crate::metrics::log_memory_overhead(&mem);
+            report.log();
             return Ok(reason);
         }
         events

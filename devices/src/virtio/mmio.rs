@@ -6,11 +6,11 @@
 //!   as `Arc<Mutex<MmioTransport>>`: the same object serves the MMIO bus (vCPU threads) and the
 //!   event loop.
 //! * MMIO: it occupies [`MMIO_SIZE`] bytes at a base the VMM chooses; the bus calls
-//!   [`MmioDevice::read`]/[`MmioDevice::write`] with `offset = gpa - base`. Registers are 32-bit
+//!   [`BusDevice::read`]/[`BusDevice::write`] with `offset = gpa - base`. Registers are 32-bit
 //!   (other widths below 0x100 are ignored, reads as 0); config space (0x100..) takes any width.
 //! * Notifications: for each `(i, fd)` in [`MmioTransport::queue_evts`], register `fd` as a KVM
 //!   ioeventfd at `base + 0x50` (QueueNotify), 4 bytes, datamatch `i as u32`. Without ioeventfds
-//!   a QueueNotify write through [`MmioDevice::write`] signals the same eventfd.
+//!   a QueueNotify write through [`BusDevice::write`] signals the same eventfd.
 //! * Interrupts: `irqfd` (given to `new`) must be registered with `KVM_IRQFD` for the device's
 //!   GSI. The transport writes it for used buffers (InterruptStatus bit 0) and configuration
 //!   changes, including DEVICE_NEEDS_RESET (bit 1). Level-triggered semantics are approximated
@@ -36,7 +36,7 @@ use super::{
     STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
-use crate::bus::MmioDevice;
+use crate::bus::BusDevice;
 
 /// Size of a device's MMIO window.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -500,7 +500,7 @@ impl MmioTransport {
     }
 }
 
-impl MmioDevice for MmioTransport {
+impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
             self.device.read_config(offset - CONFIG_SPACE, data);

@@ -1,0 +1,208 @@
+//! Virtio devices on the MMIO bus: one [`Dma`] handle for all of them (direct, or bounced through
+//! the restricted-DMA pools), a virtio-mmio window, an ioeventfd per queue and an irqfd each.
+
+use std::fs::OpenOptions;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bounce::{Dma, Swiotlb, SwiotlbConfig, TraceRecorder};
+use devices::bus::Bus;
+use devices::virtio::mmio::{MMIO_SIZE, NOTIFY_OFFSET};
+use devices::virtio::net::Tap;
+use devices::virtio::{
+    Block, BlockConfig, MmioOptions, MmioTransport, Net, NetConfig, Rng, VirtioDevice,
+};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{NetConfig as NetSpec, VmConfig};
+use crate::metrics::DmaReport;
+
+/// virtio-mmio windows start here, inside the 32-bit MMIO gap.
+const MMIO_BASE: u64 = 0xd000_0000;
+/// ISA IRQs free on a PC: Linux numbers them as IOAPIC pins, so a `virtio_mmio.device=...:IRQ`
+/// parameter reaches the right pin. (0-2 timer/keyboard/cascade, 3-4 serial, 8 RTC, 9 SCI.)
+const IRQS: [u32; 9] = [5, 6, 7, 10, 11, 12, 13, 14, 15];
+const QUEUE_SIZE: u16 = 256;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The guest-memory handle every device uses: bounced when `--restricted-dma` is on.
+pub fn create_dma(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<DmaReport> {
+    let dma = match &cfg.restricted_dma {
+        None => Dma::direct(mem.clone()),
+        Some(pool_cfg) => {
+            let swiotlb = Swiotlb::new(pool_cfg.clone())
+                .map_err(|e| anyhow!("invalid restricted-DMA pool configuration: {e}"))?;
+            log::info!(
+                "restricted DMA: {} KiB initial pool, bounce model {:?}",
+                pool_cfg.size >> 10,
+                pool_cfg
+            );
+            Dma::bounced(mem.clone(), swiotlb)
+        }
+    };
+    let trace = match &cfg.dma_trace {
+        Some(path) => {
+            let rec = TraceRecorder::to_file(path)
+                .with_context(|| format!("cannot create DMA trace file {}", path.display()))?;
+            let rec = Arc::new(rec);
+            dma.set_trace(Some(rec.clone()));
+            Some(rec)
+        }
+        None => None,
+    };
+    Ok(DmaReport { dma, trace })
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        bail!("MAC address {s:?} must be six hex bytes like 02:00:00:00:00:01");
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| anyhow!("MAC address {s:?} must be six hex bytes"))?;
+    }
+    Ok(mac)
+}
+
+/// A locally administered MAC derived from the device index, when none is given.
+fn default_mac(index: usize) -> [u8; 6] {
+    [0x02, 0x00, 0x00, 0x00, 0x00, (index as u8).wrapping_add(1)]
+}
+
+fn net_device(spec: &NetSpec, index: usize) -> Result<Net> {
+    let mac = match &spec.mac {
+        Some(m) => parse_mac(m)?,
+        None => default_mac(index),
+    };
+    let tap = Tap::open(&spec.tap).with_context(|| {
+        format!(
+            "cannot open tap device {:?} (create it first, e.g. `ip tuntap add {} mode tap`)",
+            spec.tap, spec.tap
+        )
+    })?;
+    Net::new(
+        tap,
+        NetConfig {
+            mac,
+            queue_size: QUEUE_SIZE,
+        },
+    )
+    .with_context(|| format!("cannot set up virtio-net on tap {:?}", spec.tap))
+}
+
+fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
+    let mut devs: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!disk.readonly)
+            .open(&disk.path)
+            .with_context(|| format!("cannot open disk image {}", disk.path.display()))?;
+        let block = Block::new(
+            file,
+            BlockConfig {
+                readonly: disk.readonly,
+                serial: format!("microvm-disk{i}"),
+                num_queues: u16::from(cfg.cpus).min(8),
+                queue_size: QUEUE_SIZE,
+            },
+        )
+        .map_err(|e| anyhow!("cannot set up disk {}: {e}", disk.path.display()))?;
+        devs.push(Box::new(block));
+    }
+    for (i, net) in cfg.nets.iter().enumerate() {
+        devs.push(Box::new(net_device(net, i)?));
+    }
+    if cfg.rng {
+        devs.push(Box::new(Rng::new()));
+    }
+    Ok(devs)
+}
+
+/// Creates the devices, puts them on `mmio` and `events`, and announces them on `cmdline`.
+pub fn attach(
+    cfg: &VmConfig,
+    vm: &VmFd,
+    dma: &Dma,
+    mmio: &mut Bus,
+    events: &mut EventManager<Subscriber>,
+    cmdline: &mut Cmdline,
+) -> Result<()> {
+    let devs = build_devices(cfg)?;
+    if devs.len() > IRQS.len() {
+        bail!(
+            "{} virtio devices requested; microvm supports at most {}",
+            devs.len(),
+            IRQS.len()
+        );
+    }
+    for (index, dev) in devs.into_iter().enumerate() {
+        let base = MMIO_BASE + index as u64 * MMIO_SIZE;
+        let irq = IRQS[index];
+        let irqfd = EventFd::new(0).context("cannot create a device irqfd")?;
+        vm.register_irqfd(&irqfd, irq)
+            .map_err(|e| anyhow!("cannot register the irqfd for IRQ {irq}: {e}"))?;
+        let transport = MmioTransport::new(
+            dev,
+            dma.clone(),
+            irqfd,
+            MmioOptions {
+                access_platform: cfg.guest_swiotlb,
+                device_index: index as u16,
+            },
+        )
+        .context("cannot create a virtio-mmio transport")?;
+        for (q, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
+                .map_err(|e| anyhow!("cannot register the ioeventfd of queue {q}: {e}"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, MMIO_SIZE, transport.clone())?;
+        events.add_subscriber(transport);
+        cmdline
+            .add_virtio_mmio_device(MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
+            .map_err(|e| anyhow!("kernel command line too long for the virtio devices: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Pool configuration for `--restricted-dma[=SIZE]` plus `--bounce key=value,...`.
+pub fn pool_config(size: Option<u64>, opts: Option<&str>) -> Result<SwiotlbConfig> {
+    let mut cfg = match opts {
+        Some(s) => SwiotlbConfig::from_json_or_kv(s).map_err(|e| anyhow!("--bounce {s:?}: {e}"))?,
+        None => SwiotlbConfig::default(),
+    };
+    if let Some(size) = size {
+        cfg.size = size;
+    }
+    cfg.validate()
+        .map_err(|e| anyhow!("invalid restricted-DMA pool configuration: {e}"))?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a").unwrap(), [2, 0, 0, 0, 0, 10]);
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_mac("zz:00:00:00:00:00").is_err());
+        assert_eq!(default_mac(0), [2, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn pool_config_layers_size_over_options() {
+        let c = pool_config(Some(8 << 20), Some("slot=2K,lookup=list")).unwrap();
+        assert_eq!(c.size, 8 << 20);
+        assert!(pool_config(None, Some("bogus=1")).is_err());
+    }
+}
