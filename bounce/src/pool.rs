@@ -82,8 +82,6 @@ impl PoolKind {
 /// Per-slot metadata (Linux: `struct io_tlb_slot`).
 #[derive(Clone, Copy, Default)]
 struct Slot {
-    /// Free slots from here to the end of the segment; 0 = in use.
-    list: u32,
     /// First slot of a mapping.
     head: bool,
     /// Head only: slots of the run before the head (Linux: `pad_slots`).
@@ -121,6 +119,11 @@ struct AreaInner {
     counts: AreaCounts,
     used: usize,
     hiwater: usize,
+    /// Per slot: free slots from here to the end of the segment; 0 = in use (Linux:
+    /// `slots[i].list`). Kept apart from the metadata so the bounded free-run updates scan a
+    /// dense array.
+    list: Vec<u32>,
+    /// Per slot metadata; only a mapping's head slot carries any.
     slots: Vec<Slot>,
 }
 
@@ -208,20 +211,19 @@ impl Pool {
         let areas = (0..nareas)
             .map(|a| {
                 let base = a * area_nslots;
-                let slots = (base..base + area_nslots)
-                    .map(|i| Slot {
-                        // Linux `swiotlb_init_io_tlb_pool`:
-                        // min(IO_TLB_SEGSIZE - io_tlb_offset(i), nslabs - i).
-                        list: (seg - (i & (seg - 1))).min(nslots - i) as u32,
-                        ..Slot::default()
-                    })
+                // Linux `swiotlb_init_io_tlb_pool`:
+                // min(IO_TLB_SEGSIZE - io_tlb_offset(i), nslabs - i).
+                let list = (base..base + area_nslots)
+                    .map(|i| (seg - (i & (seg - 1))).min(nslots - i) as u32)
                     .collect();
+                let slots = vec![Slot::default(); area_nslots];
                 CachePadded::new(Area {
                     lock: Mutex::new(AreaInner {
                         index: 0,
                         counts: AreaCounts::default(),
                         used: 0,
                         hiwater: 0,
+                        list,
                         slots,
                     }),
                     used: AtomicUsize::new(0),
@@ -361,19 +363,17 @@ impl Pool {
                 checked += 1;
                 continue;
             }
-            if g.slots[index].list as usize >= nslots {
+            if g.list[index] as usize >= nslots {
                 break index;
             }
             index = wrap(index + stride, self.area_nslots);
             checked += stride;
         };
-        let slots = &mut g.slots;
-        for s in &mut slots[found..found + nslots] {
-            *s = Slot::default();
-        }
+        let g = &mut *g;
+        let list = &mut g.list;
+        list[found..found + nslots].fill(0);
         let pad = offset >> self.shift;
-        slots[found + pad] = Slot {
-            list: 0,
+        g.slots[found + pad] = Slot {
             head: true,
             pad: pad as u32,
             offset: (offset as u64 & slot_mask) as u32,
@@ -383,9 +383,9 @@ impl Pool {
         // Free slots before the run, in the same segment, now end at the run.
         let mut count = 0;
         let mut i = found;
-        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && slots[i - 1].list != 0 {
+        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && list[i - 1] != 0 {
             count += 1;
-            slots[i - 1].list = count;
+            list[i - 1] = count;
             i -= 1;
         }
         g.index = wrap(found + nslots, self.area_nslots);
@@ -422,7 +422,7 @@ impl Pool {
         g.counts.lookups += 1;
         g.counts.lookup_steps += lookup_steps;
         let head = g.slots[index - base];
-        if head.list != 0 {
+        if g.list[index - base] != 0 {
             return Err(crate::DmaError::NotMapped { addr });
         }
         if !head.head || head.offset != in_slot {
@@ -432,24 +432,23 @@ impl Pool {
         let index = index - head.pad as usize;
         let li = index - base;
         let nslots = (head.size as usize).div_ceil(1 << self.shift);
-        let slots = &mut g.slots;
+        let g = &mut *g;
+        g.slots[li + head.pad as usize] = Slot::default();
+        let list = &mut g.list;
         let mut count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0
         {
-            slots[li + nslots].list
+            list[li + nslots]
         } else {
             0
         };
         for i in (li..li + nslots).rev() {
             count += 1;
-            slots[i] = Slot {
-                list: count,
-                ..Slot::default()
-            };
+            list[i] = count;
         }
         let mut i = li;
-        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && slots[i - 1].list != 0 {
+        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && list[i - 1] != 0 {
             count += 1;
-            slots[i - 1].list = count;
+            list[i - 1] = count;
             i -= 1;
         }
         if self.lifo && g.index == wrap(li + nslots, self.area_nslots) {
@@ -476,7 +475,7 @@ impl Pool {
         let a = index / self.area_nslots;
         let g = self.lock_area(&self.areas[a], shard);
         let s = g.slots[index - a * self.area_nslots];
-        if s.list != 0 {
+        if g.list[index - a * self.area_nslots] != 0 {
             return Err(crate::DmaError::NotMapped { addr });
         }
         if !s.head || s.offset != in_slot {
@@ -501,11 +500,15 @@ impl Pool {
         self.areas.iter().enumerate().all(|(a, area)| {
             let g = area.lock.lock();
             g.used == 0
-                && g.slots.iter().enumerate().all(|(li, s)| {
-                    let i = a * self.area_nslots + li;
-                    s.list as usize == (self.seg - (i & (self.seg - 1))).min(self.nslots - i)
-                        && !s.head
-                })
+                && g.slots
+                    .iter()
+                    .zip(&g.list)
+                    .enumerate()
+                    .all(|(li, (s, &l))| {
+                        let i = a * self.area_nslots + li;
+                        l as usize == (self.seg - (i & (self.seg - 1))).min(self.nslots - i)
+                            && !s.head
+                    })
         })
     }
 
