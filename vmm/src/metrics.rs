@@ -51,14 +51,13 @@ pub struct DmaReport {
 }
 
 impl DmaReport {
-    /// Logs the bounce statistics as one JSON line and flushes the DMA trace.
+    /// Logs the bounce statistics (when bouncing) as one JSON line and flushes the DMA trace.
     pub fn log(&self) {
-        match self.dma.stats() {
-            Some(stats) => match serde_json::to_string(&stats) {
+        if let Some(stats) = self.dma.stats() {
+            match serde_json::to_string(&stats) {
                 Ok(json) => log::info!("bounce statistics: {json}"),
                 Err(e) => log::warn!("cannot serialize bounce statistics: {e}"),
-            },
-            None => log::info!("bounce statistics: none (--restricted-dma is off)"),
+            }
         }
         if let Some(trace) = &self.trace {
             if let Err(e) = trace.flush() {
@@ -100,6 +99,9 @@ impl MutEventSubscriber for StatsSignal {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Ok(Some(_)) = self.fd.read_signal() {
+            if self.report.dma.stats().is_none() {
+                log::info!("bounce statistics: none (--restricted-dma is off)");
+            }
             self.report.log();
         }
     }
