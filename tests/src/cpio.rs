@@ -94,7 +94,8 @@ impl<W: Write> CpioWriter<W> {
     /// Add the host file `host` (following symlinks) at `path`, keeping its permissions.
     pub fn host_file(&mut self, path: &str, host: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let data = std::fs::read(host).with_context(|| format!("cannot read {}", host.display()))?;
+        let data =
+            std::fs::read(host).with_context(|| format!("cannot read {}", host.display()))?;
         let perm = std::fs::metadata(host)
             .with_context(|| format!("cannot stat {}", host.display()))?
             .permissions()
@@ -142,16 +143,23 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("cpio must be installed (apt-get install cpio)")?;
-        child
-            .stdin
-            .take()
-            .context("no stdin")?
-            .write_all(&data)?;
+        child.stdin.take().context("no stdin")?.write_all(&data)?;
         let out = child.wait_with_output()?;
         assert!(out.status.success());
         let list = String::from_utf8_lossy(&out.stdout);
         let names: Vec<&str> = list.lines().collect();
-        assert_eq!(names, ["a", "a/b", "a/b/c.txt", "bin", "bin/sh", "dev", "dev/console"]);
+        assert_eq!(
+            names,
+            [
+                "a",
+                "a/b",
+                "a/b/c.txt",
+                "bin",
+                "bin/sh",
+                "dev",
+                "dev/console"
+            ]
+        );
         Ok(())
     }
 }

@@ -124,7 +124,9 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
                 spec.timeout
             );
             let _ = child.kill();
-            break child.wait().context("waiting for the killed child failed")?;
+            break child
+                .wait()
+                .context("waiting for the killed child failed")?;
         }
         thread::sleep(Duration::from_millis(2));
     };

@@ -256,7 +256,10 @@ impl Harness {
                 }
                 Arg::Disk { index, suffix } => {
                     let disk = run.disks.get(*index).with_context(|| {
-                        format!("Arg::Disk({index}) but the run has {} disks", run.disks.len())
+                        format!(
+                            "Arg::Disk({index}) but the run has {} disks",
+                            run.disks.len()
+                        )
                     })?;
                     let mut s = match self.path {
                         PathKind::Direct => disk.as_os_str().to_os_string(),
@@ -317,7 +320,8 @@ impl Harness {
     }
 }
 
-/// Parse microvm's `Guest-boot-time` log line: the first number followed by "ms" on it.
+/// Parse microvm's `Guest-boot-time` log line (e.g. `Guest-boot-time = 123456 us 123 ms`):
+/// the first number followed by a unit `us` or `ms`, in milliseconds.
 pub fn guest_boot_time_ms(text: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.contains("Guest-boot-time"))?;
     let after = &line[line.find("Guest-boot-time")? + "Guest-boot-time".len()..];
@@ -332,8 +336,10 @@ pub fn guest_boot_time_ms(text: &str) -> Option<f64> {
             }
         }
         if let Ok(v) = w.parse::<f64>() {
-            if words.get(i + 1).is_some_and(|n| n.starts_with("ms")) {
-                return Some(v);
+            match words.get(i + 1) {
+                Some(n) if n.starts_with("ms") => return Some(v),
+                Some(n) if n.starts_with("us") => return Some(v / 1000.0),
+                _ => {}
             }
         }
     }
@@ -351,7 +357,11 @@ mod tests {
             Some(123.4)
         );
         assert_eq!(guest_boot_time_ms("Guest-boot-time: 87ms"), Some(87.0));
-        assert_eq!(guest_boot_time_ms("Guest-boot-time = 12345 us"), None);
+        assert_eq!(
+            guest_boot_time_ms("[INFO vmm] Guest-boot-time =  12345 us 12 ms"),
+            Some(12.345)
+        );
+        assert_eq!(guest_boot_time_ms("Guest-boot-time = 12345 s"), None);
         assert_eq!(guest_boot_time_ms("nothing"), None);
     }
 

@@ -149,7 +149,10 @@ fn resolve_modules(kernel: &OuterKernel) -> Result<Vec<PathBuf>> {
                     dep_file.display()
                 );
             }
-            log::info!("module {name} not in {}: assuming built in", dep_file.display());
+            log::info!(
+                "module {name} not in {}: assuming built in",
+                dep_file.display()
+            );
             continue;
         };
         // modules.dep lists dependencies so that the last one must be loaded first.
@@ -181,9 +184,18 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
                 .arg("-dc")
                 .arg(path)
                 .output()
-                .with_context(|| format!("cannot run {tool} to decompress {} ({hint})", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot run {tool} to decompress {} ({hint})",
+                        path.display()
+                    )
+                })?;
             if !out.status.success() {
-                bail!("{tool} -dc {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "{tool} -dc {} failed: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Ok(out.stdout)
         }
@@ -228,7 +240,8 @@ pub fn base_initramfs(kernel: &OuterKernel) -> Result<PathBuf> {
         bail!("{BUSYBOX} --list-full failed: is it busybox-static?");
     }
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    let file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = CpioWriter::new(BufWriter::new(file));
     for d in ["dev", "proc", "sys", "tmp", "run", "root", "etc", "modules"] {
         w.dir(d)?;
@@ -254,7 +267,8 @@ pub fn base_initramfs(kernel: &OuterKernel) -> Result<PathBuf> {
     w.finish()?
         .into_inner()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
-    fs::rename(&tmp, &out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+    fs::rename(&tmp, &out)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
     log::info!("built outer base initramfs {}", out.display());
     Ok(out)
 }
@@ -273,7 +287,10 @@ pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     for line in text.lines() {
         let line = line.trim();
         if line.contains("=> not found") {
-            bail!("{}: shared library missing on the host: {line}", program.display());
+            bail!(
+                "{}: shared library missing on the host: {line}",
+                program.display()
+            );
         }
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
@@ -338,7 +355,11 @@ impl FileLock {
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
         if rc != 0 {
-            bail!("flock {} failed: {}", path.display(), std::io::Error::last_os_error());
+            bail!(
+                "flock {} failed: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(FileLock(f))
     }
@@ -375,9 +396,11 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     // Per-run initramfs: base + carried files + /run.sh.
     {
         let mut out = BufWriter::new(
-            fs::File::create(&initrd).with_context(|| format!("cannot create {}", initrd.display()))?,
+            fs::File::create(&initrd)
+                .with_context(|| format!("cannot create {}", initrd.display()))?,
         );
-        let mut base_f = fs::File::open(&base).with_context(|| format!("cannot open {}", base.display()))?;
+        let mut base_f =
+            fs::File::open(&base).with_context(|| format!("cannot open {}", base.display()))?;
         let mut buf = Vec::new();
         base_f.read_to_end(&mut buf)?;
         out.write_all(&buf)?;
@@ -386,13 +409,18 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         let mut to_carry: Vec<PathBuf> = vec![helper.clone(), spec.program.clone()];
         to_carry.extend(spec.carry.iter().cloned());
         for f in &to_carry {
-            let abs = f
-                .canonicalize()
-                .with_context(|| format!("file to carry into the outer machine is missing: {}", f.display()))?;
+            let abs = f.canonicalize().with_context(|| {
+                format!(
+                    "file to carry into the outer machine is missing: {}",
+                    f.display()
+                )
+            })?;
             // Carry both the given path and, if a symlink, keep the given name.
             let mut paths = vec![(f.clone(), abs.clone())];
             for lib in shared_libraries(&abs)? {
-                let real = lib.canonicalize().with_context(|| format!("cannot resolve {}", lib.display()))?;
+                let real = lib
+                    .canonicalize()
+                    .with_context(|| format!("cannot resolve {}", lib.display()))?;
                 paths.push((lib, real));
             }
             for (name, real) in paths {
@@ -434,7 +462,16 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
 
     let mut qemu = Command::new(QEMU);
     qemu.args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt"])
-        .args(["-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-net", "none"])
+        .args([
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+            "-nographic",
+            "-no-reboot",
+            "-net",
+            "none",
+        ])
         .args(["-serial", "mon:stdio"])
         .arg("-serial")
         .arg(format!("file:{}", report_file.display()))
@@ -450,7 +487,9 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         qemu.arg("-drive")
             .arg(format!("file={},if=virtio,format=raw", d.display()));
     }
-    qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
 
     let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"))?;
     log::info!("starting outer machine: {qemu:?}");
@@ -547,7 +586,11 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         bail!(
             "{what}: qemu exited ({status}) after {total:?} without a report from harness-exec \
              (outer boot {}). Console tail:\n{}\nqemu stderr: {}",
-            if boot.is_some() { "reached /run.sh" } else { "never reached /run.sh" },
+            if boot.is_some() {
+                "reached /run.sh"
+            } else {
+                "never reached /run.sh"
+            },
             tail(&console, 30),
             qemu_err.trim()
         );

@@ -36,7 +36,10 @@ pub struct ProbeResult {
 impl ProbeResult {
     /// True if `/dev/kvm` runs guest kernel code at hardware speed.
     pub fn is_hardware_speed(&self) -> bool {
-        self.failure.is_none() && self.ns_per_insn.is_some_and(|ns| ns < DIRECT_MAX_NS_PER_INSN)
+        self.failure.is_none()
+            && self
+                .ns_per_insn
+                .is_some_and(|ns| ns < DIRECT_MAX_NS_PER_INSN)
     }
 }
 
@@ -99,7 +102,10 @@ impl GuestMem {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!("mmap of {len} bytes failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "mmap of {len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(GuestMem { ptr, len })
     }

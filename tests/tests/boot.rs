@@ -22,7 +22,13 @@ fn setup() -> (Harness, KernelArtifacts) {
 }
 
 /// Boot `kernel` with the test initramfs and `BASE_CMDLINE extra`, plus `more` args.
-fn boot(h: &Harness, kernel: &std::path::Path, initrd: &std::path::Path, extra: &str, more: &[&str]) -> Outcome {
+fn boot(
+    h: &Harness,
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    extra: &str,
+    more: &[&str],
+) -> Outcome {
     let mut args = vec![
         Arg::s("--kernel"),
         Arg::file(kernel),
@@ -39,13 +45,22 @@ fn boot(h: &Harness, kernel: &std::path::Path, initrd: &std::path::Path, extra: 
 }
 
 fn assert_booted_and_passed(o: &Outcome) {
-    assert!(o.stdout.contains(INIT_OK), "guest never reached its init\n{}", o.describe());
+    assert!(
+        o.stdout.contains(INIT_OK),
+        "guest never reached its init\n{}",
+        o.describe()
+    );
     assert!(
         o.stdout.contains("MICROVM-TEST-RESULT=PASS"),
         "guest test did not pass\n{}",
         o.describe()
     );
-    assert_eq!(o.status, Some(0), "microvm must exit 0 after guest poweroff\n{}", o.describe());
+    assert_eq!(
+        o.status,
+        Some(0),
+        "microvm must exit 0 after guest poweroff\n{}",
+        o.describe()
+    );
     assert!(!o.stderr.contains("panicked"), "{}", o.describe());
 }
 
@@ -69,10 +84,21 @@ fn pvh_vmlinux_boots_to_init() {
 #[test]
 fn two_cpus_are_online() {
     let (h, k) = setup();
-    let o = boot(&h, &k.bzimage, &k.initramfs, "microvm.test=boot", &["--cpus", "2"]);
+    let o = boot(
+        &h,
+        &k.bzimage,
+        &k.initramfs,
+        "microvm.test=boot",
+        &["--cpus", "2"],
+    );
     assert_booted_and_passed(&o);
     assert_eq!(o.value("nproc").as_deref(), Some("2"), "{}", o.describe());
-    assert_eq!(o.value("cpus-online").as_deref(), Some("0-1"), "{}", o.describe());
+    assert_eq!(
+        o.value("cpus-online").as_deref(),
+        Some("0-1"),
+        "{}",
+        o.describe()
+    );
 }
 
 #[test]
@@ -81,7 +107,12 @@ fn one_cpu_by_default() {
     let o = boot(&h, &k.bzimage, &k.initramfs, "microvm.test=boot", &[]);
     assert_booted_and_passed(&o);
     assert_eq!(o.value("nproc").as_deref(), Some("1"), "{}", o.describe());
-    assert_eq!(o.value("cpus-online").as_deref(), Some("0"), "{}", o.describe());
+    assert_eq!(
+        o.value("cpus-online").as_deref(),
+        Some("0"),
+        "{}",
+        o.describe()
+    );
 }
 
 #[test]
@@ -102,14 +133,29 @@ fn initrd_and_cmdline_arrive_intact() {
         o.describe()
     );
     let cmdline = o.value("cmdline").unwrap_or_default();
-    assert_eq!(cmdline.trim(), format!("{BASE_CMDLINE} {extra}"), "{}", o.describe());
+    assert_eq!(
+        cmdline.trim(),
+        format!("{BASE_CMDLINE} {extra}"),
+        "{}",
+        o.describe()
+    );
 }
 
 #[test]
 fn guest_reboot_ends_with_status_0() {
     let (h, k) = setup();
-    let o = boot(&h, &k.bzimage, &k.initramfs, "microvm.test=boot microvm.exit=reboot", &[]);
-    assert!(o.stdout.contains("microvm-init: reboot"), "guest did not get to reboot\n{}", o.describe());
+    let o = boot(
+        &h,
+        &k.bzimage,
+        &k.initramfs,
+        "microvm.test=boot microvm.exit=reboot",
+        &[],
+    );
+    assert!(
+        o.stdout.contains("microvm-init: reboot"),
+        "guest did not get to reboot\n{}",
+        o.describe()
+    );
     assert_eq!(o.status, Some(0), "{}", o.describe());
     assert!(!o.stderr.contains("panicked"), "{}", o.describe());
 }
@@ -117,20 +163,51 @@ fn guest_reboot_ends_with_status_0() {
 #[test]
 fn guest_poweroff_ends_with_status_0() {
     let (h, k) = setup();
-    let o = boot(&h, &k.bzimage, &k.initramfs, "microvm.test=boot microvm.exit=poweroff", &[]);
-    assert!(o.stdout.contains("microvm-init: poweroff"), "guest did not get to poweroff\n{}", o.describe());
+    let o = boot(
+        &h,
+        &k.bzimage,
+        &k.initramfs,
+        "microvm.test=boot microvm.exit=poweroff",
+        &[],
+    );
+    assert!(
+        o.stdout.contains("microvm-init: poweroff"),
+        "guest did not get to poweroff\n{}",
+        o.describe()
+    );
     assert_eq!(o.status, Some(0), "{}", o.describe());
 }
 
 /// microvm must fail cleanly: non-zero exit, exactly one line on stderr, no panic.
 fn assert_clean_failure(o: &Outcome, what: &str) {
     assert!(!o.timed_out, "{what}: microvm hung\n{}", o.describe());
-    assert!(o.signal.is_none(), "{what}: microvm died from a signal\n{}", o.describe());
-    assert!(matches!(o.status, Some(c) if c != 0), "{what}: must exit non-zero\n{}", o.describe());
-    assert!(!o.stderr.contains("panicked"), "{what}: panic\n{}", o.describe());
+    assert!(
+        o.signal.is_none(),
+        "{what}: microvm died from a signal\n{}",
+        o.describe()
+    );
+    assert!(
+        matches!(o.status, Some(c) if c != 0),
+        "{what}: must exit non-zero\n{}",
+        o.describe()
+    );
+    assert!(
+        !o.stderr.contains("panicked"),
+        "{what}: panic\n{}",
+        o.describe()
+    );
     let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected a one-line error on stderr\n{}", o.describe());
-    assert!(!o.stdout.contains(INIT_OK), "{what}: a guest booted\n{}", o.describe());
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected a one-line error on stderr\n{}",
+        o.describe()
+    );
+    assert!(
+        !o.stdout.contains(INIT_OK),
+        "{what}: a guest booted\n{}",
+        o.describe()
+    );
 }
 
 #[test]

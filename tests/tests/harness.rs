@@ -22,7 +22,12 @@ fn detect_chooses_a_working_path() {
     // The choice must agree with the probe unless forced.
     if std::env::var_os("MICROVM_TEST_PATH").is_none() {
         let hw = probe::probe().is_hardware_speed();
-        assert_eq!(h.path() == PathKind::Direct, hw, "path {} vs probe", h.path());
+        assert_eq!(
+            h.path() == PathKind::Direct,
+            hw,
+            "path {} vs probe",
+            h.path()
+        );
     }
 }
 
@@ -51,6 +56,9 @@ fn runs_host_program_with_separate_streams_and_status() {
     assert_eq!(out.stderr, "to-err\n", "{}", out.describe());
     assert!(out.marks.contains_key("to-out"));
     if let Some(outer) = &out.outer {
-        eprintln!("outer machine: boot {:?}, total {:?}", outer.boot, outer.total);
+        eprintln!(
+            "outer machine: boot {:?}, total {:?}",
+            outer.boot, outer.total
+        );
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use microvm_tests::artifacts::harness_exec_binary;
 use microvm_tests::exec::ExecReport;
-use microvm_tests::{guest_boot_time_ms, kernel_artifacts, microvm_binary, Arg, Harness, Program, Run, INIT_OK};
+use microvm_tests::{
+    guest_boot_time_ms, kernel_artifacts, microvm_binary, Arg, Harness, Program, Run, INIT_OK,
+};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 microvm.test=boot";
 const QEMU_FILES: &[&str] = &[
@@ -72,7 +74,11 @@ fn real_main() -> Result<()> {
     let want = |w: &str| only.as_deref().is_none_or(|o| o == w);
 
     let harness = Harness::detect()?;
-    println!("boot-compare: path={} ({})", harness.path(), harness.reason());
+    println!(
+        "boot-compare: path={} ({})",
+        harness.path(),
+        harness.reason()
+    );
     let k = kernel_artifacts()?;
     let kernel = match kernel_kind.as_str() {
         "bzImage" => k.bzimage.clone(),
@@ -102,7 +108,10 @@ fn real_main() -> Result<()> {
         ];
         c.extend(["-initrd".into(), k.initramfs.display().to_string()]);
         c.extend(["-append".into(), CMDLINE.into()]);
-        cmds.push(("qemu", c.iter().map(|s| sh_quote(s)).collect::<Vec<_>>().join(" ")));
+        cmds.push((
+            "qemu",
+            c.iter().map(|s| sh_quote(s)).collect::<Vec<_>>().join(" "),
+        ));
     }
     if want("microvm") {
         let microvm = microvm_binary()?;
@@ -118,7 +127,10 @@ fn real_main() -> Result<()> {
             "--cmdline".into(),
             CMDLINE.into(),
         ];
-        cmds.push(("microvm", c.iter().map(|s| sh_quote(s)).collect::<Vec<_>>().join(" ")));
+        cmds.push((
+            "microvm",
+            c.iter().map(|s| sh_quote(s)).collect::<Vec<_>>().join(" "),
+        ));
     }
     if cmds.is_empty() {
         bail!("--only must be qemu or microvm");
@@ -153,14 +165,21 @@ fn real_main() -> Result<()> {
     let mut console_ms: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut vmm_log_ms = Vec::new();
     for line in out.stdout.lines() {
-        let Some(rest) = line.strip_prefix("BOOT-REPORT ") else { continue };
+        let Some(rest) = line.strip_prefix("BOOT-REPORT ") else {
+            continue;
+        };
         let mut parts = rest.splitn(3, ' ');
-        let (Some(name), Some(i), Some(json)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Some(name), Some(i), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
         let rep: ExecReport = serde_json::from_str(json.trim())
             .with_context(|| format!("bad report for {name} run {i}: {json}"))?;
         let key = if name == "qemu" { "qemu" } else { "microvm" };
         if show {
-            println!("----- {name} run {i} stdout -----\n{}\n----- stderr -----\n{}", rep.stdout, rep.stderr);
+            println!(
+                "----- {name} run {i} stdout -----\n{}\n----- stderr -----\n{}",
+                rep.stdout, rep.stderr
+            );
         }
         match rep.marks.get(INIT_OK) {
             Some(ms) => {
@@ -181,7 +200,8 @@ fn real_main() -> Result<()> {
             }
         }
         if name == "microvm" {
-            let logged = guest_boot_time_ms(&rep.stderr).or_else(|| guest_boot_time_ms(&rep.stdout));
+            let logged =
+                guest_boot_time_ms(&rep.stderr).or_else(|| guest_boot_time_ms(&rep.stdout));
             if let Some(ms) = logged {
                 println!("microvm  run {i}: Guest-boot-time logged by microvm: {ms:.1} ms");
                 vmm_log_ms.push(ms);
@@ -189,7 +209,10 @@ fn real_main() -> Result<()> {
         }
     }
     if out.status != Some(0) {
-        println!("boot-compare: the script ended with {:?}; stderr:\n{}", out.status, out.stderr);
+        println!(
+            "boot-compare: the script ended with {:?}; stderr:\n{}",
+            out.status, out.stderr
+        );
     }
     let q = median(console_ms.get("qemu").cloned().unwrap_or_default());
     let m = median(console_ms.get("microvm").cloned().unwrap_or_default());

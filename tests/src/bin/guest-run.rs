@@ -27,7 +27,10 @@ fn main() {
 fn real_main() -> Result<i32> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let timeout = match std::env::var("GUEST_RUN_TIMEOUT") {
-        Ok(v) => Duration::from_secs(v.parse().context("GUEST_RUN_TIMEOUT: not a number of seconds")?),
+        Ok(v) => Duration::from_secs(
+            v.parse()
+                .context("GUEST_RUN_TIMEOUT: not a number of seconds")?,
+        ),
         Err(_) => Duration::from_secs(300),
     };
     let mut args = Vec::new();
@@ -92,7 +95,10 @@ fn real_main() -> Result<i32> {
         eprint!("{}", out.stderr);
     }
     if let Some(outer) = &out.outer {
-        eprintln!("guest-run: outer machine booted in {:?}, total {:?}", outer.boot, outer.total);
+        eprintln!(
+            "guest-run: outer machine booted in {:?}, total {:?}",
+            outer.boot, outer.total
+        );
     }
     if let Some(t) = out.marks.get(microvm_tests::INIT_OK) {
         eprintln!("guest-run: {} after {:?}", microvm_tests::INIT_OK, t);

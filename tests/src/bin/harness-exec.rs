@@ -29,7 +29,10 @@ fn real_main() -> Result<()> {
             Some("--report") => report = args.next(),
             Some("--timeout-ms") => {
                 let v = args.next().context("--timeout-ms needs a value")?;
-                let ms: u64 = v.to_string_lossy().parse().context("--timeout-ms: not a number")?;
+                let ms: u64 = v
+                    .to_string_lossy()
+                    .parse()
+                    .context("--timeout-ms: not a number")?;
                 timeout = Duration::from_millis(ms);
             }
             Some("--mark") => marks.push(
