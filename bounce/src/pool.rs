@@ -183,6 +183,8 @@ pub struct Pool {
     retired: AtomicBool,
     /// `SlotReuse::Lifo`.
     lifo: bool,
+    /// Time spent waiting for this pool's area locks (contended acquisitions only).
+    lock_wait_ns: AtomicU64,
     pub(crate) created: Instant,
 }
 
@@ -244,6 +246,7 @@ impl Pool {
             areas,
             retired: AtomicBool::new(false),
             lifo,
+            lock_wait_ns: AtomicU64::new(0),
             created: Instant::now(),
         })
     }
@@ -290,7 +293,9 @@ impl Pool {
         }
         let t = Instant::now();
         let g = a.lock.lock();
-        add(&shard.lock_wait_ns, t.elapsed().as_nanos() as u64);
+        let ns = t.elapsed().as_nanos() as u64;
+        add(&shard.lock_wait_ns, ns);
+        self.lock_wait_ns.fetch_add(ns, Relaxed);
         add(&shard.lock_contended, 1);
         g
     }
@@ -522,6 +527,7 @@ impl Pool {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
+        let c = self.counts();
         PoolStats {
             id: self.id,
             kind: self.kind.name().to_string(),
@@ -535,6 +541,11 @@ impl Pool {
                 .iter()
                 .map(|a| a.hiwater.load(Relaxed) as u64)
                 .sum(),
+            maps: c.maps,
+            unmaps: c.unmaps,
+            lookups: c.lookups,
+            lookup_steps: c.lookup_steps,
+            lock_wait_ns: self.lock_wait_ns.load(Relaxed),
         }
     }
 }

@@ -149,6 +149,13 @@ pub struct PoolStats {
     pub slots_used: u64,
     /// Sum of the areas' high-water marks (an upper bound of the pool's own).
     pub slots_used_hiwater: u64,
+    pub maps: u64,
+    pub unmaps: u64,
+    /// Unmap lookups that ended in this pool, and the steps they took.
+    pub lookups: u64,
+    pub lookup_steps: u64,
+    /// Lock waits in this pool's areas (only contended acquisitions are timed).
+    pub lock_wait_ns: u64,
 }
 
 /// Everything, at one moment. `serde_json::to_string_pretty(&snap)` prints it.
