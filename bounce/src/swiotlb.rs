@@ -770,6 +770,10 @@ mod tests {
         let st = s.stats();
         assert_eq!(st.maps, 12000);
         assert_eq!(st.unmaps, 12000);
+        assert!(
+            st.extensions + st.transient_created > 0,
+            "pools never grew: {st:?}"
+        );
         assert_eq!(st.slots_used, 0);
         assert!(all_free(&s));
     }
@@ -801,8 +805,16 @@ mod tests {
         ]
     }
 
+    /// 48 by default (fast); `BOUNCE_PROPTEST_CASES=2000` for a longer hunt.
+    fn cases() -> u32 {
+        std::env::var("BOUNCE_PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(48)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
         /// Against a reference model (a list of live byte ranges): no overlap, alignment rules,
         /// data round trips, all free at the end, statistics add up.
         #[test]
