@@ -40,6 +40,8 @@ const OUTER_MODULES: &[(&str, bool)] = &[
 ];
 /// Extra time for the outer machine to boot and power off, on top of the run's timeout.
 const OUTER_SLACK: Duration = Duration::from_secs(180);
+/// Outer machine boots tried before giving up, when it fails before the program starts.
+const OUTER_ATTEMPTS: u32 = 3;
 
 const OUTER_INIT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -479,7 +481,10 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=1 mitigations=off"]);
+        .args([
+            "-append",
+            "console=ttyS0 quiet loglevel=3 panic=1 mitigations=off",
+        ]);
     for d in &spec.disks {
         if !d.is_file() {
             bail!("disk image {} does not exist", d.display());
@@ -492,84 +497,101 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         .stderr(Stdio::piped());
 
     let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"))?;
-    log::info!("starting outer machine: {qemu:?}");
-    let start = Instant::now();
-    let mut child = qemu
-        .spawn()
-        .with_context(|| format!("cannot start {QEMU}: apt-get install qemu-system-x86"))?;
-    let mut out = child.stdout.take().context("qemu stdout not captured")?;
-    let mut err = child.stderr.take().context("qemu stderr not captured")?;
-    let ready_at: Arc<Mutex<Option<Duration>>> = Arc::default();
-    let ready = Arc::clone(&ready_at);
-    let echo = spec.echo;
-    let reader = thread::spawn(move || {
-        let mut all: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 8192];
-        let mut echoing = false;
-        let mut echoed_to = 0usize;
-        loop {
-            let n = match out.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            all.extend_from_slice(&buf[..n]);
-            if let Ok(mut r) = ready.lock() {
-                if r.is_none() && contains(&all, b"@@MVH-OUTER-READY") {
-                    *r = Some(start.elapsed());
-                }
-            }
-            if echo {
-                // Show what the program prints: the bytes between the helper's markers.
-                if !echoing {
-                    if let Some(i) = find(&all, b"@@MVH-BEGIN@@\n") {
-                        echoing = true;
-                        echoed_to = i + b"@@MVH-BEGIN@@\n".len();
-                    }
-                }
-                if echoing {
-                    let end = find(&all[echoed_to..], b"@@MVH-END@@")
-                        .map(|i| echoed_to + i)
-                        .unwrap_or_else(|| all.len().saturating_sub(b"@@MVH-END@@".len()));
-                    if end > echoed_to {
-                        let mut so = std::io::stdout().lock();
-                        let _ = so.write_all(&all[echoed_to..end]);
-                        let _ = so.flush();
-                        echoed_to = end;
-                    }
-                }
-            }
-        }
-        all
-    });
-    let err_reader = thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = err.read_to_end(&mut all);
-        all
-    });
-
     let limit = spec.timeout + OUTER_SLACK;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().context("waiting for qemu failed")? {
-            break st;
-        }
-        if start.elapsed() >= limit {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().context("waiting for the killed qemu failed")?;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let total = start.elapsed();
-    let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-    let qemu_err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    let boot = ready_at.lock().ok().and_then(|r| *r);
-    let report_text = fs::read_to_string(&report_file).unwrap_or_default();
-    let report = report_text
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
+    let mut attempt = 0;
+    let (status, timed_out, total, console, qemu_err, boot, report) = loop {
+        attempt += 1;
+        log::info!("starting outer machine: {qemu:?}");
+        let start = Instant::now();
+        let mut child = qemu
+            .spawn()
+            .with_context(|| format!("cannot start {QEMU}: apt-get install qemu-system-x86"))?;
+        let mut out = child.stdout.take().context("qemu stdout not captured")?;
+        let mut err = child.stderr.take().context("qemu stderr not captured")?;
+        let ready_at: Arc<Mutex<Option<Duration>>> = Arc::default();
+        let ready = Arc::clone(&ready_at);
+        let echo = spec.echo;
+        let reader = thread::spawn(move || {
+            let mut all: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 8192];
+            let mut echoing = false;
+            let mut echoed_to = 0usize;
+            loop {
+                let n = match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                all.extend_from_slice(&buf[..n]);
+                if let Ok(mut r) = ready.lock() {
+                    if r.is_none() && contains(&all, b"@@MVH-OUTER-READY") {
+                        *r = Some(start.elapsed());
+                    }
+                }
+                if echo {
+                    // Show what the program prints: the bytes between the helper's markers.
+                    if !echoing {
+                        if let Some(i) = find(&all, b"@@MVH-BEGIN@@\n") {
+                            echoing = true;
+                            echoed_to = i + b"@@MVH-BEGIN@@\n".len();
+                        }
+                    }
+                    if echoing {
+                        let end = find(&all[echoed_to..], b"@@MVH-END@@")
+                            .map(|i| echoed_to + i)
+                            .unwrap_or_else(|| all.len().saturating_sub(b"@@MVH-END@@".len()));
+                        if end > echoed_to {
+                            let mut so = std::io::stdout().lock();
+                            let _ = so.write_all(&all[echoed_to..end]);
+                            let _ = so.flush();
+                            echoed_to = end;
+                        }
+                    }
+                }
+            }
+            all
+        });
+        let err_reader = thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = err.read_to_end(&mut all);
+            all
+        });
 
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(st) = child.try_wait().context("waiting for qemu failed")? {
+                break st;
+            }
+            if start.elapsed() >= limit {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().context("waiting for the killed qemu failed")?;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let total = start.elapsed();
+        let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        let qemu_err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+        let boot = ready_at.lock().ok().and_then(|r| *r);
+        let report_text = fs::read_to_string(&report_file).unwrap_or_default();
+        let report = report_text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
+        if boot.is_none() && report.is_none() && attempt < OUTER_ATTEMPTS {
+            // The program never started: the outer machine itself failed (QEMU TCG has
+            // crashed here now and then). Retrying cannot hide a failure of the program.
+            let why = format!(
+                "outer machine attempt {attempt} failed before /run.sh ({}, after {total:?}); retrying",
+                if timed_out { "timed out".to_string() } else { status.to_string() }
+            );
+            eprintln!("harness: {why}");
+            log::warn!("{why}; console tail:\n{}", tail(&console, 10));
+            let _ = fs::remove_file(&report_file);
+            continue;
+        }
+        break (status, timed_out, total, console, qemu_err, boot, report);
+    };
+    let qemu_err = quiet_qemu_stderr(&qemu_err);
     let what = format!(
         "outer machine ({QEMU} TCG, kernel {}) running {}",
         kernel.vmlinuz.display(),
@@ -604,6 +626,14 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             console,
         },
     ))
+}
+
+/// QEMU's stderr without its warnings about CPU features TCG lacks (always printed).
+fn quiet_qemu_stderr(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.contains("TCG doesn't support requested feature"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
