@@ -226,7 +226,8 @@ impl VmConfig {
             (None, None) => {}
             (Some(size), opts) => {
                 let size = parse_size(&size)?;
-                cfg.restricted_dma = Some(crate::virtio::pool_config(Some(size), opts.as_deref())?);
+                cfg.restricted_dma =
+                    Some(crate::virtio::pool_config(size, cfg.cpus, opts.as_deref())?);
             }
         }
         cfg.guest_swiotlb |= cli.guest_swiotlb;

@@ -173,14 +173,24 @@ pub fn attach(
     Ok(())
 }
 
-/// Pool configuration for `--restricted-dma[=SIZE]` plus `--bounce key=value,...`.
-pub fn pool_config(size: Option<u64>, opts: Option<&str>) -> Result<SwiotlbConfig> {
-    let mut cfg = match opts {
-        Some(s) => SwiotlbConfig::from_json_or_kv(s).map_err(|e| anyhow!("--bounce {s:?}: {e}"))?,
-        None => SwiotlbConfig::default(),
+/// Pool configuration for `--restricted-dma[=SIZE]` plus `--bounce key=value,...`: Linux's
+/// defaults, one area per vCPU (as Linux gives one per possible CPU), then the user's keys.
+pub fn pool_config(size: u64, cpus: u8, opts: Option<&str>) -> Result<SwiotlbConfig> {
+    let mut cfg = SwiotlbConfig {
+        size,
+        areas: u32::from(cpus),
+        ..SwiotlbConfig::default()
     };
-    if let Some(size) = size {
-        cfg.size = size;
+    for kv in opts
+        .unwrap_or("")
+        .split(',')
+        .filter(|kv| !kv.trim().is_empty())
+    {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--bounce {kv:?}: expected KEY=VALUE"))?;
+        cfg.set(k.trim(), v.trim())
+            .map_err(|e| anyhow!("--bounce {kv:?}: {e}"))?;
     }
     cfg.validate()
         .map_err(|e| anyhow!("invalid restricted-DMA pool configuration: {e}"))?;
@@ -200,9 +210,12 @@ mod tests {
     }
 
     #[test]
-    fn pool_config_layers_size_over_options() {
-        let c = pool_config(Some(8 << 20), Some("slot=2K,lookup=list")).unwrap();
-        assert_eq!(c.size, 8 << 20);
-        assert!(pool_config(None, Some("bogus=1")).is_err());
+    fn pool_config_applies_options_over_defaults() {
+        let c = pool_config(8 << 20, 2, Some("slot=2K,lookup=list")).unwrap();
+        assert_eq!((c.size, c.areas), (8 << 20, 2));
+        let c = pool_config(8 << 20, 2, Some("size=16M,areas=4")).unwrap();
+        assert_eq!((c.size, c.areas), (16 << 20, 4));
+        assert!(pool_config(8 << 20, 1, Some("bogus=1")).is_err());
+        assert!(pool_config(8 << 20, 1, Some("slot")).is_err());
     }
 }
