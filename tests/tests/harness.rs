@@ -62,3 +62,38 @@ fn runs_host_program_with_separate_streams_and_status() {
         );
     }
 }
+
+/// A disk image given to the harness is writable by the program (directly, or as
+/// /dev/vda of the outer machine) and the writes land in the host file.
+#[test]
+fn disk_writes_land_in_the_host_image() {
+    use microvm_tests::{Arg, Program, Run};
+    use std::time::Duration;
+    let h = Harness::detect().expect("harness");
+    let dir = microvm_tests::artifacts::cache_dir().expect("cache dir");
+    let img = dir.join(format!("harness-disk-{}.img", std::process::id()));
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("create image");
+    let run = Run {
+        program: Program::Host("/bin/sh".into()),
+        args: vec![
+            Arg::s("-c"),
+            Arg::s("printf 'HARNESS-DISK' | dd of=\"$1\" bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null && echo written"),
+            Arg::s("sh"),
+            Arg::disk(0),
+        ],
+        files_to_carry: vec![],
+        disks: vec![img.clone()],
+        timeout: Duration::from_secs(60),
+        marks: vec![],
+        echo: false,
+    };
+    let out = h.run(&run).expect("run");
+    let data = std::fs::read(&img).expect("read image back");
+    let _ = std::fs::remove_file(&img);
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "written\n", "{}", out.describe());
+    assert_eq!(data.len(), 1 << 20, "image size changed");
+    assert_eq!(&data[4096..4096 + 12], b"HARNESS-DISK");
+    assert!(data[..4096].iter().all(|&b| b == 0));
+    assert!(data[4096 + 12..].iter().all(|&b| b == 0));
+}
