@@ -22,7 +22,12 @@ pub fn filter_cpuid(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
             0x1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
-                if !tsc_deadline {
+                // KVM emulates the TSC-deadline timer (it is in KVM_GET_EMULATED_CPUID, not
+                // the supported list): offering it lets Linux skip calibrating the APIC timer
+                // against the PIT and leave the PIT off.
+                if tsc_deadline {
+                    e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+                } else {
                     e.ecx &= !LEAF1_ECX_TSC_DEADLINE;
                 }
                 if count > 1 {
