@@ -193,14 +193,14 @@ impl Dma {
         let bounce = match &self.inner.swiotlb {
             None => None,
             Some(s) => {
-                let m = s.alloc(src, addr.0, len, attrs)?;
+                let m = s.alloc_copying(src, addr.0, len, attrs, len as u64)?;
                 let host = nonnull(m.host_ptr());
                 // Linux copies the original into the slot on map for every direction (the
                 // CVE-2022-0854 fix, "swiotlb: rework fix info leak with DMA_FROM_DEVICE"), so a
                 // partial device write cannot leak stale pool data to the guest.
                 // SAFETY: `host` is valid for `len` bytes while the mapping lives (`Mapping::host_ptr`).
+                // `bytes_to_pool` was counted by the allocation, under the area lock.
                 guest.copy_to_volatile_slice(unsafe { VolatileSlice::new(host.as_ptr(), len) });
-                add(&s.shard(src).bytes_to_pool, len as u64);
                 Some(Bounce { addr: m.addr, host })
             }
         };
@@ -407,11 +407,12 @@ impl DmaBuffer {
         if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
             // Linux `swiotlb_tbl_unmap_single`: copy back (unless the CPU already owns the
             // data), then release the slots of the pool found by address.
+            let mut copied = 0;
             if self.dir.device_writes() && !self.cpu_owns {
                 self.copy_out(b);
-                add(&s.shard(self.src).bytes_to_guest, self.len as u64);
+                copied = self.len as u64;
             }
-            s.free(self.src, b.addr)?;
+            s.free_copied(self.src, b.addr, copied)?;
         }
         self.trace(TraceOp::Unmap);
         Ok(())

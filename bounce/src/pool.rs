@@ -102,6 +102,9 @@ pub(crate) struct AreaCounts {
     pub unmaps: u64,
     pub lookups: u64,
     pub lookup_steps: u64,
+    /// Bytes copied in on `Dma::map` and out on unmap (syncs count theirs in the shards).
+    pub bytes_to_pool: u64,
+    pub bytes_to_guest: u64,
 }
 
 impl AreaCounts {
@@ -110,6 +113,8 @@ impl AreaCounts {
         self.unmaps += o.unmaps;
         self.lookups += o.lookups;
         self.lookup_steps += o.lookup_steps;
+        self.bytes_to_pool += o.bytes_to_pool;
+        self.bytes_to_guest += o.bytes_to_guest;
     }
 }
 
@@ -183,8 +188,9 @@ pub struct Pool {
     retired: AtomicBool,
     /// `SlotReuse::Lifo`.
     lifo: bool,
-    /// Time spent waiting for this pool's area locks (contended acquisitions only).
-    lock_wait_ns: AtomicU64,
+    /// Time spent waiting for this pool's area locks (contended acquisitions only). Padded:
+    /// written by contending threads, it must not share a line with the read-mostly fields.
+    lock_wait_ns: CachePadded<AtomicU64>,
     pub(crate) created: Instant,
 }
 
@@ -246,7 +252,7 @@ impl Pool {
             areas,
             retired: AtomicBool::new(false),
             lifo,
-            lock_wait_ns: AtomicU64::new(0),
+            lock_wait_ns: CachePadded::new(AtomicU64::new(0)),
             created: Instant::now(),
         })
     }
@@ -300,7 +306,9 @@ impl Pool {
         g
     }
 
-    /// Tries every area, starting at `hint`'s (Linux: `swiotlb_search_area`).
+    /// Tries every area, starting at `hint`'s (Linux: `swiotlb_search_area`). `copy_in`: bytes
+    /// the caller will copy into the slot (counted under the area lock, with the map).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn alloc(
         &self,
         hint: usize,
@@ -309,15 +317,17 @@ impl Pool {
         attrs: MapAttrs,
         page: usize,
         shard: &Shard,
+        copy_in: u64,
     ) -> Option<Alloc> {
         let n = self.areas.len();
         let first = hint & (n - 1);
         (0..n).find_map(|i| {
             let a = (first + i) & (n - 1);
-            self.alloc_in_area(a, orig, len, attrs, page, shard)
+            self.alloc_in_area(a, orig, len, attrs, page, shard, copy_in)
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn alloc_in_area(
         &self,
         a: usize,
@@ -326,6 +336,7 @@ impl Pool {
         attrs: MapAttrs,
         page: usize,
         shard: &Shard,
+        copy_in: u64,
     ) -> Option<Alloc> {
         let slot_mask = (1u64 << self.shift) - 1;
         // Linux 6.9+ `swiotlb_align_offset(dev, alloc_align_mask, orig)`: the kept bits may reach
@@ -395,6 +406,7 @@ impl Pool {
         }
         g.index = wrap(found + nslots, self.area_nslots);
         g.counts.maps += 1;
+        g.counts.bytes_to_pool += copy_in;
         g.used += nslots;
         if g.used > g.hiwater {
             g.hiwater = g.used;
@@ -409,13 +421,15 @@ impl Pool {
     }
 
     /// Releases the mapping whose bounce address is `addr` (Linux: `swiotlb_release_slots`).
-    /// Returns (nslots, original address, mapping length).
+    /// Returns (nslots, original address, mapping length). `copied_out`: bytes the caller copied
+    /// back to the guest, counted (under the area lock) only when the release succeeds.
     pub(crate) fn free(
         &self,
         addr: u64,
         now_ns: u64,
         lookup_steps: u64,
         shard: &Shard,
+        copied_out: u64,
     ) -> Result<(usize, u64, usize), crate::DmaError> {
         let rel = addr - self.start;
         let index = (rel >> self.shift) as usize;
@@ -460,6 +474,7 @@ impl Pool {
             g.index = li;
         }
         g.counts.unmaps += 1;
+        g.counts.bytes_to_guest += copied_out;
         g.used -= nslots;
         area.used.store(g.used, Relaxed);
         area.last_free_ns.store(now_ns, Relaxed);

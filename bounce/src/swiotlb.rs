@@ -5,8 +5,8 @@
 //! `swiotlb_find_slots`), freed and converted back on unmap; optionally, idle chunks are
 //! released (not in Linux); all under a cap on shared memory.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,12 @@ struct Shared {
     shift: u32,
     seg: usize,
     pools: ArcSwap<PoolSet>,
+    /// The initial pool, first in every allocation order and never retired: allocations try it
+    /// without loading the published set (the set is loaded when it is full, and on every
+    /// unmap's lookup).
+    initial: OnceLock<Arc<Pool>>,
+    /// `pools.slots_total`, for the growth threshold check without loading the set.
+    slots_total: AtomicUsize,
     writer: Mutex<()>,
     next_id: AtomicU64,
     /// Shared bytes, including pools being created (reserved against the cap).
@@ -92,6 +98,8 @@ impl Swiotlb {
             shift: cfg.slot.trailing_zeros(),
             seg: cfg.segment as usize,
             pools: ArcSwap::from_pointee(PoolSet::default()),
+            initial: OnceLock::new(),
+            slots_total: AtomicUsize::new(0),
             writer: Mutex::new(()),
             next_id: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
@@ -108,9 +116,10 @@ impl Swiotlb {
             cfg,
         });
         if sh.cfg.initial {
-            sh.add_pool(PoolKind::Initial, sh.cfg.size).map_err(|e| {
+            let p = sh.add_pool(PoolKind::Initial, sh.cfg.size).map_err(|e| {
                 ConfigError::Invalid(format!("cannot create the initial pool: {e}"))
             })?;
+            let _ = sh.initial.set(p);
         }
         let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() {
             let s = sh.clone();
@@ -157,7 +166,20 @@ impl Swiotlb {
         len: usize,
         attrs: MapAttrs,
     ) -> Result<Mapping, DmaError> {
-        let r = self.sh.alloc(src, orig, len, attrs);
+        self.alloc_copying(src, orig, len, attrs, 0)
+    }
+
+    /// [`Swiotlb::alloc`] for a caller that copies `copy_in` bytes into the slot (counted in
+    /// `bytes_to_pool` under the area lock, with the map).
+    pub(crate) fn alloc_copying(
+        &self,
+        src: DmaSource,
+        orig: u64,
+        len: usize,
+        attrs: MapAttrs,
+        copy_in: u64,
+    ) -> Result<Mapping, DmaError> {
+        let r = self.sh.alloc(src, orig, len, attrs, copy_in);
         if let Err(e) = &r {
             self.count_failure(e);
         }
@@ -166,8 +188,22 @@ impl Swiotlb {
 
     /// Releases the mapping at bounce address `addr` (no copy), finding its pool by address.
     pub fn free(&self, src: DmaSource, addr: u64) -> Result<Freed, DmaError> {
-        let r = self.sh.free(src, addr);
+        self.free_copied(src, addr, 0)
+    }
+
+    /// [`Swiotlb::free`] after the caller copied `copied_out` bytes back to the guest (counted in
+    /// `bytes_to_guest`: under the area lock when the release succeeds, in the shard otherwise).
+    pub(crate) fn free_copied(
+        &self,
+        src: DmaSource,
+        addr: u64,
+        copied_out: u64,
+    ) -> Result<Freed, DmaError> {
+        let r = self.sh.free(src, addr, copied_out);
         if let Err(e) = &r {
+            if copied_out != 0 {
+                add(&self.shard(src).bytes_to_guest, copied_out);
+            }
             self.count_failure(e);
         }
         r
@@ -245,6 +281,8 @@ impl Swiotlb {
         s.unmaps += c.unmaps;
         s.lookups += c.lookups;
         s.lookup_steps += c.lookup_steps;
+        s.bytes_to_pool += c.bytes_to_pool;
+        s.bytes_to_guest += c.bytes_to_guest;
         s.pools = set.sorted.iter().map(|p| p.stats()).collect();
         s.slots_total = set.slots_total as u64;
         s.slots_used = s.pools.iter().map(|p| p.slots_used).sum();
@@ -286,6 +324,7 @@ impl Shared {
         orig: u64,
         len: usize,
         attrs: MapAttrs,
+        copy_in: u64,
     ) -> Result<Mapping, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength { addr: orig });
@@ -299,22 +338,20 @@ impl Shared {
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
         let page = self.cfg.page as usize;
+        // Pools oldest first; the initial pool (the oldest, never retired) without a set load.
+        let initial = self.initial.get();
+        if let Some(p) = initial {
+            if let Some(a) = p.alloc(h, orig, len, attrs, page, shard, copy_in) {
+                return Ok(self.allocated(p, a, len));
+            }
+        }
         let set = self.pools.load();
         for p in &set.alloc_order {
-            if let Some(a) = p.alloc(h, orig, len, attrs, page, shard) {
-                let used = self.g.inc_used(a.nslots as u64);
-                if self.cfg.dynamic
-                    && self.cfg.threshold < 100
-                    && used * 100 >= self.cfg.threshold as u64 * set.slots_total as u64
-                {
-                    self.kick();
-                }
-                let addr = p.slot_addr(a.index) + a.offset as u64;
-                return Ok(Mapping {
-                    host: p.host_ptr(addr),
-                    addr,
-                    len,
-                });
+            if initial.is_some_and(|i| Arc::ptr_eq(i, p)) {
+                continue;
+            }
+            if let Some(a) = p.alloc(h, orig, len, attrs, page, shard, copy_in) {
+                return Ok(self.allocated(p, a, len));
             }
         }
         drop(set);
@@ -329,16 +366,8 @@ impl Shared {
         let extra = ((attrs.min_align_mask | attrs.alloc_align_mask) >> self.shift) as usize;
         let bytes = ((offset + len).div_ceil(slot) + extra) * slot;
         let p = self.add_pool(PoolKind::Transient, bytes as u64)?;
-        match p.alloc(0, orig, len, attrs, page, shard) {
-            Some(a) => {
-                self.g.inc_used(a.nslots as u64);
-                let addr = p.slot_addr(a.index) + a.offset as u64;
-                Ok(Mapping {
-                    host: p.host_ptr(addr),
-                    addr,
-                    len,
-                })
-            }
+        match p.alloc(0, orig, len, attrs, page, shard, copy_in) {
+            Some(a) => Ok(self.allocated(&p, a, len)),
             None => {
                 self.remove_pool(&p);
                 Err(DmaError::NoSpace { len })
@@ -346,7 +375,26 @@ impl Shared {
         }
     }
 
-    fn free(&self, src: DmaSource, addr: u64) -> Result<Freed, DmaError> {
+    /// Accounts a successful allocation (total use and its high-water mark, Linux's
+    /// `inc_used_and_hiwater`; the growth threshold) and describes it.
+    fn allocated(&self, p: &Pool, a: crate::pool::Alloc, len: usize) -> Mapping {
+        let used = self.g.inc_used(a.nslots as u64);
+        if self.cfg.dynamic
+            && self.cfg.threshold < 100
+            && p.kind != PoolKind::Transient
+            && used * 100 >= self.cfg.threshold as u64 * self.slots_total.load(Relaxed) as u64
+        {
+            self.kick();
+        }
+        let addr = p.slot_addr(a.index) + a.offset as u64;
+        Mapping {
+            host: p.host_ptr(addr),
+            addr,
+            len,
+        }
+    }
+
+    fn free(&self, src: DmaSource, addr: u64, copied_out: u64) -> Result<Freed, DmaError> {
         let shard = &self.shards[hint(src) % SHARDS];
         let set = self.pools.load();
         let (p, steps) = set.find(self.cfg.lookup, addr);
@@ -360,7 +408,7 @@ impl Shared {
         } else {
             0
         };
-        let (nslots, orig, len) = p.free(addr, now, steps, shard)?;
+        let (nslots, orig, len) = p.free(addr, now, steps, shard, copied_out)?;
         self.g.used.fetch_sub(nslots as u64, Relaxed);
         if p.kind == PoolKind::Transient {
             let p = p.clone();
@@ -417,8 +465,9 @@ impl Shared {
             add(&self.g.transient_created, 1);
         }
         let _w = self.writer.lock();
-        self.pools
-            .store(Arc::new(self.pools.load().with(p.clone())));
+        let set = self.pools.load().with(p.clone());
+        self.slots_total.store(set.slots_total, Relaxed);
+        self.pools.store(Arc::new(set));
         Ok(p)
     }
 
@@ -430,7 +479,9 @@ impl Shared {
             // Fold its counters into the totals in the same step as unpublishing it, so a
             // snapshot (which takes the writer lock) counts them exactly once.
             self.retired_counts.lock().add(&p.counts());
-            self.pools.store(Arc::new(self.pools.load().without(p.id)));
+            let set = self.pools.load().without(p.id);
+            self.slots_total.store(set.slots_total, Relaxed);
+            self.pools.store(Arc::new(set));
         }
         let page = self.cfg.page as u64;
         self.convert(p.bytes() / page, false);
