@@ -230,6 +230,12 @@ impl VmConfig {
                     Some(crate::virtio::pool_config(size, cfg.cpus, opts.as_deref())?);
             }
         }
+        if let Some(pool) = cfg.restricted_dma.as_mut() {
+            // 0 means "one per CPU": the guest's CPUs, as Linux counts them.
+            if pool.areas == 0 {
+                pool.areas = u32::from(cfg.cpus);
+            }
+        }
         cfg.guest_swiotlb |= cli.guest_swiotlb;
         if cli.dma_trace.is_some() {
             cfg.dma_trace = cli.dma_trace;
@@ -287,6 +293,40 @@ mod tests {
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
         assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+    }
+
+    #[test]
+    fn json_config_with_flag_overrides() {
+        let dir = std::env::temp_dir().join(format!("microvm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("k");
+        std::fs::write(&kernel, b"x").unwrap();
+        let json = dir.join("vm.json");
+        std::fs::write(
+            &json,
+            format!(
+                r#"{{"kernel": {:?}, "cpus": 2, "memory_mib": 512, "rng": true,
+                    "restricted_dma": {{"size": 8388608, "lookup": "list"}}}}"#,
+                kernel
+            ),
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "microvm",
+            "--config",
+            json.to_str().unwrap(),
+            "--memory",
+            "128",
+        ])
+        .unwrap();
+        let cfg = VmConfig::from_cli(cli).unwrap();
+        assert_eq!((cfg.cpus, cfg.memory_mib, cfg.rng), (2, 128, true));
+        let pool = cfg.restricted_dma.unwrap();
+        assert_eq!((pool.size, pool.areas), (8 << 20, 2));
+        std::fs::write(&json, r#"{"kernel": "k", "bogus": 1}"#).unwrap();
+        let cli = Cli::try_parse_from(["microvm", "--config", json.to_str().unwrap()]).unwrap();
+        assert!(VmConfig::from_cli(cli).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
