@@ -87,7 +87,7 @@ pub fn kernel_artifacts() -> Result<KernelArtifacts> {
 
 /// The cargo target directory (CARGO_TARGET_DIR, else `<repo>/target`).
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         Some(d) => {
             let d = PathBuf::from(d);
             if d.is_absolute() {
