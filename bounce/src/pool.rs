@@ -5,12 +5,15 @@
 //! segment (`list`), so a search only has to look at one slot per candidate start; starts are
 //! stepped by a stride derived from the alignment masks.
 
+use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Mutex, MutexGuard};
 
 use crate::stats::{add, PoolStats, Shard};
 
@@ -132,8 +135,79 @@ struct AreaInner {
     slots: Vec<Slot>,
 }
 
+/// The area lock: a spinlock, as Linux's `area->lock` (`spin_lock_irqsave`). Acquiring is one
+/// compare-and-swap, releasing a plain release store (no read-modify-write, as Linux's queued
+/// spinlock unlock). A waiter spins briefly, then yields the CPU, since a user-space holder can
+/// be preempted (the kernel's holder, with interrupts off, cannot).
+struct SpinLock<T> {
+    locked: AtomicBool,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: `data` is only reached through a guard, and at most one guard exists at a time
+// (`locked`, acquired with Acquire and released with Release ordering).
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> SpinLock<T> {
+    fn new(data: T) -> Self {
+        SpinLock {
+            locked: AtomicBool::new(false),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
+    fn lock(&self) -> SpinGuard<'_, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            let mut spins = 0;
+            while self.locked.load(Relaxed) {
+                if spins < 100 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+impl<T> std::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock, and `&mut self` makes this the only reference.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Release);
+    }
+}
+
 struct Area {
-    lock: Mutex<AreaInner>,
+    lock: SpinLock<AreaInner>,
     /// Mirrors of `used`/`hiwater` for lock-free reads (snapshots, idle checks).
     used: AtomicUsize,
     hiwater: AtomicUsize,
@@ -183,6 +257,9 @@ pub struct Pool {
     shift: u32,
     seg: usize,
     area_nslots: usize,
+    /// `log2(area_nslots)` when it is a power of two (the usual case): finding a slot's area is
+    /// then a shift, not a division, on every unmap.
+    area_shift: Option<u32>,
     areas: Box<[CachePadded<Area>]>,
     /// Set (under every area lock, with no slot in use) when the pool is being released.
     retired: AtomicBool,
@@ -226,7 +303,7 @@ impl Pool {
                     .collect();
                 let slots = vec![Slot::default(); area_nslots];
                 CachePadded::new(Area {
-                    lock: Mutex::new(AreaInner {
+                    lock: SpinLock::new(AreaInner {
                         index: 0,
                         counts: AreaCounts::default(),
                         used: 0,
@@ -249,6 +326,9 @@ impl Pool {
             shift,
             seg,
             area_nslots,
+            area_shift: area_nslots
+                .is_power_of_two()
+                .then(|| area_nslots.trailing_zeros()),
             areas,
             retired: AtomicBool::new(false),
             lifo,
@@ -289,11 +369,18 @@ impl Pool {
         unsafe { self.mem.ptr.as_ptr().add((addr - self.start) as usize) }
     }
 
+    fn area_of(&self, index: usize) -> usize {
+        match self.area_shift {
+            Some(s) => index >> s,
+            None => index / self.area_nslots,
+        }
+    }
+
     pub(crate) fn slot_addr(&self, index: usize) -> u64 {
         self.start + ((index as u64) << self.shift)
     }
 
-    fn lock_area<'a>(&'a self, a: &'a Area, shard: &Shard) -> MutexGuard<'a, AreaInner> {
+    fn lock_area<'a>(&'a self, a: &'a Area, shard: &Shard) -> SpinGuard<'a, AreaInner> {
         if let Some(g) = a.lock.try_lock() {
             return g;
         }
@@ -434,7 +521,7 @@ impl Pool {
         let rel = addr - self.start;
         let index = (rel >> self.shift) as usize;
         let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
-        let a = index / self.area_nslots;
+        let a = self.area_of(index);
         let area = &self.areas[a];
         let base = a * self.area_nslots;
         let mut g = self.lock_area(area, shard);
@@ -492,7 +579,7 @@ impl Pool {
         let rel = addr - self.start;
         let index = (rel >> self.shift) as usize;
         let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
-        let a = index / self.area_nslots;
+        let a = self.area_of(index);
         let g = self.lock_area(&self.areas[a], shard);
         let s = g.slots[index - a * self.area_nslots];
         if g.list[index - a * self.area_nslots] != 0 {
