@@ -147,7 +147,11 @@ pub struct PoolStats {
     pub slots: u64,
     pub areas: u64,
     pub slots_used: u64,
-    /// Sum of the areas' high-water marks (an upper bound of the pool's own).
+    /// Sum of the areas' high-water marks: exact for a one-area pool (transient pools,
+    /// `areas=1`), otherwise an upper bound of the pool's own mark (the areas may have peaked at
+    /// different times). An exact per-pool mark would need a per-pool counter written by every
+    /// area on every map and unmap, shared between the queues that the areas keep apart; the
+    /// total [`StatsSnapshot::slots_used_hiwater`] is exact.
     pub slots_used_hiwater: u64,
     pub maps: u64,
     pub unmaps: u64,
@@ -164,6 +168,8 @@ pub struct StatsSnapshot {
     pub slot_bytes: u64,
     pub slots_total: u64,
     pub slots_used: u64,
+    /// Exact high-water mark of `slots_used` (one global counter, as Linux's `total_used` and
+    /// `used_hiwater`), since the start or the last [`crate::Swiotlb::reset_hiwater`].
     pub slots_used_hiwater: u64,
     pub shared_bytes: u64,
     pub shared_bytes_hiwater: u64,
