@@ -484,13 +484,7 @@ impl Pool {
             orig,
         };
         // Free slots before the run, in the same segment, now end at the run.
-        let mut count = 0;
-        let mut i = found;
-        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && list[i - 1] != 0 {
-            count += 1;
-            list[i - 1] = count;
-            i -= 1;
-        }
+        self.count_back(list, base, found, 0);
         g.index = wrap(found + nslots, self.area_nslots);
         g.counts.maps += 1;
         g.counts.bytes_to_pool += copy_in;
@@ -505,6 +499,22 @@ impl Pool {
             offset,
             nslots,
         })
+    }
+
+    /// Linux's loop over the free slots before area slot `at` in its segment (`list[at - 1] =
+    /// after + 1`, `list[at - 2] = after + 2`, ... until a used slot or the segment start), as a
+    /// scan for the run's start and then a straight store loop (vectorizable; same result).
+    fn count_back(&self, list: &mut [u32], base: usize, at: usize, after: u32) {
+        // Areas start on a segment boundary (`base` is a multiple of `seg`).
+        let seg_lo = at - ((base + at) & (self.seg - 1));
+        let lo = list[seg_lo..at]
+            .iter()
+            .rposition(|&x| x == 0)
+            .map_or(seg_lo, |p| seg_lo + p + 1);
+        let n = (at - lo) as u32;
+        for (d, x) in list[lo..at].iter_mut().enumerate() {
+            *x = after + n - d as u32;
+        }
     }
 
     /// Releases the mapping whose bounce address is `addr` (Linux: `swiotlb_release_slots`).
@@ -541,22 +551,18 @@ impl Pool {
         let g = &mut *g;
         g.slots[li + head.pad as usize] = Slot::default();
         let list = &mut g.list;
-        let mut count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0
-        {
+        let count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0 {
             list[li + nslots]
         } else {
             0
         };
-        for i in (li..li + nslots).rev() {
-            count += 1;
-            list[i] = count;
+        // The run is free again: slot `li + d` has `nslots - d` slots of it, then `count`.
+        let n = nslots as u32;
+        for (d, x) in list[li..li + nslots].iter_mut().enumerate() {
+            *x = count + n - d as u32;
         }
-        let mut i = li;
-        while i > 0 && (base + i - 1) & (self.seg - 1) != self.seg - 1 && list[i - 1] != 0 {
-            count += 1;
-            list[i - 1] = count;
-            i -= 1;
-        }
+        // And the free slots before it, in the same segment, now run on through it.
+        self.count_back(list, base, li, count + n);
         if self.lifo && g.index == wrap(li + nslots, self.area_nslots) {
             g.index = li;
         }
