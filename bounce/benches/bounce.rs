@@ -117,6 +117,10 @@ fn alloc_2k(c: &mut Criterion) {
                 total
             })
         });
+        // A fresh pool: after `alloc_` the search index sits wherever that run's iteration
+        // count left it, and how far into its segment decides the cost of the free-run updates.
+        let s = Swiotlb::from_config_str(&format!("size=64M,areas=1,dynamic=off,reuse={reuse}"))
+            .unwrap();
         g.bench_function(format!("alloc_free_{reuse}"), |b| {
             b.iter(|| {
                 let m = s.alloc(SRC, 0x1000, 2048, MapAttrs::default()).unwrap();
