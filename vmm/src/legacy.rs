@@ -37,37 +37,63 @@ impl BusDevice for I8042 {
     }
 }
 
-/// ACPI PM1a event block (status, enable) and control block; writing SLP_EN with the S5 sleep
-/// type to the control register powers the machine off.
+/// ACPI PM1a event block (status, enable) and control block, as registers: ACPICA reads back
+/// what it enables (the global-lock event) and errors out when the bits do not stick. Writing
+/// SLP_EN with the S5 sleep type to the control register powers the machine off.
 pub struct AcpiPm {
     exit: Arc<VmExit>,
+    /// PM1_STS (write 1 to clear; nothing ever sets a bit), PM1_EN, PM1_CNT.
+    regs: [u16; 3],
 }
+
+/// PM1_CNT.SCI_EN: the platform is in ACPI mode (we have no SMI to switch it).
+const PM1_SCI_EN: u16 = 1;
 
 impl AcpiPm {
     pub fn new(exit: Arc<VmExit>) -> Self {
-        AcpiPm { exit }
+        AcpiPm {
+            exit,
+            regs: [0, 0, PM1_SCI_EN],
+        }
     }
 }
 
 impl BusDevice for AcpiPm {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let bytes: Vec<u8> = self.regs.iter().flat_map(|r| r.to_le_bytes()).collect();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| bytes.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        // 16-bit registers at even offsets; ACPICA uses their natural width.
         let value = match data {
             [lo] => u16::from(*lo),
             [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
             [] => return,
         };
-        if offset == PM1_CNT_OFFSET && value & PM1_SLP_EN != 0 {
-            let sleep_type = (value >> PM1_SLP_TYP_SHIFT) & 0x7;
-            if sleep_type == S5_SLEEP_TYPE {
-                log::info!("guest powered off through ACPI");
-                self.exit.trigger(ExitReason::PowerOff);
-            } else {
-                log::warn!("guest asked for unsupported ACPI sleep type {sleep_type}");
+        match offset {
+            0 => self.regs[0] &= !value,
+            2 => self.regs[1] = value,
+            PM1_CNT_OFFSET => {
+                self.regs[2] = (value & !PM1_SLP_EN) | PM1_SCI_EN;
+                if value & PM1_SLP_EN != 0 {
+                    let sleep_type = (value >> PM1_SLP_TYP_SHIFT) & 0x7;
+                    if sleep_type == S5_SLEEP_TYPE {
+                        log::info!("guest powered off through ACPI");
+                        self.exit.trigger(ExitReason::PowerOff);
+                    } else {
+                        log::warn!("guest asked for unsupported ACPI sleep type {sleep_type}");
+                    }
+                }
             }
+            _ => log::debug!("ignored ACPI PM1 write at offset {offset}"),
         }
     }
 }
@@ -102,5 +128,29 @@ impl BusDevice for BootTimer {
                 t.as_millis()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pm1_registers_keep_enables_and_power_off_on_s5() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut pm = AcpiPm::new(exit.clone());
+        pm.write(2, &[0x20, 0x00]); // GBL_EN
+        let mut v = [0u8; 2];
+        pm.read(2, &mut v);
+        assert_eq!(u16::from_le_bytes(v), 0x20);
+        pm.read(PM1_CNT_OFFSET, &mut v);
+        assert_eq!(u16::from_le_bytes(v) & PM1_SCI_EN, PM1_SCI_EN);
+        let mut far = [0xffu8; 4];
+        pm.read(5, &mut far);
+        assert_eq!(far, [0, 0, 0, 0]);
+        assert_eq!(exit.reason(), None);
+        let s5 = (S5_SLEEP_TYPE << PM1_SLP_TYP_SHIFT) | PM1_SLP_EN;
+        pm.write(PM1_CNT_OFFSET, &s5.to_le_bytes());
+        assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
     }
 }
