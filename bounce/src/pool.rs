@@ -474,7 +474,9 @@ impl Pool {
         };
         let g = &mut *g;
         let list = &mut g.list;
-        list[found..found + nslots].fill(0);
+        for x in &mut list[found..found + nslots] {
+            *x = 0; // (`fill` calls `memset` for a run of a few slots)
+        }
         let pad = offset >> self.shift;
         g.slots[found + pad] = Slot {
             head: true,
@@ -507,6 +509,9 @@ impl Pool {
     fn count_back(&self, list: &mut [u32], base: usize, at: usize, after: u32) {
         // Areas start on a segment boundary (`base` is a multiple of `seg`).
         let seg_lo = at - ((base + at) & (self.seg - 1));
+        if at == seg_lo || list[at - 1] == 0 {
+            return; // The common case with `reuse=lifo` (a run at the segment start).
+        }
         let lo = list[seg_lo..at]
             .iter()
             .rposition(|&x| x == 0)
