@@ -8,8 +8,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-/// Logs the process's resident memory outside guest RAM (from /proc/self/smaps).
-pub fn log_memory_overhead(mem: &GuestMemoryMmap) {
+/// Logs the process's resident memory outside guest RAM (from /proc/self/smaps), and how much
+/// of it is bounce pools (in a confidential VM those would be guest memory made shared).
+pub fn log_memory_overhead(mem: &GuestMemoryMmap, dma: &Dma) {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
@@ -36,9 +37,11 @@ pub fn log_memory_overhead(mem: &GuestMemoryMmap) {
             }
         }
     }
+    let pools_kib = dma.stats().map_or(0, |s| s.shared_bytes >> 10);
     log::info!(
-        "VMM resident memory beyond guest RAM: {} KiB (guest RAM resident: {} KiB)",
+        "VMM resident memory beyond guest RAM: {} KiB, of which bounce pools {} KiB (guest RAM resident: {} KiB)",
         total_kib - guest_kib,
+        pools_kib,
         guest_kib
     );
 }

@@ -223,7 +223,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     loop {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
-            crate::metrics::log_memory_overhead(&mem);
+            crate::metrics::log_memory_overhead(&mem, &report.dma);
             report.log();
             return Ok(reason);
         }

@@ -1,0 +1,36 @@
+#!/bin/bash
+# Sets up a fresh machine and runs every check and test: what CI runs (.ci/run).
+# Guest tests boot real guests: directly on KVM when the host's /dev/kvm runs them at hardware
+# speed, otherwise inside a nested QEMU machine (the harness probes and says which).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+T0=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
+
+step "install dependencies (resources/install-deps.sh)"
+./resources/install-deps.sh
+cargo --version
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "guest kernel (resources/build-kernel.sh)"
+time ./resources/build-kernel.sh
+
+step "guest initramfs (resources/build-initramfs.sh)"
+./resources/build-initramfs.sh
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release (microvm, harness helpers)"
+cargo build --release -p vmm -p microvm-tests
+
+step "cargo nextest run --workspace"
+# Guest boot tests are in the 'guest-boots' test group (.config/nextest.toml): one at
+# a time, because a nested boot uses both cores.
+cargo nextest run --workspace --no-fail-fast
+
+step "done in $(( $(date +%s) - T0 ))s"
