@@ -506,6 +506,7 @@ impl Pool {
     /// Linux's loop over the free slots before area slot `at` in its segment (`list[at - 1] =
     /// after + 1`, `list[at - 2] = after + 2`, ... until a used slot or the segment start), as a
     /// scan for the run's start and then a straight store loop (vectorizable; same result).
+    #[inline]
     fn count_back(&self, list: &mut [u32], base: usize, at: usize, after: u32) {
         // Areas start on a segment boundary (`base` is a multiple of `seg`).
         let seg_lo = at - ((base + at) & (self.seg - 1));
@@ -556,18 +557,19 @@ impl Pool {
         let g = &mut *g;
         g.slots[li + head.pad as usize] = Slot::default();
         let list = &mut g.list;
-        let count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0 {
+        let mut count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0
+        {
             list[li + nslots]
         } else {
             0
         };
-        // The run is free again: slot `li + d` has `nslots - d` slots of it, then `count`.
-        let n = nslots as u32;
-        for (d, x) in list[li..li + nslots].iter_mut().enumerate() {
-            *x = count + n - d as u32;
+        // The run is free again (short: a plain loop beats a vectorized one's set-up here).
+        for x in list[li..li + nslots].iter_mut().rev() {
+            count += 1;
+            *x = count;
         }
         // And the free slots before it, in the same segment, now run on through it.
-        self.count_back(list, base, li, count + n);
+        self.count_back(list, base, li, count);
         if self.lifo && g.index == wrap(li + nslots, self.area_nslots) {
             g.index = li;
         }
