@@ -15,6 +15,7 @@ pub mod cpio;
 pub mod exec;
 pub mod nested;
 pub mod probe;
+pub mod setup;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -67,6 +68,11 @@ pub enum Arg {
     /// Disk `index` of [`Run::disks`] followed by `suffix` (e.g. `",readonly"`): the host
     /// image path on the direct path, `/dev/vdX` inside the outer machine.
     Disk { index: usize, suffix: String },
+    /// Disk `index` of [`Run::disks`] as a regular file, followed by `suffix`: the host image
+    /// on the direct path; on the nested path a copy of it in the outer machine's tmpfs
+    /// (`/tmp/harness-disk<index>.img`), copied back into the host image after the program
+    /// exits (so the program sees a regular file on both paths, as a real host passes it).
+    DiskFile { index: usize, suffix: String },
 }
 
 impl Arg {
@@ -78,6 +84,12 @@ impl Arg {
     }
     pub fn disk(index: usize) -> Arg {
         Arg::Disk {
+            index,
+            suffix: String::new(),
+        }
+    }
+    pub fn disk_file(index: usize) -> Arg {
+        Arg::DiskFile {
             index,
             suffix: String::new(),
         }
@@ -132,6 +144,9 @@ pub struct Outcome {
     pub path: PathKind,
     /// Nested path only: outer machine boot time (host clock) and its console.
     pub outer: Option<nested::OuterInfo>,
+    /// What the setup lines ([`Harness::run_with_setup`]) printed, including their
+    /// background jobs until the program exited; empty without setup.
+    pub setup_output: String,
 }
 
 impl Outcome {
@@ -241,12 +256,25 @@ impl Harness {
 
     /// Run a program on the chosen path.
     pub fn run(&self, run: &Run) -> Result<Outcome> {
+        self.run_with_setup(run, &[])
+    }
+
+    /// Run `setup` (shell lines, `sh`, as root) where the program runs, then the program:
+    /// on the host for the direct path, inside the outer machine for the nested path (e.g.
+    /// create the tap a `--net tap=NAME` needs, start a server with `&`). The lines run
+    /// in their own process group, stdin from /dev/null, output in
+    /// [`Outcome::setup_output`]; background jobs keep running during the program and are
+    /// killed (SIGKILL to the group) after it on the direct path, end with the outer
+    /// machine on the nested path. A non-zero exit of the lines fails the run before the
+    /// program starts. Files they need must be carried ([`Run::files_to_carry`]).
+    pub fn run_with_setup(&self, run: &Run, setup: &[String]) -> Result<Outcome> {
         let program = match &run.program {
             Program::Microvm => microvm_binary()?,
             Program::Host(p) => p.clone(),
         };
         let mut args: Vec<OsString> = Vec::new();
         let mut carry = run.files_to_carry.clone();
+        let mut disk_files = Vec::new();
         for a in &run.args {
             match a {
                 Arg::Str(s) => args.push(s.into()),
@@ -254,7 +282,7 @@ impl Harness {
                     carry.push(p.clone());
                     args.push(p.into());
                 }
-                Arg::Disk { index, suffix } => {
+                Arg::Disk { index, suffix } | Arg::DiskFile { index, suffix } => {
                     let disk = run.disks.get(*index).with_context(|| {
                         format!(
                             "Arg::Disk({index}) but the run has {} disks",
@@ -267,7 +295,12 @@ impl Harness {
                             if *index >= 26 {
                                 bail!("at most 26 disks on the nested path");
                             }
-                            format!("/dev/vd{}", (b'a' + *index as u8) as char).into()
+                            if matches!(a, Arg::DiskFile { .. }) {
+                                disk_files.push(*index);
+                                nested::disk_file_path(*index).into()
+                            } else {
+                                format!("/dev/vd{}", (b'a' + *index as u8) as char).into()
+                            }
                         }
                     };
                     s.push(suffix);
@@ -276,18 +309,24 @@ impl Harness {
             }
         }
         let to_dur = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1000.0);
-        let (report, outer) = match self.path {
+        let (report, outer, setup_output) = match self.path {
             PathKind::Direct => {
                 let started = Instant::now();
+                let bg = if setup.is_empty() {
+                    None
+                } else {
+                    Some(setup::DirectSetup::start(setup)?)
+                };
                 let rep = exec::execute(&exec::ExecSpec {
                     program: program.clone(),
                     args,
                     timeout: run.timeout,
                     marks: run.marks.clone(),
                     echo_stdout: run.echo,
-                })?;
+                });
+                let setup_output = bg.map(setup::DirectSetup::finish).unwrap_or_default();
                 log::debug!("direct run took {:?}", started.elapsed());
-                (rep, None)
+                (rep?, None, setup_output)
             }
             PathKind::Nested => {
                 let (rep, outer) = nested::run(&nested::NestedSpec {
@@ -298,8 +337,11 @@ impl Harness {
                     timeout: run.timeout,
                     marks: run.marks.clone(),
                     echo: run.echo,
+                    setup: setup.to_vec(),
+                    disk_files,
                 })?;
-                (rep, Some(outer))
+                let setup_output = outer.setup_output.clone();
+                (rep, Some(outer), setup_output)
             }
         };
         Ok(Outcome {
@@ -316,8 +358,18 @@ impl Harness {
                 .collect(),
             path: self.path,
             outer,
+            setup_output,
         })
     }
+}
+
+/// The last `bounce statistics: {json}` line microvm logged (stderr), parsed
+/// (`bounce::StatsSnapshot` as JSON); None if there is none (e.g. `--restricted-dma` off).
+pub fn bounce_statistics(stderr: &str) -> Option<serde_json::Value> {
+    stderr.lines().rev().find_map(|l| {
+        let rest = &l[l.find("bounce statistics: ")? + "bounce statistics: ".len()..];
+        serde_json::from_str(rest.trim()).ok()
+    })
 }
 
 /// Parse microvm's `Guest-boot-time` log line (e.g. `Guest-boot-time = 123456 us 123 ms`):
@@ -366,6 +418,15 @@ mod tests {
     }
 
     #[test]
+    fn parses_bounce_statistics() {
+        let e = "[INFO vmm] x\n[2026 INFO vmm::metrics] bounce statistics: {\"maps\":3,\"failures\":{\"no_space\":1}}\n";
+        let v = bounce_statistics(e).expect("parsed");
+        assert_eq!(v["maps"], 3);
+        assert_eq!(v["failures"]["no_space"], 1);
+        assert!(bounce_statistics("bounce statistics: none (--restricted-dma is off)").is_none());
+    }
+
+    #[test]
     fn outcome_values() {
         let o = Outcome {
             stdout: "a\r\nnproc=2\r\ncpus-online=0-1\nxnproc=9\n".into(),
@@ -377,6 +438,7 @@ mod tests {
             marks: BTreeMap::new(),
             path: PathKind::Direct,
             outer: None,
+            setup_output: String::new(),
         };
         assert_eq!(o.value("nproc").as_deref(), Some("2"));
         assert_eq!(o.value("cpus-online").as_deref(), Some("0-1"));

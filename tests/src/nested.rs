@@ -317,6 +317,21 @@ pub struct NestedSpec {
     pub timeout: Duration,
     pub marks: Vec<String>,
     pub echo: bool,
+    /// Shell lines run in the outer machine before the program (see
+    /// [`crate::Harness::run_with_setup`]).
+    pub setup: Vec<String>,
+    /// Indices of `disks` the program gets as regular files ([`disk_file_path`]): copied
+    /// from /dev/vdX before the program, back to it (fsync'ed) after.
+    pub disk_files: Vec<usize>,
+}
+
+/// Where [`crate::Arg::DiskFile`] `index` lives inside the outer machine.
+pub fn disk_file_path(index: usize) -> String {
+    format!("/tmp/harness-disk{index}.img")
+}
+
+fn vd(index: usize) -> String {
+    format!("/dev/vd{}", (b'a' + index as u8) as char)
 }
 
 /// What the outer machine did besides running the program.
@@ -328,6 +343,8 @@ pub struct OuterInfo {
     pub total: Duration,
     /// The outer machine's whole serial console.
     pub console: String,
+    /// What the setup lines printed (up to the program's exit).
+    pub setup_output: String,
 }
 
 fn shell_quote(s: &[u8]) -> String {
@@ -454,7 +471,29 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             cmd.push_str(&shell_quote(a.as_bytes()));
         }
         let script = format!(
-            "#!/bin/sh\necho \"@@MVH-OUTER-READY uptime=$(cut -d' ' -f1 /proc/uptime)@@\"\ncd /tmp\n{cmd}\n"
+            "#!/bin/sh\necho \"@@MVH-OUTER-READY uptime=$(cut -d' ' -f1 /proc/uptime)@@\"\ncd /tmp\n{}{cmd}\n{}",
+            {
+                let mut p = String::new();
+                for &i in &spec.disk_files {
+                    p.push_str(&format!(
+                        "dd if={} of={} bs=1M 2>/dev/null || {{ echo 'harness: cannot copy {} to {}'; exit 1; }}\n",
+                        vd(i), disk_file_path(i), vd(i), disk_file_path(i)
+                    ));
+                }
+                p.push_str(&crate::setup::outer_script_prologue(&spec.setup));
+                p
+            },
+            {
+                let mut e = String::new();
+                for &i in &spec.disk_files {
+                    e.push_str(&format!(
+                        "dd if={} of={} bs=1M conv=notrunc,fsync 2>/dev/null || echo 'harness: cannot copy {} back to {}'\n",
+                        disk_file_path(i), vd(i), disk_file_path(i), vd(i)
+                    ));
+                }
+                e.push_str(&crate::setup::outer_script_epilogue(&spec.setup));
+                e
+            },
         );
         w.file("run.sh", 0o755, script.as_bytes())?;
         w.finish()?
@@ -604,6 +643,9 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             qemu_err.trim()
         );
     }
+    if let Some(out) = crate::setup::failed_output(&console) {
+        bail!("{what}: the setup lines failed before the program started:\n{out}");
+    }
     let Some(report) = report else {
         bail!(
             "{what}: qemu exited ({status}) after {total:?} without a report from harness-exec \
@@ -623,6 +665,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         OuterInfo {
             boot: boot.unwrap_or(total),
             total,
+            setup_output: crate::setup::output_from_console(&console),
             console,
         },
     ))

@@ -1,0 +1,494 @@
+//! virtio devices of microvm exercised by a real Linux guest, with and without
+//! `--restricted-dma` (every device DMA bounced through the `bounce` pools), through the
+//! harness (direct or nested path).
+//!
+//! The guest scripts are `resources/guest/tests/{blk,blk-exhaust,ext4,rng,net}.sh`; they
+//! print `KEY=VALUE` markers and `MICROVM-TEST-RESULT=PASS|FAIL`. Data the guest writes
+//! comes from `/payload.bin` of the initramfs, whose bytes the host also has
+//! (`payload.bin` next to the initramfs), so the host checks the disk image byte for byte.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use microvm_tests::{
+    bounce_statistics, kernel_artifacts, Arg, Harness, KernelArtifacts, Outcome, Run, INIT_OK,
+};
+use serde_json::Value;
+
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// `(size, disk offset, payload offset)` in bytes: the table of `blk.sh` (keep in sync).
+/// Sizes 512 B .. 1 MiB; offsets 4 KiB aligned and sector-granular but unaligned.
+const BLK_CASES: &[(usize, usize, usize)] = &[
+    (512, 512, 0),
+    (4096, 8192, 4096),
+    (4096, 17920, 12345),
+    (3584, 44032, 777),
+    (65536, 131072, 65536),
+    (66560, 262656, 100000),
+    (262144, 1048576, 200000),
+    (1048576, 2097152, 0),
+    (1048064, 4196864, 512),
+    (1048576, 6291968, 0),
+];
+const BLK_IMAGE_SIZE: u64 = 8 << 20;
+
+fn setup() -> (Harness, KernelArtifacts) {
+    let h = Harness::detect().unwrap_or_else(|e| panic!("cannot boot guests here: {e:#}"));
+    let k = kernel_artifacts().unwrap_or_else(|e| panic!("cannot build the guest: {e:#}"));
+    (h, k)
+}
+
+/// The bytes of the initramfs' `/payload.bin`.
+fn payload(k: &KernelArtifacts) -> Vec<u8> {
+    let p = k.initramfs.with_file_name("payload.bin");
+    let b = fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    assert_eq!(b.len(), 1 << 20, "{}", p.display());
+    b
+}
+
+/// A fresh zero-filled (sparse) raw image, removed on drop.
+struct Image(PathBuf);
+
+impl Image {
+    fn new(name: &str, size: u64) -> Image {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir();
+        let p = dir.join(format!(
+            "microvm-devices-{name}-{}-{}.img",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let f = fs::File::create(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        f.set_len(size).expect("set_len");
+        Image(p)
+    }
+    fn read(&self) -> Vec<u8> {
+        fs::read(&self.0).unwrap_or_else(|e| panic!("{}: {e}", self.0.display()))
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Boot the test initramfs with `microvm.test=TEST`, `disks` as /dev/vda.., plus `more`.
+fn boot(
+    h: &Harness,
+    k: &KernelArtifacts,
+    test: &str,
+    disks: &[&Path],
+    more: &[&str],
+    setup_lines: &[String],
+) -> Outcome {
+    let mut args = vec![
+        Arg::s("--kernel"),
+        Arg::file(&k.bzimage),
+        Arg::s("--initrd"),
+        Arg::file(&k.initramfs),
+        Arg::s("--cmdline"),
+        Arg::s(format!("{BASE_CMDLINE} microvm.test={test}")),
+    ];
+    for i in 0..disks.len() {
+        args.push(Arg::s("--disk"));
+        args.push(Arg::disk_file(i));
+    }
+    args.extend(more.iter().map(|s| Arg::s(*s)));
+    let mut run = Run::microvm(args);
+    run.disks = disks.iter().map(|d| d.to_path_buf()).collect();
+    run.timeout = Duration::from_secs(180);
+    let o = h
+        .run_with_setup(&run, setup_lines)
+        .unwrap_or_else(|e| panic!("harness run failed: {e:#}"));
+    eprintln!(
+        "{test} {more:?}: program {:?}, outer total {:?}",
+        o.elapsed,
+        o.outer.as_ref().map(|x| x.total)
+    );
+    o
+}
+
+fn assert_passed(o: &Outcome) {
+    assert!(
+        o.stdout.contains(INIT_OK),
+        "guest never reached init\n{}",
+        o.describe()
+    );
+    assert!(
+        o.stdout.contains("MICROVM-TEST-RESULT=PASS"),
+        "guest test did not pass\n{}",
+        o.describe()
+    );
+    assert_eq!(o.status, Some(0), "microvm must exit 0\n{}", o.describe());
+    assert!(!o.stderr.contains("panicked"), "{}", o.describe());
+}
+
+fn stats(o: &Outcome) -> Value {
+    bounce_statistics(&o.stderr)
+        .unwrap_or_else(|| panic!("no bounce statistics line on stderr\n{}", o.describe()))
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("statistics field {key} missing: {v}"))
+}
+
+fn total_failures(v: &Value) -> u64 {
+    v["failures"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or_else(|| panic!("statistics have no failures object: {v}"))
+}
+
+/// The whole image equals zeros with every BLK_CASES slice of the payload in place.
+fn check_blk_image(img: &Image, payload: &[u8]) {
+    let got = img.read();
+    assert_eq!(got.len() as u64, BLK_IMAGE_SIZE, "image size changed");
+    let mut want = vec![0u8; got.len()];
+    for &(size, off, src) in BLK_CASES {
+        want[off..off + size].copy_from_slice(&payload[src..src + size]);
+    }
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        let case = BLK_CASES
+            .iter()
+            .position(|&(size, off, _)| (off..off + size).contains(&i));
+        let differing = (0..got.len()).filter(|&j| got[j] != want[j]).count();
+        panic!(
+            "host image differs from the expected pattern at byte {i} (case {case:?}): \
+             got {:#04x}, want {:#04x}; {differing} bytes differ",
+            got[i], want[i]
+        );
+    }
+}
+
+/// blk.sh: concurrent O_DIRECT writes of 10 slices, read back in the guest, then checked
+/// in the host image. Returns the outcome for more checks.
+fn blk_integrity(more: &[&str]) -> Outcome {
+    let (h, k) = setup();
+    let payload = payload(&k);
+    let img = Image::new("blk", BLK_IMAGE_SIZE);
+    let mut args = vec!["--cpus", "2"];
+    args.extend_from_slice(more);
+    let o = boot(&h, &k, "blk", &[&img.0], &args, &[]);
+    assert_passed(&o);
+    let cases = format!("{}/{}", BLK_CASES.len(), BLK_CASES.len());
+    assert_eq!(o.value("blk-cases-ok"), Some(cases), "{}", o.describe());
+    check_blk_image(&img, &payload);
+    o
+}
+
+/// Bytes the blk test moves each way (writes: guest->device, reads: device->guest).
+fn blk_bytes() -> u64 {
+    BLK_CASES.iter().map(|c| c.0 as u64).sum()
+}
+
+#[test]
+fn blk_data_integrity_without_restricted_dma() {
+    let o = blk_integrity(&[]);
+    assert!(
+        bounce_statistics(&o.stderr).is_none(),
+        "no bouncing expected without --restricted-dma\n{}",
+        o.describe()
+    );
+}
+
+#[test]
+fn blk_data_integrity_with_restricted_dma() {
+    let o = blk_integrity(&["--restricted-dma=4M"]);
+    let s = stats(&o);
+    eprintln!("statistics: {s}");
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(n(&s, "maps") > 0 && n(&s, "maps") == n(&s, "unmaps"), "{s}");
+    // Every byte written went guest->pool, every byte read came pool->guest (and the
+    // Linux-style copy-in on map of reads goes to the pool too).
+    assert!(n(&s, "bytes_to_pool") >= blk_bytes(), "{s}");
+    assert!(n(&s, "bytes_to_guest") >= blk_bytes(), "{s}");
+}
+
+#[test]
+fn blk_data_integrity_with_guest_swiotlb() {
+    let o = blk_integrity(&["--restricted-dma=4M", "--guest-swiotlb"]);
+    let s = stats(&o);
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(n(&s, "bytes_to_pool") >= blk_bytes(), "{s}");
+    assert!(
+        o.stdout.contains("swiotlb=force"),
+        "guest command line lacks swiotlb=force\n{}",
+        o.describe()
+    );
+}
+
+/// A 256 KiB pool with growth at 50 %: the blk test's 1 MiB requests make the pool set
+/// grow (background extensions or transient pools) without a single failed mapping.
+#[test]
+fn bounce_pool_grows_under_load_without_failures() {
+    let o = blk_integrity(&[
+        "--restricted-dma=256K",
+        "--bounce",
+        "dynamic=on,threshold=50,chunk=1M",
+    ]);
+    let s = stats(&o);
+    eprintln!("statistics: {s}");
+    assert!(
+        n(&s, "extensions") > 0 || n(&s, "transient_created") > 0,
+        "the pool never grew: {s}"
+    );
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(
+        n(&s, "pools_created") > 1 || n(&s, "transient_created") > 0,
+        "{s}"
+    );
+}
+
+/// A 128 KiB pool that cannot grow, with 32 KiB segments (`segment=16`): data segments
+/// bigger than the pool allows fail in the guest (EIO), microvm survives, the failures are
+/// counted, and the earlier fsync'ed write is intact. (Every device maps one descriptor at
+/// a time on one thread and a pool is at least one segment, the longest mapping, so the
+/// failure shows as `too_large`; `no_space` would need two mappings in flight.)
+#[test]
+fn bounce_pool_exhaustion_fails_io_not_the_vmm() {
+    let (h, k) = setup();
+    let payload = payload(&k);
+    let img = Image::new("exhaust", 8 << 20);
+    let o = boot(
+        &h,
+        &k,
+        "blk-exhaust",
+        &[&img.0],
+        &[
+            "--restricted-dma=128K",
+            "--bounce",
+            "dynamic=off,transient=off,segment=16",
+        ],
+        &[],
+    );
+    assert_passed(&o);
+    assert_eq!(
+        o.value("exhaust-small-write").as_deref(),
+        Some("ok"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(
+        o.value("exhaust-small-readback").as_deref(),
+        Some("ok"),
+        "{}",
+        o.describe()
+    );
+    let big: u32 = o
+        .value("exhaust-big-failures")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        big >= 1,
+        "no write bigger than the pool failed in the guest\n{}",
+        o.describe()
+    );
+    let s = stats(&o);
+    eprintln!("statistics: {s}");
+    let f = &s["failures"];
+    let exhausted = f["no_space"].as_u64().unwrap_or(0) + f["too_large"].as_u64().unwrap_or(0);
+    assert!(
+        exhausted > 0,
+        "no mapping failed for lack of pool room: {s}"
+    );
+    assert_eq!(n(&s, "extensions"), 0, "{s}");
+    assert_eq!(n(&s, "transient_created"), 0, "{s}");
+    let got = img.read();
+    assert_eq!(
+        &got[..4096],
+        &payload[..4096],
+        "fsync'ed 4 KiB write not intact in the image"
+    );
+}
+
+/// ext4 on a bounced virtio-blk: mkfs, write, sync, remount read-only, checksums.
+#[test]
+fn ext4_roundtrip_with_restricted_dma() {
+    let (h, k) = setup();
+    let img = Image::new("ext4", 64 << 20);
+    let o = boot(&h, &k, "ext4", &[&img.0], &["--restricted-dma=4M"], &[]);
+    assert_passed(&o);
+    assert_eq!(
+        o.value("ext4-mkfs").as_deref(),
+        Some("ok"),
+        "{}",
+        o.describe()
+    );
+    let ro = o.value("ext4-ro-mount").unwrap_or_default();
+    assert_eq!(ro, "/dev/vda ext4 ro", "{}", o.describe());
+    assert_eq!(
+        o.value("ext4-payload-sha256"),
+        Some(k.payload_sha256.clone()),
+        "{}",
+        o.describe()
+    );
+    let odd = o.value("ext4-odd-sha256");
+    assert!(odd.is_some(), "{}", o.describe());
+    assert_eq!(odd, o.value("ext4-odd-expected"), "{}", o.describe());
+    // The host image holds an ext4 superblock (magic 0xEF53 at byte 1080).
+    let got = img.read();
+    assert_eq!(
+        &got[1080..1082],
+        &[0x53, 0xef],
+        "no ext4 superblock in the host image"
+    );
+    let s = stats(&o);
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(n(&s, "bytes_to_pool") >= 1 << 20, "{s}");
+}
+
+/// virtio-rng through the bounce pools: /dev/hwrng is virtio and gives varied bytes.
+#[test]
+fn virtio_rng_feeds_dev_hwrng() {
+    let (h, k) = setup();
+    let o = boot(&h, &k, "rng", &[], &["--rng", "--restricted-dma=4M"], &[]);
+    assert_passed(&o);
+    let cur = o.value("rng-current").unwrap_or_default();
+    assert!(
+        cur.starts_with("virtio_rng"),
+        "rng_current={cur}\n{}",
+        o.describe()
+    );
+    assert_eq!(
+        o.value("rng-bytes").as_deref(),
+        Some("65536"),
+        "{}",
+        o.describe()
+    );
+    let distinct: u32 = o
+        .value("rng-distinct-bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        distinct >= 250,
+        "{distinct} distinct byte values\n{}",
+        o.describe()
+    );
+    let gz: u32 = o
+        .value("rng-gzip-bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        gz > 65000,
+        "entropy compresses to {gz} bytes\n{}",
+        o.describe()
+    );
+    let s = stats(&o);
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(n(&s, "bytes_to_guest") >= 2 * 65536, "{s}");
+}
+
+/// sha256 (hex) of `data` by the host's `sha256sum`.
+fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils)");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("write");
+    let out = c.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Harness side of the tap (host or outer machine): tap `mvtap0` at 10.0.2.1/24, an httpd
+/// serving 4 MiB of random bytes (`/down.bin`, sha256 printed as `host-down-sha256=`) and
+/// `/cgi-bin/up` (size and sha256 of what the nc listener on port 5002 received).
+fn net_setup() -> Vec<String> {
+    [
+        "busybox ip link del mvtap0 2>/dev/null; true",
+        "busybox tunctl -t mvtap0 >/dev/null",
+        "busybox ip addr add 10.0.2.1/24 dev mvtap0",
+        "busybox ip link set mvtap0 up",
+        "rm -rf /tmp/mvnet /tmp/mvnet-up.bin && mkdir -p /tmp/mvnet/cgi-bin",
+        "head -c 4194304 /dev/urandom > /tmp/mvnet/down.bin",
+        "echo \"host-down-sha256=$(sha256sum /tmp/mvnet/down.bin | cut -d' ' -f1)\"",
+        "cat > /tmp/mvnet/cgi-bin/up <<'CGI'
+#!/bin/sh
+echo 'Content-type: text/plain'
+echo
+# Wait (up to 10 s) until the listener has all 4 MiB.
+i=0
+while [ \"$(stat -c %s /tmp/mvnet-up.bin)\" -lt 4194304 ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+echo \"host-up-bytes=$(stat -c %s /tmp/mvnet-up.bin)\"
+echo \"host-up-sha256=$(sha256sum < /tmp/mvnet-up.bin | cut -d' ' -f1)\"
+CGI",
+        "chmod +x /tmp/mvnet/cgi-bin/up",
+        "busybox httpd -f -p 10.0.2.1:8080 -h /tmp/mvnet &",
+        "(sleep 600 | busybox nc -l -p 5002 > /tmp/mvnet-up.bin) &",
+        "sleep 0.5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// virtio-net with --restricted-dma: ping and 4 MiB each way, checksummed where received.
+#[test]
+fn virtio_net_ping_and_bulk_transfer_with_restricted_dma() {
+    let (h, k) = setup();
+    let payload = payload(&k);
+    let o = boot(
+        &h,
+        &k,
+        "net",
+        &[],
+        &["--net", "tap=mvtap0", "--restricted-dma=4M"],
+        &net_setup(),
+    );
+    assert_passed(&o);
+    eprintln!("setup output:\n{}", o.setup_output);
+    let received: u32 = o
+        .value("net-ping-received")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(received >= 1, "no ping reply\n{}", o.describe());
+    // Host -> guest: the guest's checksum of what it received.
+    let host_down = o
+        .setup_output
+        .lines()
+        .find_map(|l| l.strip_prefix("host-down-sha256="))
+        .map(str::to_string);
+    assert!(host_down.is_some(), "setup output: {}", o.setup_output);
+    assert_eq!(
+        o.value("net-down-bytes").as_deref(),
+        Some("4194304"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(o.value("net-down-sha256"), host_down, "{}", o.describe());
+    // Guest -> host: the host side's checksum of what it received.
+    let up: Vec<u8> = payload.iter().copied().cycle().take(4 << 20).collect();
+    assert_eq!(
+        o.value("net-host-up-bytes").as_deref(),
+        Some("4194304"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(
+        o.value("net-host-up-sha256"),
+        Some(sha256_hex(&up)),
+        "{}",
+        o.describe()
+    );
+    let s = stats(&o);
+    eprintln!("statistics: {s}");
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(n(&s, "bytes_to_guest") >= 4 << 20, "{s}");
+    assert!(n(&s, "bytes_to_pool") >= 4 << 20, "{s}");
+}
