@@ -26,6 +26,10 @@ use crate::exit::ExitReason;
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    if let Err(e) = metrics::block_stats_signal() {
+        eprintln!("microvm: cannot block SIGUSR1 for the statistics handler: {e}");
+        return ExitCode::FAILURE;
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
         .init();

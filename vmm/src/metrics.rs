@@ -80,15 +80,27 @@ pub struct StatsSignal {
     fd: SignalFd,
 }
 
+fn stats_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGUSR1);
+    set
+}
+
+/// Blocks SIGUSR1 in the calling thread and every thread it starts afterwards. Call it first
+/// thing in `main`: a thread that does not block it (the pool worker, a vCPU) would take the
+/// signal's default action and end the process.
+pub fn block_stats_signal() -> std::io::Result<()> {
+    stats_signals().thread_block().map_err(std::io::Error::from)
+}
+
 impl StatsSignal {
-    /// Blocks SIGUSR1 in the calling thread (and the threads it starts later) and opens a
-    /// signalfd for it.
+    /// Opens a signalfd for SIGUSR1 (blocked by [`block_stats_signal`]).
     pub fn new(report: DmaReport) -> std::io::Result<Self> {
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGUSR1);
-        set.thread_block().map_err(std::io::Error::from)?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(std::io::Error::from)?;
+        let fd = SignalFd::with_flags(
+            &stats_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
         Ok(StatsSignal { report, fd })
     }
 }
