@@ -87,13 +87,16 @@ fn bench_initrd(base: &Path) -> Result<PathBuf> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
-    let out = cache_dir()?.join(format!("bench-initrd-{:016x}.img", h.finish()));
+    let out = cache_dir()?.join(format!("bench-initrd-v2-{:016x}.img", h.finish()));
     if out.is_file() {
         return Ok(out);
     }
     let tmp = out.with_extension("tmp");
     let mut w = BufWriter::new(fs::File::create(&tmp)?);
-    w.write_all(&fs::read(base)?)?;
+    let base_bytes = fs::read(base)?;
+    w.write_all(&base_bytes)?;
+    // Linux reads an uncompressed cpio after a compressed one only at a 4-byte offset.
+    w.write_all(&vec![0u8; (4 - base_bytes.len() % 4) % 4])?;
     let mut c = CpioWriter::new(w);
     let mut dirs = std::collections::BTreeSet::new();
     for f in &files {
