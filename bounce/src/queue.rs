@@ -20,6 +20,24 @@ pub struct Desc {
     pub writable: bool,
 }
 
+impl Desc {
+    /// The buffer as consecutive pieces of at most `max` bytes, for buffers longer than the
+    /// longest mapping the pools allow ([`DmaQueue::max_mapping_len`]). A zero-length buffer
+    /// is one zero-length piece, so that mapping it still fails.
+    pub fn pieces(&self, max: u32) -> impl Iterator<Item = Desc> + '_ {
+        let max = max.max(1);
+        (0..self.len.div_ceil(max).max(1)).map(move |i| {
+            let off = i * max;
+            Desc {
+                // Cannot overflow: `Dma::map` rejects ranges that wrap or leave guest memory.
+                addr: GuestAddress(self.addr.0.wrapping_add(u64::from(off))),
+                len: (self.len - off).min(max),
+                writable: self.writable,
+            }
+        })
+    }
+}
+
 /// A descriptor chain popped from the available ring. Holds no reference to guest memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -109,6 +127,14 @@ impl DmaQueue {
         Ok(Some(Chain { head, descs }))
     }
 
+    /// The longest buffer one [`DmaQueue::map`] can take: a bounce pool's segment (Linux's
+    /// `swiotlb_max_mapping_size`), unlimited when mapping directly.
+    pub fn max_mapping_len(&self) -> u32 {
+        self.dma.swiotlb().map_or(u32::MAX, |s| {
+            u32::try_from(s.max_mapping_size()).unwrap_or(u32::MAX)
+        })
+    }
+
     /// Maps one descriptor's buffer in the direction its flags allow.
     pub fn map(&self, desc: &Desc) -> Result<DmaBuffer, DmaError> {
         let dir = if desc.writable {
@@ -179,6 +205,22 @@ mod tests {
         assert!(!c.descs[0].writable && c.descs[1].writable);
         assert!(q.pop().unwrap().is_none());
         q.add_used(c.head, 512).unwrap();
+    }
+
+    #[test]
+    fn pieces_cover_the_buffer_in_order() {
+        let d = Desc {
+            addr: GuestAddress(0x1000),
+            len: 10,
+            writable: true,
+        };
+        let p: Vec<(u64, u32)> = d.pieces(4).map(|p| (p.addr.0, p.len)).collect();
+        assert_eq!(p, vec![(0x1000, 4), (0x1004, 4), (0x1008, 2)]);
+        assert!(d.pieces(4).all(|p| p.writable));
+        assert_eq!(d.pieces(u32::MAX).count(), 1);
+        assert_eq!(d.pieces(0).count(), 10);
+        let empty = Desc { len: 0, ..d };
+        assert_eq!(empty.pieces(4).collect::<Vec<_>>(), vec![empty]);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! returned with used length 0.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
@@ -172,7 +172,10 @@ impl Block {
                 queue_size: qs,
             });
         }
-        let len = file.metadata().map_err(BlockError::Metadata)?.len();
+        // Seek rather than metadata: a block device's metadata length is 0.
+        let len = (&file)
+            .seek(SeekFrom::End(0))
+            .map_err(BlockError::Metadata)?;
         let size = len & !(SECTOR_SIZE - 1);
         let mut id = [0u8; ID_LEN];
         let serial = cfg.serial.as_bytes();
@@ -416,23 +419,25 @@ impl Disk {
         written: &mut u32,
     ) -> Result<(), RequestError> {
         let mut offset = self.check_data(sector, data, true)?;
-        for d in data {
-            let b = q.map(d)?;
+        let max = q.max_mapping_len();
+        for piece in data.iter().flat_map(|d| d.pieces(max)) {
+            let b = q.map(&piece)?;
             pread_exact(&self.file, &b.slice(), offset)?;
             b.unmap()?;
-            *written = written.saturating_add(d.len);
-            offset += u64::from(d.len);
+            *written = written.saturating_add(piece.len);
+            offset += u64::from(piece.len);
         }
         Ok(())
     }
 
     fn write(&self, q: &DmaQueue, sector: u64, data: &[Desc]) -> Result<(), RequestError> {
         let mut offset = self.check_data(sector, data, false)?;
-        for d in data {
-            let b = q.map(d)?;
+        let max = q.max_mapping_len();
+        for piece in data.iter().flat_map(|d| d.pieces(max)) {
+            let b = q.map(&piece)?;
             pwrite_all(&self.file, &b.slice(), offset)?;
             b.unmap()?;
-            offset += u64::from(d.len);
+            offset += u64::from(piece.len);
         }
         Ok(())
     }
