@@ -17,7 +17,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
-use bounce::{Chain, Desc, DmaError, DmaQueue};
+use bounce::{Chain, Desc, DmaBuffer, DmaError, DmaQueue};
 use thiserror::Error;
 use vm_memory::VolatileSlice;
 use vmm_sys_util::write_zeroes::{PunchHole, WriteZeroesAt};
@@ -419,25 +419,21 @@ impl Disk {
         written: &mut u32,
     ) -> Result<(), RequestError> {
         let mut offset = self.check_data(sector, data, true)?;
-        let max = q.max_mapping_len();
-        for piece in data.iter().flat_map(|d| d.pieces(max)) {
-            let b = q.map(&piece)?;
+        for b in map_all(q, data)? {
             pread_exact(&self.file, &b.slice(), offset)?;
+            offset += b.len() as u64;
+            *written = written.saturating_add(b.len() as u32);
             b.unmap()?;
-            *written = written.saturating_add(piece.len);
-            offset += u64::from(piece.len);
         }
         Ok(())
     }
 
     fn write(&self, q: &DmaQueue, sector: u64, data: &[Desc]) -> Result<(), RequestError> {
         let mut offset = self.check_data(sector, data, false)?;
-        let max = q.max_mapping_len();
-        for piece in data.iter().flat_map(|d| d.pieces(max)) {
-            let b = q.map(&piece)?;
+        for b in map_all(q, data)? {
             pwrite_all(&self.file, &b.slice(), offset)?;
+            offset += b.len() as u64;
             b.unmap()?;
-            offset += u64::from(piece.len);
         }
         Ok(())
     }
@@ -512,6 +508,18 @@ fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 fn to_off(offset: u64) -> io::Result<libc::off64_t> {
     libc::off64_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Maps every data buffer of a request before any I/O, as a driver's `dma_map_sg` does: the
+/// whole request holds pool space at once, so the pool pressure the model sees is the guest's.
+/// Buffers longer than a bounce segment are mapped in pieces. On failure the buffers mapped so
+/// far are unmapped (dropped) and the request fails.
+fn map_all(q: &DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer>, RequestError> {
+    let max = q.max_mapping_len();
+    data.iter()
+        .flat_map(|d| d.pieces(max))
+        .map(|piece| q.map(&piece).map_err(RequestError::from))
+        .collect()
 }
 
 /// Reads exactly `slice.len()` bytes of `file` at `offset` into `slice` (pread(2), no seek, no

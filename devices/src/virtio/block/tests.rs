@@ -549,3 +549,33 @@ fn bounced_buffers_longer_than_a_segment_are_split() {
     let stats = dma.stats().unwrap();
     assert_eq!((stats.failures.too_large, stats.maps), (0, 2 * (3 + 2)));
 }
+
+#[test]
+fn request_bigger_than_the_bounce_pool_gets_ioerr_and_frees_its_slots() {
+    // A 16 KiB pool without growth: a 24 KiB request cannot be mapped as a whole.
+    let mem = guest_mem();
+    let (_t, f) = disk();
+    let dma = bounce::Dma::bounced_from_str(
+        mem.clone(),
+        "size=16K,segment=4,areas=1,dynamic=off,transient=off",
+    )
+    .unwrap();
+    let mut t = TestQueue::new(&mem, 16);
+    hdr(&t, VIRTIO_BLK_T_OUT, 0);
+    t.write(STATUS, &[0xff]);
+    t.add_chain(&[
+        (HDR, 16, false),
+        (DATA, 24 * 1024, false),
+        (STATUS, 1, true),
+    ]);
+    let mut blk = Block::new(f, BlockConfig::default()).unwrap();
+    let (irq, _e) = test_interrupt();
+    blk.activate(vec![t.dma_queue_with(dma.clone())], irq)
+        .unwrap();
+    blk.process_queue(0).unwrap();
+    assert_eq!(status(&t), VIRTIO_BLK_S_IOERR);
+    let stats = dma.stats().unwrap();
+    assert!(stats.failures.no_space > 0, "{stats:?}");
+    assert_eq!(stats.slots_used, 0, "mapped pieces were released");
+    assert_eq!(stats.maps, stats.unmaps);
+}
