@@ -48,7 +48,9 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mkdir -p /tmp /run && mount -t tmpfs tmpfs /tmp
+# /tmp stays on the initramfs root: carried files keep their host paths, which may be
+# under /tmp (a checkout in /tmp), and a tmpfs mounted there would hide them.
+mkdir -p /tmp /run
 for m in $(cat /modules.order); do
     insmod "/modules/$m" || echo "outer-init: insmod $m failed"
 done
