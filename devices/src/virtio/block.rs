@@ -527,61 +527,58 @@ fn map_all(q: &DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer>, RequestError> 
 pub(crate) fn pread_exact(file: &File, slice: &VolatileSlice, offset: u64) -> io::Result<()> {
     let guard = slice.ptr_guard_mut();
     let base = guard.as_ptr();
-    let len = slice.len();
-    let mut done = 0usize;
-    while done < len {
-        let off = to_off(offset + done as u64)?;
-        // SAFETY: `base` points to `len` bytes of memory valid for writes for the lifetime of
-        // `slice` (a VolatileSlice invariant, held by `guard`); the kernel writes at most
-        // `len - done` bytes starting `done` bytes in. The fd is owned by `file`.
-        let r = unsafe {
-            libc::pread64(
-                file.as_raw_fd(),
-                base.add(done).cast::<libc::c_void>(),
-                len - done,
-                off,
-            )
-        };
-        match r {
-            r if r < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            r => done += r as usize,
-        }
-    }
-    Ok(())
+    let fd = file.as_raw_fd();
+    positional_loop(
+        slice.len(),
+        offset,
+        io::ErrorKind::UnexpectedEof,
+        |done, off| {
+            // SAFETY: `base` points to `slice.len()` bytes valid for writes for the lifetime of
+            // `slice` (a VolatileSlice invariant, held by `guard`); the kernel writes at most
+            // `len - done` bytes starting `done` bytes in. The fd is owned by `file`.
+            unsafe { libc::pread64(fd, base.add(done).cast(), slice.len() - done, off) }
+        },
+    )
 }
 
 /// Writes all of `slice` to `file` at `offset` (pwrite(2), no seek, no host copy).
 pub(crate) fn pwrite_all(file: &File, slice: &VolatileSlice, offset: u64) -> io::Result<()> {
     let guard = slice.ptr_guard();
     let base = guard.as_ptr();
-    let len = slice.len();
+    let fd = file.as_raw_fd();
+    positional_loop(
+        slice.len(),
+        offset,
+        io::ErrorKind::WriteZero,
+        |done, off| {
+            // SAFETY: `base` points to `slice.len()` readable bytes for the lifetime of `slice`
+            // (held by `guard`); the kernel reads at most `len - done` bytes starting `done` bytes
+            // in. The fd is owned by `file`.
+            unsafe { libc::pwrite64(fd, base.add(done).cast(), slice.len() - done, off) }
+        },
+    )
+}
+
+/// Repeats a positional read or write (`op(done, file_offset)`, a syscall's return value)
+/// until `len` bytes are transferred: short transfers continue, EINTR retries, a transfer of
+/// 0 bytes is `at_zero`.
+fn positional_loop(
+    len: usize,
+    offset: u64,
+    at_zero: io::ErrorKind,
+    mut op: impl FnMut(usize, libc::off64_t) -> isize,
+) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
         let off = to_off(offset + done as u64)?;
-        // SAFETY: `base` points to `len` readable bytes for the lifetime of `slice` (held by
-        // `guard`); the kernel reads at most `len - done` bytes starting `done` bytes in.
-        let r = unsafe {
-            libc::pwrite64(
-                file.as_raw_fd(),
-                base.add(done).cast::<libc::c_void>(),
-                len - done,
-                off,
-            )
-        };
-        match r {
+        match op(done, off) {
             r if r < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
-            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            0 => return Err(io::Error::from(at_zero)),
             r => done += r as usize,
         }
     }
