@@ -1,5 +1,6 @@
 //! How the VM ends: any thread records the first reason and wakes the event loop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,6 +18,8 @@ pub enum ExitReason {
 pub struct VmExit {
     pub evt: EventFd,
     reason: Mutex<Option<ExitReason>>,
+    /// Set with `reason`: a lock-free check for the vCPU threads' exit loop.
+    ended: AtomicBool,
 }
 
 impl VmExit {
@@ -24,6 +27,7 @@ impl VmExit {
         Ok(VmExit {
             evt: EventFd::new(EFD_NONBLOCK)?,
             reason: Mutex::new(None),
+            ended: AtomicBool::new(false),
         })
     }
 
@@ -32,11 +36,17 @@ impl VmExit {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
             *r = Some(reason);
+            self.ended.store(true, Ordering::Release);
         }
         drop(r);
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot signal VM exit: {e}");
         }
+    }
+
+    /// Whether some thread has ended the VM.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     pub fn reason(&self) -> Option<ExitReason> {

@@ -20,7 +20,7 @@ pub struct Vcpu {
 impl Vcpu {
     pub fn run(mut self) {
         loop {
-            if self.exit.reason().is_some() {
+            if self.exit.ended() {
                 return;
             }
             let reason = match self.fd.run() {
