@@ -4,7 +4,7 @@
 //! `cargo build -p bounce --release --example fastpath` then
 //! `valgrind --tool=callgrind target/release/examples/fastpath [len] [iters] [config] [dir]`
 //! (`dir`: `to` (default, as the criterion bench), `from`, `bi`), or with `TIME=1` in the
-//! environment for the timing.
+//! environment for the timing, or `THREADS=2` for wall-clock scaling over that many threads.
 
 use std::time::Instant;
 
@@ -29,7 +29,12 @@ fn main() {
         .unwrap()
         .ptr_guard()
         .as_ptr();
-    let dma = Dma::bounced_from_str(mem, &cfg).unwrap();
+    // `direct`: the same API without bouncing (the cost of the DMA API itself).
+    let dma = if cfg == "direct" {
+        Dma::direct(mem)
+    } else {
+        Dma::bounced_from_str(mem, &cfg).unwrap()
+    };
     let src = DmaSource::default();
     let round = || {
         let t = Instant::now();
@@ -40,13 +45,83 @@ fn main() {
         }
         t.elapsed().as_nanos() as f64 / iters as f64
     };
+    if let Some(t) = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+    {
+        // Wall-clock scaling: `iters` round trips split over `t` threads (one queue and area
+        // each), alternating with one thread, best of `ROUNDS` rounds each.
+        let run = |threads: u64| {
+            let per = iters / threads;
+            let t0 = Instant::now();
+            std::thread::scope(|sc| {
+                for q in 0..threads {
+                    let dma = dma.clone();
+                    sc.spawn(move || {
+                        let src = DmaSource {
+                            device: 0,
+                            queue: q as u16,
+                        };
+                        let addr = GuestAddress(0x100000 * (q + 1));
+                        for _ in 0..per {
+                            let buf = dma.map(src, addr, len, dir).unwrap();
+                            std::hint::black_box(&buf);
+                            buf.unmap().unwrap();
+                        }
+                    });
+                }
+            });
+            t0.elapsed().as_nanos() as f64 / (per * threads) as f64
+        };
+        // The floor: the same copies (guest -> private buffer -> guest, as a from-device round
+        // trip) without the pool, so the machine's own scaling of the copies is known.
+        let copies = |threads: u64| {
+            let per = iters / threads;
+            let t0 = Instant::now();
+            std::thread::scope(|sc| {
+                for q in 0..threads {
+                    let src = (src_ptr as usize + 0x100000 * (q as usize + 1)) as *mut u8;
+                    let src = src as usize;
+                    sc.spawn(move || {
+                        let src = src as *mut u8;
+                        let mut buf = vec![0u8; len as usize];
+                        for _ in 0..per {
+                            // SAFETY: `src` is `len` bytes of guest memory (inside the 4 MiB
+                            // region), `buf` our own.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len as usize);
+                                std::hint::black_box(&mut buf);
+                                std::ptr::copy_nonoverlapping(buf.as_ptr(), src, len as usize);
+                            }
+                        }
+                    });
+                }
+            });
+            t0.elapsed().as_nanos() as f64 / (per * threads) as f64
+        };
+        let (mut one, mut many, mut c1, mut cn) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..rounds() {
+            one = one.min(run(1));
+            many = many.min(run(t));
+            c1 = c1.min(copies(1));
+            cn = cn.min(copies(t));
+        }
+        println!(
+            "bounce: 1 thread {one:.1} ns/op, {t} threads {many:.1} ns/op, scaling {:.2}x; \
+             copies alone: {c1:.1} / {cn:.1} ns/op, scaling {:.2}x",
+            one / many,
+            c1 / cn
+        );
+        return;
+    }
     if std::env::var_os("TIME").is_none() {
         round();
-        let s = dma.stats().unwrap();
-        println!(
-            "maps {} unmaps {} hiwater {}",
-            s.maps, s.unmaps, s.slots_used_hiwater
-        );
+        if let Some(s) = dma.stats() {
+            println!(
+                "maps {} unmaps {} hiwater {}",
+                s.maps, s.unmaps, s.slots_used_hiwater
+            );
+        }
         return;
     }
     // `DST_OFFSET=n`: the floor's destination at `n` bytes past a page boundary (the bounce slot
@@ -65,7 +140,7 @@ fn main() {
         t.elapsed().as_nanos() as f64 / iters as f64
     };
     let (mut best_m, mut best_b) = (f64::MAX, f64::MAX);
-    for _ in 0..15 {
+    for _ in 0..rounds() {
         best_m = best_m.min(memcpy());
         best_b = best_b.min(round());
     }
@@ -74,7 +149,7 @@ fn main() {
         let buf = dma.map(src, GuestAddress(0x10000), len, dir).unwrap();
         let slot = buf.slice().ptr_guard_mut().as_ptr();
         let mut best = f64::MAX;
-        for _ in 0..15 {
+        for _ in 0..rounds() {
             let t = Instant::now();
             for _ in 0..iters {
                 // SAFETY: the mapping owns `len` bytes at `slot`; the guest range is disjoint.
@@ -90,7 +165,7 @@ fn main() {
         // to drain, as the first atomic after the copy in a round trip does.
         let a = std::sync::atomic::AtomicU64::new(0);
         let mut best = f64::MAX;
-        for _ in 0..15 {
+        for _ in 0..rounds() {
             let t = Instant::now();
             for _ in 0..iters {
                 // SAFETY: as in `memcpy`.
@@ -106,4 +181,9 @@ fn main() {
         "len {len} memcpy {best_m:.1} ns  bounce {best_b:.1} ns  ratio {:.2}x",
         best_b / best_m
     );
+}
+
+/// Alternating timed rounds per variant (`ROUNDS`, default 15); the best of each is reported.
+fn rounds() -> usize {
+    std::env::var("ROUNDS").map_or(15, |r| r.parse().unwrap())
 }

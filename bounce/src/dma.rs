@@ -49,37 +49,9 @@ pub struct DmaSource {
 }
 
 /// A device's only handle on guest memory. Cheap to clone; shared by a device's queues.
-///
-/// Each clone has its own reference-counted handle, which the buffers it maps hold: threads that
-/// map through their own clone never write a shared reference count (2-thread scaling).
+#[derive(Clone)]
 pub struct Dma {
-    inner: Arc<Handle>,
-}
-
-/// One clone's handle on the shared state. Cache-line aligned: clones made one after another on
-/// one thread (a device handing a clone to each queue thread) would otherwise be allocated in the
-/// same line, and every map and unmap of each thread would write the other's reference count's
-/// line.
-#[repr(align(128))]
-struct Handle {
-    shared: Arc<Inner>,
-}
-
-impl std::ops::Deref for Handle {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.shared
-    }
-}
-
-impl Clone for Dma {
-    fn clone(&self) -> Self {
-        Dma {
-            inner: Arc::new(Handle {
-                shared: self.inner.shared.clone(),
-            }),
-        }
-    }
+    inner: Arc<Inner>,
 }
 
 struct Inner {
@@ -103,9 +75,7 @@ impl Dma {
 
     fn new(inner: Inner) -> Self {
         Dma {
-            inner: Arc::new(Handle {
-                shared: Arc::new(inner),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -151,7 +121,7 @@ impl Dma {
         addr: GuestAddress,
         len: u32,
         dir: DmaDirection,
-    ) -> Result<DmaBuffer, DmaError> {
+    ) -> Result<DmaBuffer<'_>, DmaError> {
         self.map_with(src, addr, len, dir, MapAttrs::default())
     }
 
@@ -164,7 +134,7 @@ impl Dma {
         len: u32,
         dir: DmaDirection,
         attrs: MapAttrs,
-    ) -> Result<DmaBuffer, DmaError> {
+    ) -> Result<DmaBuffer<'_>, DmaError> {
         let r = self.map_inner(src, addr, len, dir, attrs);
         if let (Err(e), Some(s)) = (&r, &self.inner.swiotlb) {
             if matches!(
@@ -186,7 +156,7 @@ impl Dma {
         len: u32,
         dir: DmaDirection,
         attrs: MapAttrs,
-    ) -> Result<DmaBuffer, DmaError> {
+    ) -> Result<DmaBuffer<'_>, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength { addr: addr.0 });
         }
@@ -216,9 +186,7 @@ impl Dma {
             }
         }
         Ok(DmaBuffer {
-            dma: Dma {
-                inner: self.inner.clone(),
-            },
+            dma: &self.inner,
             src,
             addr,
             len,
@@ -227,7 +195,6 @@ impl Dma {
             bounce,
             trace_id: id,
             cpu_owns: false,
-            done: false,
         })
     }
 
@@ -277,9 +244,10 @@ struct Bounce {
 
 /// A live streaming mapping. The device accesses the buffer only through it (in bounced mode
 /// the bounce slot, never guest memory); dropping it unmaps (and, for device writes, makes the
-/// data visible to the guest), logging any error.
-pub struct DmaBuffer {
-    dma: Dma,
+/// data visible to the guest), logging any error. It borrows the [`Dma`] handle that mapped it
+/// (no reference count to write on every map and unmap).
+pub struct DmaBuffer<'a> {
+    dma: &'a Inner,
     src: DmaSource,
     addr: GuestAddress,
     len: usize,
@@ -289,17 +257,16 @@ pub struct DmaBuffer {
     bounce: Option<Bounce>,
     trace_id: u64,
     cpu_owns: bool,
-    done: bool,
 }
 
 // SAFETY: the raw pointers point into memory owned through `dma` (guest memory, and the
 // Swiotlb's pools), both Send + Sync; all accesses go through volatile slices.
-unsafe impl Send for DmaBuffer {}
+unsafe impl Send for DmaBuffer<'_> {}
 // SAFETY: `&DmaBuffer` only allows reads (slice, read_at) of memory valid for the lifetime of
 // the borrow; writes need `&mut self` or go through VolatileSlice (as for guest memory itself).
-unsafe impl Sync for DmaBuffer {}
+unsafe impl Sync for DmaBuffer<'_> {}
 
-impl DmaBuffer {
+impl DmaBuffer<'_> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -367,7 +334,7 @@ impl DmaBuffer {
             return Err(self.double_sync("cpu"));
         }
         self.cpu_owns = true;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.swiotlb) {
             if self.dir.device_writes() {
                 self.copy_out(b);
                 add(&s.shard(self.src).bytes_to_guest, self.len as u64);
@@ -385,7 +352,7 @@ impl DmaBuffer {
             return Err(self.double_sync("device"));
         }
         self.cpu_owns = false;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.swiotlb) {
             if self.dir.device_reads() {
                 // SAFETY: as in `slice`.
                 let dst = unsafe { VolatileSlice::new(b.host.as_ptr(), self.len) };
@@ -399,16 +366,14 @@ impl DmaBuffer {
     }
 
     /// Ends the mapping. Device writes are visible to the guest once this returns `Ok`.
-    pub fn unmap(mut self) -> Result<(), DmaError> {
-        self.do_unmap()
+    pub fn unmap(self) -> Result<(), DmaError> {
+        // Unmapped here, so not again on drop (the buffer owns nothing else to drop).
+        std::mem::ManuallyDrop::new(self).do_unmap()
     }
 
+    /// Runs exactly once per buffer: from `unmap` (which skips the drop) or from the drop.
     fn do_unmap(&mut self) -> Result<(), DmaError> {
-        if self.done {
-            return Ok(());
-        }
-        self.done = true;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.inner.swiotlb) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.swiotlb) {
             // Linux `swiotlb_tbl_unmap_single`: copy back (unless the CPU already owns the
             // data), then release the slots of the pool found by address.
             let mut copied = 0;
@@ -428,11 +393,16 @@ impl DmaBuffer {
         from.copy_to_volatile_slice(self.guest_slice());
     }
 
+    #[inline]
     fn trace(&self, op: TraceOp) {
-        if self.trace_id == 0 {
-            return;
+        if self.trace_id != 0 {
+            self.record(op);
         }
-        if let Some(t) = self.dma.inner.trace.load().as_ref() {
+    }
+
+    #[cold]
+    fn record(&self, op: TraceOp) {
+        if let Some(t) = self.dma.trace.load().as_ref() {
             t.record(op, self.trace_id, self.src, self.addr.0, self.len, self.dir);
         }
     }
@@ -442,7 +412,7 @@ impl DmaBuffer {
             addr: self.addr.0,
             owner,
         };
-        if let Some(s) = &self.dma.inner.swiotlb {
+        if let Some(s) = &self.dma.swiotlb {
             s.count_failure(&e);
         }
         e
@@ -464,7 +434,7 @@ impl DmaBuffer {
     }
 }
 
-impl Drop for DmaBuffer {
+impl Drop for DmaBuffer<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.do_unmap() {
             log::error!(

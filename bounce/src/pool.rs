@@ -231,6 +231,64 @@ pub(crate) fn align_offset(orig: u64, attrs: MapAttrs, slot_mask: u64) -> usize 
     (orig & attrs.min_align_mask & (attrs.alloc_align_mask | slot_mask)) as usize
 }
 
+/// One allocation request, with Linux's alignment rules (6.9+ `swiotlb_search_pool_area`)
+/// worked out once rather than in every area tried.
+pub(crate) struct Request {
+    pub orig: u64,
+    pub len: usize,
+    /// Bytes between the start of the allocation and the bounce address.
+    pub offset: usize,
+    pub nslots: usize,
+    /// The allocation's start must be aligned to this mask (at least a slot).
+    alloc_align_mask: u64,
+    /// `min_align_mask` bits above `alloc_align_mask` that the start must share with `orig`.
+    iotlb_align_mask: u64,
+    /// Step between candidate starts, in slots.
+    stride: usize,
+    /// Bytes the caller copies in, counted with the map under the area lock.
+    pub copy_in: u64,
+}
+
+impl Request {
+    pub fn new(
+        orig: u64,
+        len: usize,
+        attrs: MapAttrs,
+        shift: u32,
+        page: usize,
+        copy_in: u64,
+    ) -> Self {
+        let slot_mask = (1u64 << shift) - 1;
+        // Linux 6.9+ `swiotlb_align_offset(dev, alloc_align_mask, orig)`: the kept bits may reach
+        // past the slot (up to the allocation alignment); whole slots of it become `pad_slots`.
+        let offset = align_offset(orig, attrs, slot_mask);
+        let mut iotlb_align_mask = attrs.min_align_mask;
+        let mut alloc_align_mask = attrs.alloc_align_mask;
+        if alloc_align_mask == 0 && iotlb_align_mask & !slot_mask == 0 && len >= page {
+            // Historically, allocations >= PAGE_SIZE are page aligned.
+            alloc_align_mask = page as u64 - 1;
+        }
+        alloc_align_mask |= slot_mask;
+        iotlb_align_mask &= !alloc_align_mask;
+        Request {
+            orig,
+            len,
+            offset,
+            nslots: (offset + len).div_ceil(1 << shift),
+            alloc_align_mask,
+            iotlb_align_mask,
+            stride: ((alloc_align_mask.max(iotlb_align_mask) >> shift) + 1) as usize,
+            copy_in,
+        }
+    }
+
+    /// Whether an allocation may start at bounce address `addr`.
+    fn fits_alignment(&self, addr: u64) -> bool {
+        addr & self.alloc_align_mask == 0
+            && (self.orig == 0 || addr & self.iotlb_align_mask == self.orig & self.iotlb_align_mask)
+    }
+}
+
 /// Linux `wrap_area_index` (no division on the hot path).
 fn wrap(i: usize, n: usize) -> usize {
     if i >= n {
@@ -238,13 +296,6 @@ fn wrap(i: usize, n: usize) -> usize {
     } else {
         i
     }
-}
-
-/// A successful allocation.
-pub(crate) struct Alloc {
-    pub index: usize,
-    pub offset: usize,
-    pub nslots: usize,
 }
 
 pub struct Pool {
@@ -393,55 +444,16 @@ impl Pool {
         g
     }
 
-    /// Tries every area, starting at `hint`'s (Linux: `swiotlb_search_area`). `copy_in`: bytes
-    /// the caller will copy into the slot (counted under the area lock, with the map).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn alloc(
-        &self,
-        hint: usize,
-        orig: u64,
-        len: usize,
-        attrs: MapAttrs,
-        page: usize,
-        shard: &Shard,
-        copy_in: u64,
-    ) -> Option<Alloc> {
+    /// Tries every area, starting at `hint`'s (Linux: `swiotlb_search_area`).
+    /// Returns the first slot of the allocation.
+    pub(crate) fn alloc(&self, hint: usize, req: &Request, shard: &Shard) -> Option<usize> {
         let n = self.areas.len();
         let first = hint & (n - 1);
-        (0..n).find_map(|i| {
-            let a = (first + i) & (n - 1);
-            self.alloc_in_area(a, orig, len, attrs, page, shard, copy_in)
-        })
+        (0..n).find_map(|i| self.alloc_in_area((first + i) & (n - 1), req, shard))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn alloc_in_area(
-        &self,
-        a: usize,
-        orig: u64,
-        len: usize,
-        attrs: MapAttrs,
-        page: usize,
-        shard: &Shard,
-        copy_in: u64,
-    ) -> Option<Alloc> {
-        let slot_mask = (1u64 << self.shift) - 1;
-        // Linux 6.9+ `swiotlb_align_offset(dev, alloc_align_mask, orig)`: the kept bits may reach
-        // past the slot (up to the allocation alignment); whole slots of it become `pad_slots`.
-        let offset = align_offset(orig, attrs, slot_mask);
-        let size = offset + len;
-        let nslots = size.div_ceil(1 << self.shift);
-        // Linux 6.9+ `swiotlb_search_pool_area`:
-        let mut iotlb_align_mask = attrs.min_align_mask;
-        let mut alloc_align_mask = attrs.alloc_align_mask;
-        if alloc_align_mask == 0 && iotlb_align_mask & !slot_mask == 0 && len >= page {
-            // Historically, allocations >= PAGE_SIZE are page aligned.
-            alloc_align_mask = page as u64 - 1;
-        }
-        alloc_align_mask |= slot_mask;
-        iotlb_align_mask &= !alloc_align_mask;
-        let stride = ((alloc_align_mask.max(iotlb_align_mask) >> self.shift) + 1) as usize;
-
+    fn alloc_in_area(&self, a: usize, req: &Request, shard: &Shard) -> Option<usize> {
+        let nslots = req.nslots;
         let area = &self.areas[a];
         if area.used.load(Relaxed) + nslots > self.area_nslots {
             return None; // Cheap early out without the lock (re-checked below).
@@ -457,11 +469,7 @@ impl Pool {
             if checked >= self.area_nslots {
                 return None;
             }
-            let slot_index = base + index;
-            let addr = self.slot_addr(slot_index);
-            if addr & alloc_align_mask != 0
-                || (orig != 0 && addr & iotlb_align_mask != orig & iotlb_align_mask)
-            {
+            if !req.fits_alignment(self.slot_addr(base + index)) {
                 index = wrap(index + 1, self.area_nslots);
                 checked += 1;
                 continue;
@@ -469,38 +477,34 @@ impl Pool {
             if g.list[index] as usize >= nslots {
                 break index;
             }
-            index = wrap(index + stride, self.area_nslots);
-            checked += stride;
+            index = wrap(index + req.stride, self.area_nslots);
+            checked += req.stride;
         };
         let g = &mut *g;
         let list = &mut g.list;
         for x in &mut list[found..found + nslots] {
             *x = 0; // (`fill` calls `memset` for a run of a few slots)
         }
-        let pad = offset >> self.shift;
+        let pad = req.offset >> self.shift;
         g.slots[found + pad] = Slot {
             head: true,
             pad: pad as u32,
-            offset: (offset as u64 & slot_mask) as u32,
-            size: size as u32,
-            orig,
+            offset: (req.offset & ((1 << self.shift) - 1)) as u32,
+            size: (req.offset + req.len) as u32,
+            orig: req.orig,
         };
         // Free slots before the run, in the same segment, now end at the run.
         self.count_back(list, base, found, 0);
         g.index = wrap(found + nslots, self.area_nslots);
         g.counts.maps += 1;
-        g.counts.bytes_to_pool += copy_in;
+        g.counts.bytes_to_pool += req.copy_in;
         g.used += nslots;
         if g.used > g.hiwater {
             g.hiwater = g.used;
             area.hiwater.store(g.hiwater, Relaxed);
         }
         area.used.store(g.used, Relaxed);
-        Some(Alloc {
-            index: base + found,
-            offset,
-            nslots,
-        })
+        Some(base + found)
     }
 
     /// Linux's loop over the free slots before area slot `at` in its segment (`list[at - 1] =

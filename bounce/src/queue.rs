@@ -136,7 +136,7 @@ impl DmaQueue {
     }
 
     /// Maps one descriptor's buffer in the direction its flags allow.
-    pub fn map(&self, desc: &Desc) -> Result<DmaBuffer, DmaError> {
+    pub fn map(&self, desc: &Desc) -> Result<DmaBuffer<'_>, DmaError> {
         let dir = if desc.writable {
             DmaDirection::FromDevice
         } else {

@@ -19,7 +19,7 @@ use crate::convert::{delay, ConvertMode};
 use crate::dma::DmaSource;
 use crate::error::DmaError;
 use crate::lookup::PoolSet;
-use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind};
+use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind, Request};
 use crate::stats::{add, Global, Shard, StatsSnapshot};
 
 const SHARDS: usize = 16;
@@ -329,20 +329,19 @@ impl Shared {
         if len == 0 {
             return Err(DmaError::ZeroLength { addr: orig });
         }
-        let slot = 1usize << self.shift;
-        let offset = crate::pool::align_offset(orig, attrs, slot as u64 - 1);
-        let max = (self.seg << self.shift) - offset;
+        let page = self.cfg.page as usize;
+        let req = Request::new(orig, len, attrs, self.shift, page, copy_in);
+        let max = (self.seg << self.shift) - req.offset;
         if len > max {
             return Err(DmaError::TooLarge { len, max });
         }
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
-        let page = self.cfg.page as usize;
         // Pools oldest first; the initial pool (the oldest, never retired) without a set load.
         let initial = self.initial.get();
         if let Some(p) = initial {
-            if let Some(a) = p.alloc(h, orig, len, attrs, page, shard, copy_in) {
-                return Ok(self.allocated(p, a, len));
+            if let Some(i) = p.alloc(h, &req, shard) {
+                return Ok(self.allocated(p, i, &req));
             }
         }
         let set = self.pools.load();
@@ -350,8 +349,8 @@ impl Shared {
             if initial.is_some_and(|i| Arc::ptr_eq(i, p)) {
                 continue;
             }
-            if let Some(a) = p.alloc(h, orig, len, attrs, page, shard, copy_in) {
-                return Ok(self.allocated(p, a, len));
+            if let Some(i) = p.alloc(h, &req, shard) {
+                return Ok(self.allocated(p, i, &req));
             }
         }
         drop(set);
@@ -364,10 +363,10 @@ impl Shared {
         }
         // Extra slots so that the `min_align_mask` bits above the slot can be matched.
         let extra = ((attrs.min_align_mask | attrs.alloc_align_mask) >> self.shift) as usize;
-        let bytes = ((offset + len).div_ceil(slot) + extra) * slot;
-        let p = self.add_pool(PoolKind::Transient, bytes as u64)?;
-        match p.alloc(0, orig, len, attrs, page, shard, copy_in) {
-            Some(a) => Ok(self.allocated(&p, a, len)),
+        let bytes = ((req.nslots + extra) as u64) << self.shift;
+        let p = self.add_pool(PoolKind::Transient, bytes)?;
+        match p.alloc(0, &req, shard) {
+            Some(i) => Ok(self.allocated(&p, i, &req)),
             None => {
                 self.remove_pool(&p);
                 Err(DmaError::NoSpace { len })
@@ -377,8 +376,8 @@ impl Shared {
 
     /// Accounts a successful allocation (total use and its high-water mark, Linux's
     /// `inc_used_and_hiwater`; the growth threshold) and describes it.
-    fn allocated(&self, p: &Pool, a: crate::pool::Alloc, len: usize) -> Mapping {
-        let used = self.g.inc_used(a.nslots as u64);
+    fn allocated(&self, p: &Pool, index: usize, req: &Request) -> Mapping {
+        let used = self.g.inc_used(req.nslots as u64);
         if self.cfg.dynamic
             && self.cfg.threshold < 100
             && p.kind != PoolKind::Transient
@@ -386,11 +385,11 @@ impl Shared {
         {
             self.kick();
         }
-        let addr = p.slot_addr(a.index) + a.offset as u64;
+        let addr = p.slot_addr(index) + req.offset as u64;
         Mapping {
             host: p.host_ptr(addr),
             addr,
-            len,
+            len: req.len,
         }
     }
 

@@ -514,7 +514,7 @@ fn to_off(offset: u64) -> io::Result<libc::off64_t> {
 /// whole request holds pool space at once, so the pool pressure the model sees is the guest's.
 /// Buffers longer than a bounce segment are mapped in pieces. On failure the buffers mapped so
 /// far are unmapped (dropped) and the request fails.
-fn map_all(q: &DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer>, RequestError> {
+fn map_all<'q>(q: &'q DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer<'q>>, RequestError> {
     let max = q.max_mapping_len();
     data.iter()
         .flat_map(|d| d.pieces(max))
