@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bounce::{Dma, DmaDirection, DmaSource, MapAttrs, Swiotlb};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 const SRC: DmaSource = DmaSource {
@@ -22,16 +25,27 @@ fn guest() -> GuestMemoryMmap {
     mem
 }
 
+/// A group measured for `secs` seconds in `samples` samples, after half a second of warm-up.
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    secs: u64,
+    samples: usize,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.measurement_time(Duration::from_secs(secs))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(samples);
+    g
+}
+
 fn map_copy_unmap(c: &mut Criterion) {
     for (name, len) in [
         ("map_copy_unmap_64k", 64 << 10),
         ("map_copy_unmap_4k", 4 << 10),
     ] {
-        let mut g = c.benchmark_group(name);
-        g.measurement_time(Duration::from_secs(2))
-            .warm_up_time(Duration::from_millis(500))
-            .sample_size(30)
-            .throughput(Throughput::Bytes(len as u64));
+        let mut g = group(c, name, 2, 30);
+        g.throughput(Throughput::Bytes(len as u64));
         let mem = guest();
         let src_ptr = mem
             .get_slice(GuestAddress(0x10000), len)
@@ -89,10 +103,7 @@ fn map_copy_unmap(c: &mut Criterion) {
 }
 
 fn alloc_2k(c: &mut Criterion) {
-    let mut g = c.benchmark_group("alloc_2k");
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-        .sample_size(30);
+    let mut g = group(c, "alloc_2k", 2, 30);
     for reuse in ["next", "lifo"] {
         let s = Swiotlb::from_config_str(&format!("size=64M,areas=1,dynamic=off,reuse={reuse}"))
             .unwrap();
@@ -131,47 +142,6 @@ fn alloc_2k(c: &mut Criterion) {
     g.finish();
 }
 
-fn scaling(c: &mut Criterion) {
-    let mut g = c.benchmark_group("map_copy_unmap_4k_threads");
-    g.measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500))
-        .sample_size(20);
-    let mem = guest();
-    for reuse in ["next", "lifo"] {
-        let dma =
-            Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=2,reuse={reuse}")).unwrap();
-        for threads in [1u64, 2] {
-            g.throughput(Throughput::Elements(1));
-            g.bench_with_input(BenchmarkId::new(reuse, threads), &threads, |b, &t| {
-                // `iters` operations in total, split over `t` threads: time per operation.
-                b.iter_custom(|iters| {
-                    let per = iters.div_ceil(t);
-                    let start = Instant::now();
-                    std::thread::scope(|sc| {
-                        for q in 0..t {
-                            let dma = dma.clone();
-                            sc.spawn(move || {
-                                let src = DmaSource {
-                                    device: 0,
-                                    queue: q as u16,
-                                };
-                                let addr = GuestAddress(0x100000 * (q + 1));
-                                for _ in 0..per {
-                                    let buf =
-                                        dma.map(src, addr, 4096, DmaDirection::FromDevice).unwrap();
-                                    buf.unmap().unwrap();
-                                }
-                            });
-                        }
-                    });
-                    start.elapsed()
-                })
-            });
-        }
-    }
-    g.finish();
-}
-
 fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -182,59 +152,117 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Same work as `scaling`, but the reported time is the threads' CPU time divided by the thread
-/// count: the per-operation time if every thread had a core of its own. On a shared, loaded
-/// machine wall-clock scaling measures the neighbours; this measures our own contention
-/// (cache-line bouncing and lock waits show up as extra CPU time per operation).
-fn scaling_cpu(c: &mut Criterion) {
-    let mut g = c.benchmark_group("map_copy_unmap_4k_threads_cputime");
-    g.measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500))
-        .sample_size(20);
-    let mem = guest();
-    for reuse in ["next", "lifo"] {
-        let dma =
-            Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=2,reuse={reuse}")).unwrap();
-        for threads in [1u64, 2] {
-            g.bench_with_input(BenchmarkId::new(reuse, threads), &threads, |b, &t| {
-                b.iter_custom(|iters| {
-                    let per = iters.div_ceil(t);
-                    let total: Duration = std::thread::scope(|sc| {
-                        let hs: Vec<_> = (0..t)
-                            .map(|q| {
-                                let dma = dma.clone();
-                                sc.spawn(move || {
+#[derive(Clone, Copy)]
+enum Clock {
+    /// Wall-clock time of the whole run: the throughput the threads reach together.
+    Wall,
+    /// The threads' CPU time divided by their number: the time per operation if every thread had
+    /// a core of its own. On a shared, loaded machine wall-clock scaling measures the
+    /// neighbours; this measures our own contention (cache-line bouncing and lock waits show up
+    /// as extra CPU time per operation).
+    Cpu,
+}
+
+/// `iters` operations in total, split over `threads` threads (thread `q` runs `op(q)` `iters /
+/// threads` times): the time per operation by `clock`.
+fn split_over_threads(
+    iters: u64,
+    threads: u64,
+    clock: Clock,
+    op: impl Fn(u64) -> Box<dyn FnMut() + Send> + Sync,
+) -> Duration {
+    let per = iters.div_ceil(threads);
+    let start = Instant::now();
+    let cpu: Duration = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|q| {
+                let mut f = op(q);
+                sc.spawn(move || {
+                    let t0 = thread_cpu_time();
+                    for _ in 0..per {
+                        f();
+                    }
+                    thread_cpu_time() - t0
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    match clock {
+        Clock::Wall => start.elapsed(),
+        Clock::Cpu => cpu / threads as u32,
+    }
+}
+
+/// 4 KiB device-writes round trips (copied in on map, out on unmap), one queue and area per
+/// thread, with 1 and 2 threads; `copies` is the floor: the same two copies per operation
+/// through a private buffer, no pool, so the machine's own scaling of the copies shows beside
+/// ours.
+fn scaling(c: &mut Criterion) {
+    for (name, clock) in [
+        ("map_copy_unmap_4k_threads", Clock::Wall),
+        ("map_copy_unmap_4k_threads_cputime", Clock::Cpu),
+    ] {
+        let mut g = group(c, name, 3, 20);
+        let mem = guest();
+        for variant in ["copies", "next", "lifo"] {
+            let dma =
+                Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=2,reuse={variant}"))
+                    .ok();
+            for threads in [1u64, 2] {
+                g.bench_with_input(BenchmarkId::new(variant, threads), &threads, |b, &t| {
+                    b.iter_custom(|iters| {
+                        split_over_threads(iters, t, clock, |q| {
+                            let addr = GuestAddress(0x100000 * (q + 1));
+                            match &dma {
+                                Some(dma) => {
+                                    let dma = dma.clone();
                                     let src = DmaSource {
                                         device: 0,
                                         queue: q as u16,
                                     };
-                                    let addr = GuestAddress(0x100000 * (q + 1));
-                                    let t0 = thread_cpu_time();
-                                    for _ in 0..per {
+                                    Box::new(move || {
                                         let buf = dma
                                             .map(src, addr, 4096, DmaDirection::FromDevice)
                                             .unwrap();
                                         buf.unmap().unwrap();
-                                    }
-                                    thread_cpu_time() - t0
-                                })
-                            })
-                            .collect();
-                        hs.into_iter().map(|h| h.join().unwrap()).sum()
-                    });
-                    total / t as u32
-                })
-            });
+                                    })
+                                }
+                                None => {
+                                    let guest = mem.get_slice(addr, 4096).unwrap();
+                                    let guest = guest.ptr_guard_mut().as_ptr() as usize;
+                                    let mut private = vec![0u8; 4096];
+                                    Box::new(move || {
+                                        let guest = guest as *mut u8;
+                                        // SAFETY: `guest` is 4 KiB of this thread's own part of
+                                        // guest memory, `private` its own buffer.
+                                        unsafe {
+                                            std::ptr::copy_nonoverlapping(
+                                                guest,
+                                                private.as_mut_ptr(),
+                                                4096,
+                                            );
+                                            black_box(&mut private);
+                                            std::ptr::copy_nonoverlapping(
+                                                private.as_ptr(),
+                                                guest,
+                                                4096,
+                                            );
+                                        }
+                                    })
+                                }
+                            }
+                        })
+                    })
+                });
+            }
         }
+        g.finish();
     }
-    g.finish();
 }
 
 fn lookup(c: &mut Criterion) {
-    let mut g = c.benchmark_group("lookup_1000_pools");
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-        .sample_size(30);
+    let mut g = group(c, "lookup_1000_pools", 2, 30);
     for kind in ["list", "tree"] {
         let s: Arc<Swiotlb> = Swiotlb::from_config_str(&format!(
             "initial=off,slot=2K,segment=1,dynamic=off,lookup={kind}"
@@ -259,12 +287,5 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    map_copy_unmap,
-    alloc_2k,
-    scaling,
-    scaling_cpu,
-    lookup
-);
+criterion_group!(benches, map_copy_unmap, alloc_2k, scaling, lookup);
 criterion_main!(benches);
