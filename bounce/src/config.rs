@@ -178,6 +178,11 @@ fn parse_bool(s: &str) -> Option<bool> {
 }
 
 impl SwiotlbConfig {
+    /// The longest mapping (one segment of slots; Linux: `swiotlb_max_mapping_size`).
+    pub fn max_mapping_size(&self) -> u32 {
+        self.slot.saturating_mul(self.segment)
+    }
+
     /// Applies one `key=value` pair. Keys: see the crate README.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let bad = |why| ConfigError::BadValue {

@@ -144,10 +144,10 @@ impl Swiotlb {
         &self.sh.cfg
     }
 
-    /// Longest mapping for an original address with this many `min_align_mask` offset bytes
-    /// (Linux: `swiotlb_max_mapping_size`).
+    /// Longest mapping for a device without a `min_align_mask` (Linux:
+    /// `swiotlb_max_mapping_size`).
     pub fn max_mapping_size(&self) -> usize {
-        self.sh.seg << self.sh.shift
+        self.sh.cfg.max_mapping_size() as usize
     }
 
     pub(crate) fn shard(&self, src: DmaSource) -> &Shard {

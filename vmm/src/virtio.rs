@@ -112,6 +112,10 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                 serial: format!("microvm-disk{i}"),
                 num_queues: u16::from(cfg.cpus).min(8),
                 queue_size: QUEUE_SIZE,
+                size_max: cfg
+                    .restricted_dma
+                    .as_ref()
+                    .map_or(u32::MAX, |p| p.max_mapping_size()),
             },
         )
         .map_err(|e| anyhow!("cannot set up disk {}: {e}", disk.path.display()))?;

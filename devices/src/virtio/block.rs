@@ -2,8 +2,8 @@
 //!
 //! Data moves between the image and the driver's buffers without a host copy: each data
 //! descriptor is mapped with `bounce::DmaQueue::map` and `pread`/`pwrite` go straight to
-//! `DmaBuffer::slice()` (the guest pages, or the bounce slot in bounced mode). One segment is
-//! mapped at a time, so a request holds at most one bounce slot.
+//! `DmaBuffer::slice()` (the guest pages, or the bounce slot in bounced mode). A request's data
+//! buffers are all mapped before its I/O and unmapped after it, as a driver's `dma_map_sg`.
 //!
 //! Every request is validated before any I/O: a 16-byte driver-readable header first, a
 //! device-writable status descriptor (≥ 1 byte) last, data descriptors in the direction the
@@ -77,6 +77,10 @@ pub struct BlockConfig {
     pub num_queues: u16,
     /// Maximum size of each queue (power of two, ≤ 32768).
     pub queue_size: u16,
+    /// Largest data segment offered to the driver (config `size_max`), clamped to 4 KiB..=
+    /// [`SIZE_MAX`]. With restricted DMA the VMM passes the pools' longest mapping: the device's
+    /// DMA limit, which Linux applies to virtio-blk segments too (`dma_max_mapping_size`).
+    pub size_max: u32,
 }
 
 impl Default for BlockConfig {
@@ -86,6 +90,7 @@ impl Default for BlockConfig {
             serial: String::new(),
             num_queues: 1,
             queue_size: 256,
+            size_max: SIZE_MAX,
         }
     }
 }
@@ -148,6 +153,7 @@ struct Disk {
     readonly: bool,
     id: [u8; ID_LEN],
     seg_max: u32,
+    size_max: u32,
     discard: bool,
 }
 
@@ -182,6 +188,7 @@ impl Block {
         let n = serial.len().min(ID_LEN);
         id[..n].copy_from_slice(&serial[..n]);
         let seg_max = u32::from(qs) - 2;
+        let size_max = cfg.size_max.clamp(4096, SIZE_MAX);
 
         let mut features = feature(VIRTIO_BLK_F_SIZE_MAX)
             | feature(VIRTIO_BLK_F_SEG_MAX)
@@ -199,7 +206,7 @@ impl Block {
         let mut put =
             |off: usize, bytes: &[u8]| config[off..off + bytes.len()].copy_from_slice(bytes);
         put(0, &(size >> SECTOR_SHIFT).to_le_bytes()); // capacity
-        put(8, &SIZE_MAX.to_le_bytes()); // size_max
+        put(8, &size_max.to_le_bytes());
         put(12, &seg_max.to_le_bytes()); // seg_max
         put(20, &512u32.to_le_bytes()); // blk_size (informational, BLK_SIZE not offered)
         put(34, &cfg.num_queues.to_le_bytes()); // num_queues
@@ -217,6 +224,7 @@ impl Block {
                 readonly: cfg.readonly,
                 id,
                 seg_max,
+                size_max,
                 discard: !cfg.readonly,
             },
             max_sizes: vec![qs; usize::from(cfg.num_queues)],
@@ -394,7 +402,7 @@ impl Disk {
             if d.writable != writable {
                 return Err(RequestError::WrongDirection);
             }
-            if d.len > SIZE_MAX {
+            if d.len > self.size_max {
                 return Err(RequestError::SegmentTooLarge(d.len));
             }
             total += u64::from(d.len); // ≤ seg_max * SIZE_MAX: no overflow

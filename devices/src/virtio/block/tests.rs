@@ -442,6 +442,37 @@ fn too_many_segments() {
 }
 
 #[test]
+fn size_max_is_the_configured_dma_limit() {
+    let mem = guest_mem();
+    let (_t, f) = disk();
+    let size_max = |cfg: BlockConfig| {
+        let blk = Block::new(f.try_clone().unwrap(), cfg).unwrap();
+        let mut b = [0u8; 4];
+        blk.read_config(8, &mut b);
+        u32::from_le_bytes(b)
+    };
+    let limited = |size_max| BlockConfig {
+        size_max,
+        ..Default::default()
+    };
+    assert_eq!(size_max(BlockConfig::default()), SIZE_MAX);
+    assert_eq!(size_max(limited(256 << 10)), 256 << 10);
+    // Clamped: below a page (Linux would raise it to one) and above the device's own limit.
+    assert_eq!(size_max(limited(64)), 4096);
+    assert_eq!(size_max(limited(u32::MAX)), SIZE_MAX);
+    // Enforced: a segment past the advertised limit fails, one at it succeeds.
+    for (len, want) in [(8192, VIRTIO_BLK_S_IOERR), (4096, VIRTIO_BLK_S_OK)] {
+        let mut t = TestQueue::new(&mem, 16);
+        hdr(&t, VIRTIO_BLK_T_IN, 0);
+        let descs = [(HDR, 16, false), (DATA, len, true), (STATUS, 1, true)];
+        assert_eq!(
+            run(limited(4096), f.try_clone().unwrap(), &mut t, &descs).1,
+            want
+        );
+    }
+}
+
+#[test]
 fn broken_chains_are_returned_not_stalled() {
     let mem = guest_mem();
     let (_t, f) = disk();
