@@ -526,7 +526,7 @@ mod tests {
         let mut seen = [0u8; 6];
         b.read_at(0, &mut seen).unwrap();
         assert_eq!(&seen, b"guest!");
-        assert_eq!(b.slice().ptr_guard().as_ptr() as u64, bounce);
+        assert!(bounce >= crate::swiotlb::BOUNCE_BASE);
         b.write_at(0, b"DEVICE").unwrap();
         let mut g = [0u8; 6];
         dma.guest_memory()

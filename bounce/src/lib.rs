@@ -29,5 +29,5 @@ pub use error::DmaError;
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
 pub use stats::{Failures, PoolStats, StatsSnapshot};
-pub use swiotlb::{Freed, Mapping, Swiotlb};
+pub use swiotlb::{Freed, Mapping, Swiotlb, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};

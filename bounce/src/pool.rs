@@ -302,7 +302,8 @@ pub struct Pool {
     pub(crate) id: u64,
     pub(crate) kind: PoolKind,
     mem: PoolMem,
-    /// Bounce address of slot 0 (the host address of the memory: unique, like a physical one).
+    /// Bounce address of slot 0, in the model's own bounce address space (see
+    /// `swiotlb::BOUNCE_BASE`), not the host address of `mem`.
     pub(crate) start: u64,
     pub(crate) nslots: usize,
     shift: u32,
@@ -323,12 +324,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `nslots` slots of `1 << shift` bytes, `nareas` areas (a power of two dividing
+    /// A pool of `nslots` slots of `1 << shift` bytes at bounce address `start`, `nareas` areas (a power of two dividing
     /// `nslots` in whole segments, or 1).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         kind: PoolKind,
+        start: u64,
         nslots: usize,
         shift: u32,
         seg: usize,
@@ -371,7 +373,7 @@ impl Pool {
         Some(Pool {
             id,
             kind,
-            start: mem.ptr.as_ptr() as u64,
+            start,
             mem,
             nslots,
             shift,

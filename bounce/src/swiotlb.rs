@@ -24,6 +24,15 @@ use crate::stats::{add, Global, Shard, StatsSnapshot};
 
 const SHARDS: usize = 16;
 
+/// Where the bounce address space starts: the addresses a device is given for bounce slots
+/// (Linux: the physical addresses of the swiotlb pools). A model-owned space rather than host
+/// pointers, so statistics and logs hold no host addresses and a run's bounce addresses repeat
+/// across runs; above any guest-physical address microvm creates, so the two never look alike.
+pub const BOUNCE_BASE: u64 = 0x1000_0000_0000;
+/// Pools start on this alignment (2 MiB, as a huge page) with at least this much unused space
+/// before the next, so an address just past a pool belongs to no pool.
+const POOL_ALIGN: u64 = 2 << 20;
+
 /// A live bounce allocation.
 pub struct Mapping {
     host: *mut u8,
@@ -71,6 +80,8 @@ struct Shared {
     slots_total: AtomicUsize,
     writer: Mutex<()>,
     next_id: AtomicU64,
+    /// Start of the next pool's bounce addresses.
+    next_addr: AtomicU64,
     /// Shared bytes, including pools being created (reserved against the cap).
     reserved: AtomicU64,
     shards: Box<[CachePadded<Shard>]>,
@@ -102,6 +113,7 @@ impl Swiotlb {
             slots_total: AtomicUsize::new(0),
             writer: Mutex::new(()),
             next_id: AtomicU64::new(0),
+            next_addr: AtomicU64::new(BOUNCE_BASE),
             reserved: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             g: Global::default(),
@@ -440,9 +452,13 @@ impl Shared {
             })?;
         let id = self.next_id.fetch_add(1, Relaxed);
         let lifo = self.cfg.reuse == crate::config::SlotReuse::Lifo;
+        // Never reused: a stale bounce address can only ever name its own (gone) pool.
+        let span = real.next_multiple_of(POOL_ALIGN) + POOL_ALIGN;
+        let start = self.next_addr.fetch_add(span, Relaxed);
         let Some(p) = Pool::new(
             id,
             kind,
+            start,
             nslots,
             self.shift,
             self.seg,
@@ -642,6 +658,31 @@ mod tests {
         assert_eq!(st.failures.not_mapping_start, 2);
         assert_eq!(st.failures.not_mapped, 1);
         assert!(all_free(&s));
+    }
+
+    #[test]
+    fn bounce_addresses_are_the_models_own_and_repeat() {
+        let run = || {
+            let s = tlb("size=256K,areas=1,dynamic=off,transient=on");
+            let mut addrs: Vec<u64> = (0..129)
+                .map(|i| {
+                    s.alloc(SRC, i * 4096, 2048, MapAttrs::default())
+                        .unwrap()
+                        .addr
+                })
+                .collect();
+            addrs.extend(s.pool_starts());
+            addrs
+        };
+        let a = run();
+        assert_eq!(a, run(), "same operations, same bounce addresses");
+        assert_eq!(a[0], BOUNCE_BASE);
+        // 128 slots fill the initial pool; the 129th is transient, in a pool that starts past
+        // the initial one and a gap (an address just past a pool belongs to none).
+        let (initial, transient) = (a[129], a[130]);
+        assert_eq!(initial, BOUNCE_BASE);
+        assert_eq!(a[128], transient);
+        assert!(transient >= initial + (256 << 10) + POOL_ALIGN);
     }
 
     #[test]
