@@ -324,8 +324,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `nslots` slots of `1 << shift` bytes at bounce address `start`, `nareas` areas (a power of two dividing
-    /// `nslots` in whole segments, or 1).
+    /// A pool of `nslots` slots of `1 << shift` bytes at bounce address `start`, `nareas` areas
+    /// (a power of two dividing `nslots` in whole segments, or 1).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
