@@ -18,6 +18,7 @@ pub mod error;
 mod lookup;
 pub mod pool;
 pub mod queue;
+mod spinlock;
 pub mod stats;
 pub mod swiotlb;
 pub mod trace;

@@ -5,16 +5,13 @@
 //! segment (`list`), so a search only has to look at one slot per candidate start; starts are
 //! stepped by a stride derived from the alignment masks.
 
-use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use crate::spinlock::{SpinGuard, SpinLock};
 use crate::stats::{add, PoolStats, Shard};
 
 /// Anonymous, populated, page-aligned memory; unmapped on drop.
@@ -133,77 +130,6 @@ struct AreaInner {
     list: Vec<u32>,
     /// Per slot metadata; only a mapping's head slot carries any.
     slots: Vec<Slot>,
-}
-
-/// The area lock: a spinlock, as Linux's `area->lock` (`spin_lock_irqsave`). Acquiring is one
-/// compare-and-swap, releasing a plain release store (no read-modify-write, as Linux's queued
-/// spinlock unlock). A waiter spins briefly, then yields the CPU, since a user-space holder can
-/// be preempted (the kernel's holder, with interrupts off, cannot).
-struct SpinLock<T> {
-    locked: AtomicBool,
-    data: UnsafeCell<T>,
-}
-
-// SAFETY: `data` is only reached through a guard, and at most one guard exists at a time
-// (`locked`, acquired with Acquire and released with Release ordering).
-unsafe impl<T: Send> Sync for SpinLock<T> {}
-
-struct SpinGuard<'a, T> {
-    lock: &'a SpinLock<T>,
-}
-
-impl<T> SpinLock<T> {
-    fn new(data: T) -> Self {
-        SpinLock {
-            locked: AtomicBool::new(false),
-            data: UnsafeCell::new(data),
-        }
-    }
-
-    fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
-        self.locked
-            .compare_exchange(false, true, Acquire, Relaxed)
-            .ok()
-            .map(|_| SpinGuard { lock: self })
-    }
-
-    fn lock(&self) -> SpinGuard<'_, T> {
-        loop {
-            if let Some(g) = self.try_lock() {
-                return g;
-            }
-            let mut spins = 0;
-            while self.locked.load(Relaxed) {
-                if spins < 100 {
-                    spins += 1;
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-}
-
-impl<T> std::ops::Deref for SpinGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard holds the lock.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T> std::ops::DerefMut for SpinGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard holds the lock, and `&mut self` makes this the only reference.
-        unsafe { &mut *self.lock.data.get() }
-    }
-}
-
-impl<T> Drop for SpinGuard<'_, T> {
-    fn drop(&mut self) {
-        self.lock.locked.store(false, Release);
-    }
 }
 
 struct Area {
