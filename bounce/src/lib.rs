@@ -30,5 +30,5 @@ pub use error::DmaError;
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
 pub use stats::{Failures, PoolStats, StatsSnapshot};
-pub use swiotlb::{Freed, Mapping, Swiotlb, BOUNCE_BASE};
+pub use swiotlb::{Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};

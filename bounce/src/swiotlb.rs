@@ -33,6 +33,9 @@ pub const BOUNCE_BASE: u64 = 0x1000_0000_0000;
 /// before the next, so an address just past a pool belongs to no pool.
 const POOL_ALIGN: u64 = 2 << 20;
 
+/// Runs first on the pool worker thread (see [`Swiotlb::with_worker_start`]).
+pub type WorkerStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
 /// A live bounce allocation.
 pub struct Mapping {
     host: *mut u8,
@@ -104,6 +107,16 @@ impl Swiotlb {
     /// Builds the pools (converting the initial one) and starts the worker when growth or shrink
     /// is on.
     pub fn new(cfg: SwiotlbConfig) -> Result<Arc<Swiotlb>, ConfigError> {
+        Swiotlb::with_worker_start(cfg, None)
+    }
+
+    /// [`Swiotlb::new`], running `start` first on the worker thread (if there is one) before it
+    /// serves any request: a VMM installs the thread's seccomp filter there. Returns once
+    /// `start` has run; its error stops the worker and fails the call.
+    pub fn with_worker_start(
+        cfg: SwiotlbConfig,
+        start: Option<WorkerStart>,
+    ) -> Result<Arc<Swiotlb>, ConfigError> {
         cfg.validate()?;
         let sh = Arc::new(Shared {
             shift: cfg.slot.trailing_zeros(),
@@ -135,12 +148,29 @@ impl Swiotlb {
         }
         let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() {
             let s = sh.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("swiotlb-worker".into())
-                    .spawn(move || s.worker())
-                    .map_err(|e| ConfigError::Invalid(format!("cannot start the worker: {e}")))?,
-            )
+            let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+            let worker = std::thread::Builder::new()
+                .name("swiotlb-worker".into())
+                .spawn(move || {
+                    let r = start.map_or(Ok(()), |f| f());
+                    let ok = r.is_ok();
+                    let _ = started_tx.send(r);
+                    if ok {
+                        s.worker();
+                    }
+                })
+                .map_err(|e| ConfigError::Invalid(format!("cannot start the worker: {e}")))?;
+            match started.recv() {
+                Ok(Ok(())) => Some(worker),
+                Ok(Err(e)) => {
+                    let _ = worker.join();
+                    return Err(ConfigError::Invalid(format!("worker start: {e}")));
+                }
+                Err(_) => {
+                    let _ = worker.join();
+                    return Err(ConfigError::Invalid("worker start panicked".into()));
+                }
+            }
         } else {
             None
         };
@@ -683,6 +713,26 @@ mod tests {
         assert_eq!(initial, BOUNCE_BASE);
         assert_eq!(a[128], transient);
         assert!(transient >= initial + (256 << 10) + POOL_ALIGN);
+    }
+
+    #[test]
+    fn worker_start_runs_on_the_worker_and_its_error_fails_new() {
+        let cfg = |s: &str| SwiotlbConfig::from_json_or_kv(s).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let start: WorkerStart = Box::new(move || -> Result<(), String> {
+            let _ = tx.send(std::thread::current().name().map(String::from));
+            Ok(())
+        });
+        let s = Swiotlb::with_worker_start(cfg("size=256K,dynamic=on"), Some(start)).unwrap();
+        // `with_worker_start` returns after the hook ran.
+        assert_eq!(rx.try_recv().unwrap().as_deref(), Some("swiotlb-worker"));
+        drop(s);
+        let failing: WorkerStart = Box::new(|| Err(String::from("no filter")));
+        let e = Swiotlb::with_worker_start(cfg("size=256K,dynamic=on"), Some(failing)).err();
+        assert!(e.unwrap().to_string().contains("no filter"));
+        // No worker (no growth, no shrink): the hook is not run.
+        let never: WorkerStart = Box::new(|| -> Result<(), String> { panic!("no worker thread") });
+        assert!(Swiotlb::with_worker_start(cfg("size=256K,dynamic=off"), Some(never)).is_ok());
     }
 
     #[test]
