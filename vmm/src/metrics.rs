@@ -1,5 +1,7 @@
 //! What the VMM itself costs.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bounce::{Dma, TraceRecorder};
@@ -8,10 +10,29 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// /proc/self/smaps, opened during set-up (the main thread's seccomp filter allows no open) and
+/// read from the start whenever needed.
+pub struct Smaps(Option<File>);
+
+impl Smaps {
+    pub fn open() -> Smaps {
+        Smaps(File::open("/proc/self/smaps").ok())
+    }
+
+    fn read(&mut self) -> Option<String> {
+        let f = self.0.as_mut()?;
+        f.seek(SeekFrom::Start(0)).ok()?;
+        let mut s = String::new();
+        f.read_to_string(&mut s).ok()?;
+        Some(s)
+    }
+}
+
 /// Logs the process's resident memory outside guest RAM (from /proc/self/smaps), and how much
 /// of it is bounce pools (in a confidential VM those would be guest memory made shared).
-pub fn log_memory_overhead(mem: &GuestMemoryMmap, dma: &Dma) {
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+pub fn log_memory_overhead(smaps: &mut Smaps, mem: &GuestMemoryMmap, dma: &Dma) {
+    let Some(smaps) = smaps.read() else {
+        log::warn!("cannot read /proc/self/smaps: no memory overhead figure");
         return;
     };
     let guest: Vec<(u64, u64)> = mem

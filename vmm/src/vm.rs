@@ -19,7 +19,7 @@ use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::legacy::{AcpiPm, BootTimer, I8042};
-use crate::metrics::StatsSignal;
+use crate::metrics::{Smaps, StatsSignal};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
 use crate::vcpu::Vcpu;
 use crate::{acpi, boot, cpu, memory, virtio};
@@ -218,12 +218,13 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
                 .context("cannot start a vCPU thread")?,
         );
     }
+    let mut smaps = Smaps::open();
     log::debug!("VM set up in {} us", start.elapsed().as_micros());
 
     loop {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
-            crate::metrics::log_memory_overhead(&mem, &report.dma);
+            crate::metrics::log_memory_overhead(&mut smaps, &mem, &report.dma);
             report.log();
             return Ok(reason);
         }
