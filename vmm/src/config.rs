@@ -7,6 +7,8 @@ use bounce::SwiotlbConfig;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::{SeccompMode, ThreadKind};
+
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// Linux's default swiotlb size (kernel/dma/swiotlb.c, IO_TLB_DEFAULT_SIZE).
@@ -59,6 +61,15 @@ pub struct Cli {
     /// Record every DMA map/unmap/sync to PATH (JSON lines; replay with bounce-replay).
     #[arg(long, value_name = "PATH")]
     pub dma_trace: Option<PathBuf>,
+    /// Seccomp filters on every thread: trap (a forbidden system call ends microvm with a
+    /// message and status 148), kill (the kernel kills it, no message), log (allowed, logged by
+    /// the kernel's audit log), off [default: trap].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub seccomp: Option<SeccompMode>,
+    /// Test only: the thread of this kind makes a forbidden system call right after installing
+    /// its filter.
+    #[arg(long, value_enum, hide = true)]
+    pub seccomp_selftest: Option<ThreadKind>,
     /// Read the configuration from a JSON file (flags given as well override it).
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
@@ -104,6 +115,11 @@ pub struct VmConfig {
     pub guest_swiotlb: bool,
     #[serde(default)]
     pub dma_trace: Option<PathBuf>,
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// `--seccomp-selftest` (command line only).
+    #[serde(skip)]
+    pub seccomp_selftest: Option<ThreadKind>,
 }
 
 fn default_cmdline() -> String {
@@ -196,6 +212,8 @@ impl VmConfig {
                     restricted_dma: None,
                     guest_swiotlb: false,
                     dma_trace: None,
+                    seccomp: SeccompMode::default(),
+                    seccomp_selftest: None,
                 }
             }
         };
@@ -240,6 +258,10 @@ impl VmConfig {
         if cli.dma_trace.is_some() {
             cfg.dma_trace = cli.dma_trace;
         }
+        if let Some(m) = cli.seccomp {
+            cfg.seccomp = m;
+        }
+        cfg.seccomp_selftest = cli.seccomp_selftest;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -305,7 +327,7 @@ mod tests {
         std::fs::write(
             &json,
             format!(
-                r#"{{"kernel": {:?}, "cpus": 2, "memory_mib": 512, "rng": true,
+                r#"{{"kernel": {:?}, "cpus": 2, "memory_mib": 512, "rng": true, "seccomp": "log",
                     "restricted_dma": {{"size": 8388608, "lookup": "list"}}}}"#,
                 kernel
             ),
@@ -321,12 +343,30 @@ mod tests {
         .unwrap();
         let cfg = VmConfig::from_cli(cli).unwrap();
         assert_eq!((cfg.cpus, cfg.memory_mib, cfg.rng), (2, 128, true));
+        assert_eq!(cfg.seccomp, SeccompMode::Log);
         let pool = cfg.restricted_dma.unwrap();
         assert_eq!((pool.size, pool.areas), (8 << 20, 2));
         std::fs::write(&json, r#"{"kernel": "k", "bogus": 1}"#).unwrap();
         let cli = Cli::try_parse_from(["microvm", "--config", json.to_str().unwrap()]).unwrap();
         assert!(VmConfig::from_cli(cli).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn seccomp_defaults_to_trap_and_the_flag_wins() {
+        let c = Cli::try_parse_from(["microvm", "--kernel", "k"]).unwrap();
+        assert_eq!(c.seccomp, None);
+        assert_eq!(SeccompMode::default(), SeccompMode::Trap);
+        for (arg, mode) in [
+            ("trap", SeccompMode::Trap),
+            ("kill", SeccompMode::Kill),
+            ("log", SeccompMode::Log),
+            ("off", SeccompMode::Off),
+        ] {
+            let c = Cli::try_parse_from(["microvm", "--kernel", "k", "--seccomp", arg]).unwrap();
+            assert_eq!(c.seccomp, Some(mode));
+        }
+        assert!(Cli::try_parse_from(["microvm", "--kernel", "k", "--seccomp", "bogus"]).is_err());
     }
 
     #[test]

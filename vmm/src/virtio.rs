@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bounce::{Dma, Swiotlb, SwiotlbConfig, TraceRecorder};
+use bounce::{Dma, Swiotlb, SwiotlbConfig, TraceRecorder, WorkerStart};
 use devices::bus::Bus;
 use devices::virtio::mmio::{MMIO_SIZE, NOTIFY_OFFSET};
 use devices::virtio::net::Tap;
@@ -31,12 +31,17 @@ const QUEUE_SIZE: u16 = 256;
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// The guest-memory handle every device uses: bounced when `--restricted-dma` is on.
-pub fn create_dma(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<DmaReport> {
+/// `worker_start` runs first on the pool worker thread, if the pool model has one.
+pub fn create_dma(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    worker_start: WorkerStart,
+) -> Result<DmaReport> {
     let dma = match &cfg.restricted_dma {
         None => Dma::direct(mem.clone()),
         Some(pool_cfg) => {
-            let swiotlb = Swiotlb::new(pool_cfg.clone())
-                .map_err(|e| anyhow!("invalid restricted-DMA pool configuration: {e}"))?;
+            let swiotlb = Swiotlb::with_worker_start(pool_cfg.clone(), Some(worker_start))
+                .map_err(|e| anyhow!("cannot set up the restricted-DMA pools: {e}"))?;
             log::info!(
                 "restricted DMA: {} KiB initial pool, bounce model {:?}",
                 pool_cfg.size >> 10,

@@ -20,6 +20,7 @@ use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::legacy::{AcpiPm, BootTimer, I8042};
 use crate::metrics::{Smaps, StatsSignal};
+use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
 use crate::vcpu::Vcpu;
 use crate::{acpi, boot, cpu, memory, virtio};
@@ -122,6 +123,10 @@ fn kernel_cmdline(cfg: &VmConfig) -> Result<Cmdline> {
 
 /// Runs the VM to its end; `Ok` with why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
+    let filters = Filters::new(cfg.seccomp, cfg.seccomp_selftest)?;
+    if cfg.seccomp != SeccompMode::Trap {
+        log::warn!("seccomp filters: {} (not the default, trap)", cfg.seccomp);
+    }
     let kvm = open_kvm()?;
     let mem = memory::create(cfg.memory_mib)?;
     let vm = create_vm(&kvm, &mem)?;
@@ -131,7 +136,16 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         EventManager::new().context("cannot create the event loop")?;
     let mut mmio = Bus::default();
     let mut cmdline = kernel_cmdline(cfg)?;
-    let report = virtio::create_dma(cfg, &mem)?;
+    let worker_filters = filters.clone();
+    let report = virtio::create_dma(
+        cfg,
+        &mem,
+        Box::new(move || {
+            worker_filters
+                .enter(ThreadKind::Worker, "swiotlb-worker")
+                .map_err(|e| e.to_string())
+        }),
+    )?;
     virtio::attach(cfg, &vm, &report.dma, &mut mmio, &mut events, &mut cmdline)?;
     if cfg.guest_swiotlb {
         cmdline
@@ -211,16 +225,26 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
             exit: exit.clone(),
             mem: mem.clone(),
         };
+        let filters = filters.clone();
         threads.push(
             thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu.run())
+                .spawn(move || {
+                    // Before the first KVM_RUN: everything after it is driven by the guest.
+                    if let Err(e) = filters.enter(ThreadKind::Vcpu, &format!("vcpu{id}")) {
+                        vcpu.exit.trigger(ExitReason::Error(e.to_string()));
+                        return;
+                    }
+                    vcpu.run()
+                })
                 .context("cannot start a vCPU thread")?,
         );
     }
     let mut smaps = Smaps::open();
     log::debug!("VM set up in {} us", start.elapsed().as_micros());
 
+    // Set-up is over: from here on the main thread only serves the event loop.
+    filters.enter(ThreadKind::Main, "main")?;
     loop {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");

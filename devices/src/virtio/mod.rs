@@ -25,6 +25,7 @@ pub use block::{Block, BlockConfig};
 pub use mmio::{MmioOptions, MmioTransport};
 pub use net::{Net, NetConfig};
 pub use rng::Rng;
+pub use tap::TUNSETOFFLOAD;
 
 /// Virtio device IDs (virtio 1.2 §5).
 pub const TYPE_NET: u32 = 1;

@@ -1,0 +1,704 @@
+//! Seccomp filters: one per kind of thread, installed by each thread on itself before it
+//! handles anything the guest controls.
+//!
+//! - main thread (event loop), installed after set-up, before the event loop: epoll; read,
+//!   pread/pwrite/fdatasync/fallocate on the fds it already holds; `fcntl(F_DUPFD_CLOEXEC)`;
+//!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit.
+//! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
+//!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
+//! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
+//!   nothing more, it only allocates, maps pools, sleeps and waits.
+//!
+//! Every thread also gets a common set: memory (never executable), locks, clocks, sleeps,
+//! `write` (logs, console, eventfds), `getrandom`, and what panics, signals and thread exit need.
+//!
+//! No thread may open files, create sockets or threads, or exec: everything is opened during
+//! set-up. A forbidden call traps into [`SIGSYS`](install_sigsys_handler), which writes one line
+//! naming the call and the thread and exits with [`VIOLATION_EXIT_CODE`].
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+use serde::{Deserialize, Serialize};
+
+/// Exit status after a forbidden system call (Firecracker's).
+pub const VIOLATION_EXIT_CODE: i32 = 148;
+
+/// What a forbidden system call does (`--seccomp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// SIGSYS: one line on stderr naming the call and the thread, exit status 148.
+    #[default]
+    Trap,
+    /// The kernel kills the process at once (SIGSYS, no message).
+    Kill,
+    /// Allowed, and logged by the kernel (audit log / dmesg): for finding missing calls.
+    Log,
+    /// No filters.
+    Off,
+}
+
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompMode::Trap => "trap",
+            SeccompMode::Kill => "kill",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        })
+    }
+}
+
+/// The kinds of thread, each with its own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ThreadKind {
+    Main,
+    Vcpu,
+    Worker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build the {0:?} seccomp filter: {1}")]
+    Build(ThreadKind, BackendError),
+    #[error("cannot install the seccomp filter on thread {0}: {1}")]
+    Apply(String, seccompiler::Error),
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+}
+
+// KVM vCPU ioctls (<linux/kvm.h>); kvm-ioctls keeps its numbers private.
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_REGS,
+    kvm_bindings::KVMIO,
+    0x81,
+    kvm_bindings::kvm_regs
+);
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_TRANSLATE,
+    kvm_bindings::KVMIO,
+    0x85,
+    kvm_bindings::kvm_translation
+);
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// Adds `nr`, allowed when any of `rules` matches (always, when `rules` is empty). Each call
+/// is listed once: a second entry would silently change the first's meaning.
+fn add(rules: &mut Rules, nr: i64, list: Vec<SeccompRule>) {
+    let old = rules.insert(nr, list);
+    assert!(old.is_none(), "syscall {nr} listed twice");
+}
+
+fn always(rules: &mut Rules, nrs: &[i64]) {
+    for &nr in nrs {
+        add(rules, nr, Vec::new());
+    }
+}
+
+/// Argument `arg` (32 bits, as ioctl requests, prots, signals and fcntl commands are) equals
+/// `value`.
+fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// Allowed only when argument `arg` is one of `values` (ioctl requests are `c_ulong`: u64 on
+/// x86_64, the only target of these filters).
+fn one_of(rules: &mut Rules, nr: i64, arg: u8, values: &[u64]) -> Result<(), BackendError> {
+    let list = values
+        .iter()
+        .map(|&v| arg_eq(arg, v))
+        .collect::<Result<_, _>>()?;
+    add(rules, nr, list);
+    Ok(())
+}
+
+/// What every thread does: allocate, lock, sleep, read the clock, log, end.
+fn common(rules: &mut Rules) -> Result<(), BackendError> {
+    always(
+        rules,
+        &[
+            // malloc (brk for the main arena, which other threads can fall back to; mmap,
+            // mremap, munmap, madvise for large blocks and per-thread arenas), bounce pools
+            // (mmap/munmap), thread exit (madvise of the stack, munmap of the signal stack).
+            libc::SYS_brk,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_madvise,
+            // std and parking_lot locks, condvars and channels; parking_lot's spin-wait and the
+            // bounce pools' area spinlock yield.
+            libc::SYS_futex,
+            libc::SYS_sched_yield,
+            // Instant/SystemTime (the vDSO falls back to the syscall when the clocksource has no
+            // vDSO support, as in some nested VMs); thread::sleep (glibc's nanosleep is
+            // clock_nanosleep; conversion latency injection, the worker's waits).
+            libc::SYS_clock_gettime,
+            libc::SYS_gettimeofday,
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+            // A sleep or timed wait resumed after SIGSTOP/SIGCONT (a debugger, ^Z).
+            libc::SYS_restart_syscall,
+            // Logs and the console (stderr, stdout), eventfd/irqfd signals.
+            libc::SYS_write,
+            // std's HashMap seeds its hasher per thread, on first use.
+            libc::SYS_getrandom,
+            // Returning from std's SIGSEGV/SIGBUS guard-page handler (it restores SIG_DFL and
+            // returns to re-fault).
+            libc::SYS_rt_sigreturn,
+            // abort() (panic = "abort", std's fatal errors) blocks signals and raises SIGABRT
+            // with tgkill(getpid(), tid).
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            // Thread exit (std removes its signal stack) and process exit.
+            libc::SYS_sigaltstack,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    // Never executable memory.
+    let no_exec = || {
+        SeccompRule::new(vec![SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?])
+    };
+    add(rules, libc::SYS_mmap, vec![no_exec()?]);
+    add(rules, libc::SYS_mprotect, vec![no_exec()?]);
+    one_of(
+        rules,
+        libc::SYS_tgkill,
+        2,
+        &[libc::SIGABRT as u64], // abort()
+    )?;
+    one_of(
+        rules,
+        libc::SYS_rt_sigaction,
+        0,
+        // std's guard-page handler restores the default action; abort() does for SIGABRT.
+        &[
+            libc::SIGSEGV as u64,
+            libc::SIGBUS as u64,
+            libc::SIGABRT as u64,
+        ],
+    )?;
+    Ok(())
+}
+
+fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
+    let mut r = Rules::new();
+    common(&mut r)?;
+    match kind {
+        ThreadKind::Main => {
+            always(
+                &mut r,
+                &[
+                    // The event loop (event-manager: epoll_wait; epoll_pwait where glibc maps
+                    // it so), and devices changing what they poll (the tap while rx is starved).
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_epoll_ctl,
+                    // eventfds, the SIGUSR1 signalfd, stdin, the tap, /proc/self/smaps.
+                    libc::SYS_read,
+                    // virtio-blk on its image: reads, writes (and the write-zeroes fallback),
+                    // flush, discard and write-zeroes.
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_fdatasync,
+                    libc::SYS_fallocate,
+                    // Dropping the dup'ed image fd of discard/write-zeroes, and fds at exit.
+                    libc::SYS_close,
+                    // Re-reading /proc/self/smaps at exit: seek to 0, std sizes the read by
+                    // fstat/statx and its position.
+                    libc::SYS_lseek,
+                    libc::SYS_fstat,
+                    libc::SYS_newfstatat,
+                    libc::SYS_statx,
+                ],
+            );
+            // virtio-blk discard/write-zeroes duplicate the image fd (File::try_clone).
+            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?;
+            // Restoring the terminal at exit (isatty, tcgetattr, tcsetattr TCSANOW).
+            one_of(&mut r, libc::SYS_ioctl, 1, &[libc::TCGETS, libc::TCSETS])?;
+        }
+        ThreadKind::Vcpu => {
+            one_of(
+                &mut r,
+                libc::SYS_ioctl,
+                1,
+                &[
+                    KVM_RUN(),
+                    // An exit microvm cannot handle is reported with RIP and instruction bytes.
+                    KVM_GET_REGS(),
+                    KVM_TRANSLATE(),
+                    // virtio-net feature negotiation and reset run on MMIO exits.
+                    devices::virtio::TUNSETOFFLOAD,
+                ],
+            )?;
+            // The vCPU fd and its kvm_run mapping are dropped when the thread ends.
+            always(&mut r, &[libc::SYS_close]);
+        }
+        ThreadKind::Worker => {}
+    }
+    Ok(r)
+}
+
+/// The BPF program of `kind`'s filter under `mode` (none for [`SeccompMode::Off`]).
+pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
+    let mismatch = match mode {
+        SeccompMode::Trap => SeccompAction::Trap,
+        SeccompMode::Kill => SeccompAction::KillProcess,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::Off => return Ok(None),
+    };
+    let build = || {
+        let filter = SeccompFilter::new(
+            rules(kind)?,
+            mismatch,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )?;
+        BpfProgram::try_from(filter)
+    };
+    build().map(Some).map_err(|e| Error::Build(kind, e))
+}
+
+/// The compiled filters of one VM, shared by its threads.
+#[derive(Clone)]
+pub struct Filters {
+    mode: SeccompMode,
+    main: Option<Arc<BpfProgram>>,
+    vcpu: Option<Arc<BpfProgram>>,
+    worker: Option<Arc<BpfProgram>>,
+    /// Test only: the thread of this kind makes a forbidden call once its filter is on.
+    selftest: Option<ThreadKind>,
+}
+
+impl Filters {
+    /// Compiles every filter for `mode`, and installs the SIGSYS handler when trapping.
+    pub fn new(mode: SeccompMode, selftest: Option<ThreadKind>) -> Result<Filters, Error> {
+        let get = |kind| Ok::<_, Error>(program(kind, mode)?.map(Arc::new));
+        let f = Filters {
+            mode,
+            main: get(ThreadKind::Main)?,
+            vcpu: get(ThreadKind::Vcpu)?,
+            worker: get(ThreadKind::Worker)?,
+            selftest,
+        };
+        if mode == SeccompMode::Trap {
+            install_sigsys_handler().map_err(Error::Handler)?;
+        }
+        Ok(f)
+    }
+
+    /// Installs `kind`'s filter on the calling thread, named `label` in violation reports.
+    pub fn enter(&self, kind: ThreadKind, label: &str) -> Result<(), Error> {
+        set_thread_label(label);
+        let prog = match kind {
+            ThreadKind::Main => &self.main,
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Worker => &self.worker,
+        };
+        if let Some(prog) = prog {
+            seccompiler::apply_filter(prog).map_err(|e| Error::Apply(label.to_string(), e))?;
+            log::debug!("seccomp: {} filter on thread {label}", self.mode);
+        }
+        if self.selftest == Some(kind) {
+            // SAFETY: getppid has no arguments and no side effects; no filter allows it.
+            let ppid = unsafe { libc::getppid() };
+            log::warn!("seccomp self-test: thread {label} called getppid ({ppid}) and lives on");
+        }
+        Ok(())
+    }
+}
+
+/// The calling thread's name for violation reports: fixed-size thread-local storage, so the
+/// SIGSYS handler reads it without allocating or locking.
+const LABEL_LEN: usize = 24;
+
+thread_local! {
+    static LABEL: Cell<[u8; LABEL_LEN]> = const { Cell::new([0; LABEL_LEN]) };
+}
+
+fn set_thread_label(label: &str) {
+    let mut buf = [0u8; LABEL_LEN];
+    let n = label.len().min(LABEL_LEN);
+    buf[..n].copy_from_slice(&label.as_bytes()[..n]);
+    LABEL.with(|l| l.set(buf));
+}
+
+/// `siginfo_t` of a seccomp SIGSYS on x86_64 (the `_sigsys` member of the union at offset 16);
+/// the libc crate does not expose it.
+#[repr(C)]
+struct SigsysInfo {
+    _signo: libc::c_int,
+    _errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    _call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    _arch: libc::c_uint,
+}
+
+/// `si_code` of a SIGSYS raised by a seccomp filter.
+const SYS_SECCOMP: libc::c_int = 1;
+
+/// A fixed buffer for composing the report without allocating.
+struct Line {
+    buf: [u8; 192],
+    len: usize,
+}
+
+impl Line {
+    fn push(&mut self, s: &[u8]) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn push_num(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+}
+
+/// Composes the report line for system call `nr` on thread `label` (NUL-padded).
+fn report(nr: i64, label: &[u8]) -> Line {
+    let mut line = Line {
+        buf: [0; 192],
+        len: 0,
+    };
+    line.push(b"microvm: seccomp: thread ");
+    let label_len = label.iter().position(|&b| b == 0).unwrap_or(label.len());
+    line.push(if label_len == 0 {
+        b"?"
+    } else {
+        &label[..label_len]
+    });
+    line.push(b" made a forbidden system call ");
+    if nr < 0 {
+        line.push(b"-");
+    }
+    line.push_num(nr.unsigned_abs());
+    line.push(b" (");
+    line.push(syscall_name(nr).as_bytes());
+    line.push(b"); exiting with status ");
+    line.push_num(VIOLATION_EXIT_CODE as u64);
+    line.push(b"\n");
+    line
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // Async-signal-safe only: a thread-local read, stack buffers, write(2), _exit(2).
+    // SAFETY: the kernel passes a valid siginfo_t (SA_SIGINFO); for SIGSYS it has the _sigsys
+    // layout of `SigsysInfo`, which fits in siginfo_t's 128 bytes.
+    let info = unsafe { &*(info as *const SigsysInfo) };
+    let line = if info.code == SYS_SECCOMP {
+        report(i64::from(info.syscall), &LABEL.with(|l| l.get()))
+    } else {
+        let mut l = Line {
+            buf: [0; 192],
+            len: 0,
+        };
+        l.push(b"microvm: SIGSYS not raised by seccomp; exiting with status 148\n");
+        l
+    };
+    // SAFETY: writes an initialized stack buffer to stderr, then ends the process; both are
+    // async-signal-safe and allowed by every filter.
+    unsafe {
+        libc::write(2, line.buf.as_ptr().cast(), line.len);
+        libc::_exit(VIOLATION_EXIT_CODE);
+    }
+}
+
+/// Installs the process-wide SIGSYS handler that reports a trapped call and exits with
+/// [`VIOLATION_EXIT_CODE`].
+pub fn install_sigsys_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid (empty mask, no flags); we set a handler with the
+    // SA_SIGINFO signature and check the return value.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// x86_64 system call names, numbers 0..=334 (from <asm/unistd_64.h>).
+const NAMES_0: &str = "\
+    read write open close stat fstat lstat poll lseek mmap mprotect munmap brk rt_sigaction \
+    rt_sigprocmask rt_sigreturn ioctl pread64 pwrite64 readv writev access pipe select \
+    sched_yield mremap msync mincore madvise shmget shmat shmctl dup dup2 pause nanosleep \
+    getitimer alarm setitimer getpid sendfile socket connect accept sendto recvfrom sendmsg \
+    recvmsg shutdown bind listen getsockname getpeername socketpair setsockopt getsockopt \
+    clone fork vfork execve exit wait4 kill uname semget semop semctl shmdt msgget msgsnd \
+    msgrcv msgctl fcntl flock fsync fdatasync truncate ftruncate getdents getcwd chdir \
+    fchdir rename mkdir rmdir creat link unlink symlink readlink chmod fchmod chown fchown \
+    lchown umask gettimeofday getrlimit getrusage sysinfo times ptrace getuid syslog getgid \
+    setuid setgid geteuid getegid setpgid getppid getpgrp setsid setreuid setregid \
+    getgroups setgroups setresuid getresuid setresgid getresgid getpgid setfsuid setfsgid \
+    getsid capget capset rt_sigpending rt_sigtimedwait rt_sigqueueinfo rt_sigsuspend \
+    sigaltstack utime mknod uselib personality ustat statfs fstatfs sysfs getpriority \
+    setpriority sched_setparam sched_getparam sched_setscheduler sched_getscheduler \
+    sched_get_priority_max sched_get_priority_min sched_rr_get_interval mlock munlock \
+    mlockall munlockall vhangup modify_ldt pivot_root _sysctl prctl arch_prctl adjtimex \
+    setrlimit chroot sync acct settimeofday mount umount2 swapon swapoff reboot sethostname \
+    setdomainname iopl ioperm create_module init_module delete_module get_kernel_syms \
+    query_module quotactl nfsservctl getpmsg putpmsg afs_syscall tuxcall security gettid \
+    readahead setxattr lsetxattr fsetxattr getxattr lgetxattr fgetxattr listxattr \
+    llistxattr flistxattr removexattr lremovexattr fremovexattr tkill time futex \
+    sched_setaffinity sched_getaffinity set_thread_area io_setup io_destroy io_getevents \
+    io_submit io_cancel get_thread_area lookup_dcookie epoll_create epoll_ctl_old \
+    epoll_wait_old remap_file_pages getdents64 set_tid_address restart_syscall semtimedop \
+    fadvise64 timer_create timer_settime timer_gettime timer_getoverrun timer_delete \
+    clock_settime clock_gettime clock_getres clock_nanosleep exit_group epoll_wait \
+    epoll_ctl tgkill utimes vserver mbind set_mempolicy get_mempolicy mq_open mq_unlink \
+    mq_timedsend mq_timedreceive mq_notify mq_getsetattr kexec_load waitid add_key \
+    request_key keyctl ioprio_set ioprio_get inotify_init inotify_add_watch \
+    inotify_rm_watch migrate_pages openat mkdirat mknodat fchownat futimesat newfstatat \
+    unlinkat renameat linkat symlinkat readlinkat fchmodat faccessat pselect6 ppoll unshare \
+    set_robust_list get_robust_list splice tee sync_file_range vmsplice move_pages \
+    utimensat epoll_pwait signalfd timerfd_create eventfd fallocate timerfd_settime \
+    timerfd_gettime accept4 signalfd4 eventfd2 epoll_create1 dup3 pipe2 inotify_init1 \
+    preadv pwritev rt_tgsigqueueinfo perf_event_open recvmmsg fanotify_init fanotify_mark \
+    prlimit64 name_to_handle_at open_by_handle_at clock_adjtime syncfs sendmmsg setns \
+    getcpu process_vm_readv process_vm_writev kcmp finit_module sched_setattr sched_getattr \
+    renameat2 seccomp getrandom memfd_create kexec_file_load bpf execveat userfaultfd \
+    membarrier mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect pkey_alloc pkey_free \
+    statx io_pgetevents rseq";
+
+/// x86_64 system call names from number 424 on.
+const NAMES_424: &str = "\
+    pidfd_send_signal io_uring_setup io_uring_enter io_uring_register open_tree move_mount \
+    fsopen fsconfig fsmount fspick pidfd_open clone3 close_range openat2 pidfd_getfd \
+    faccessat2 process_madvise epoll_pwait2 mount_setattr quotactl_fd landlock_create_ruleset \
+    landlock_add_rule landlock_restrict_self memfd_secret process_mrelease futex_waitv \
+    set_mempolicy_home_node cachestat fchmodat2 map_shadow_stack futex_wake futex_wait \
+    futex_requeue statmount listmount lsm_get_self_attr lsm_set_self_attr lsm_list_modules \
+    mseal";
+
+/// The name of x86_64 system call `nr`, or "unknown" (no allocation: safe in a signal handler).
+pub fn syscall_name(nr: i64) -> &'static str {
+    let (names, index) = if (0..335).contains(&nr) {
+        (NAMES_0, nr)
+    } else if nr >= 424 {
+        (NAMES_424, nr - 424)
+    } else {
+        return "unknown";
+    };
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| names.split_ascii_whitespace().nth(i))
+        .unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Worker];
+
+    #[test]
+    fn every_filter_compiles_for_x86_64_in_every_mode() {
+        for kind in KINDS {
+            for mode in [SeccompMode::Trap, SeccompMode::Kill, SeccompMode::Log] {
+                let p = program(kind, mode).unwrap().expect("a program");
+                assert!(
+                    !p.is_empty() && p.len() < 4096,
+                    "{kind:?} {mode}: {}",
+                    p.len()
+                );
+            }
+            assert!(program(kind, SeccompMode::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn threads_get_only_what_they_need() {
+        let main = rules(ThreadKind::Main).unwrap();
+        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        let worker = rules(ThreadKind::Worker).unwrap();
+        for r in [&main, &vcpu, &worker] {
+            for nr in [
+                libc::SYS_openat,
+                libc::SYS_open,
+                libc::SYS_socket,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_fork,
+                libc::SYS_execve,
+                libc::SYS_ptrace,
+                libc::SYS_kill,
+                libc::SYS_getppid,
+            ] {
+                assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
+            }
+        }
+        assert!(main.contains_key(&libc::SYS_pread64) && !vcpu.contains_key(&libc::SYS_pread64));
+        assert!(!worker.contains_key(&libc::SYS_ioctl));
+        assert!(!worker.contains_key(&libc::SYS_read));
+    }
+
+    #[test]
+    fn ioctl_numbers() {
+        assert_eq!(KVM_RUN(), 0xae80);
+        assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(KVM_TRANSLATE(), 0xc018_ae85);
+        assert_eq!(devices::virtio::TUNSETOFFLOAD, 0x4004_54d0);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(syscall_name(libc::SYS_read), "read");
+        assert_eq!(syscall_name(libc::SYS_socket), "socket");
+        assert_eq!(syscall_name(libc::SYS_getppid), "getppid");
+        assert_eq!(syscall_name(libc::SYS_getrandom), "getrandom");
+        assert_eq!(syscall_name(libc::SYS_statx), "statx");
+        assert_eq!(syscall_name(libc::SYS_rseq), "rseq");
+        assert_eq!(
+            syscall_name(libc::SYS_pidfd_send_signal),
+            "pidfd_send_signal"
+        );
+        assert_eq!(syscall_name(libc::SYS_clone3), "clone3");
+        assert_eq!(syscall_name(libc::SYS_futex_waitv), "futex_waitv");
+        assert_eq!(syscall_name(400), "unknown");
+        assert_eq!(syscall_name(-1), "unknown");
+        assert_eq!(NAMES_0.split_ascii_whitespace().count(), 335);
+    }
+
+    #[test]
+    fn report_line() {
+        let mut label = [0u8; LABEL_LEN];
+        label[..5].copy_from_slice(b"vcpu1");
+        let l = report(41, &label);
+        assert_eq!(
+            std::str::from_utf8(&l.buf[..l.len]).unwrap(),
+            "microvm: seccomp: thread vcpu1 made a forbidden system call 41 (socket); \
+             exiting with status 148\n"
+        );
+        let l = report(-7, &[0; LABEL_LEN]);
+        let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
+        assert!(
+            s.contains("thread ? made a forbidden system call -7 (unknown)"),
+            "{s}"
+        );
+    }
+
+    /// How a forked child that installed `kind`'s filter and called getppid ended, and what
+    /// it wrote to stderr.
+    fn violate_in_child(kind: ThreadKind, mode: SeccompMode) -> (libc::c_int, String) {
+        // Everything that allocates happens before fork: the child of a multi-threaded test
+        // process may only make async-signal-safe calls.
+        let filters = Filters::new(mode, None).unwrap();
+        let prog = match kind {
+            ThreadKind::Main => filters.main.clone(),
+            ThreadKind::Vcpu => filters.vcpu.clone(),
+            ThreadKind::Worker => filters.worker.clone(),
+        }
+        .unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only calls dup2, install_sigsys_handler (sigaction), a TLS store,
+        // apply_filter (prctl, seccomp), getppid and _exit: no allocation, no locks.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: as above; the child never returns into the test harness.
+            unsafe {
+                libc::dup2(fds[1], 2);
+                if mode == SeccompMode::Trap && install_sigsys_handler().is_err() {
+                    libc::_exit(90);
+                }
+                set_thread_label("test-thread");
+                if seccompiler::apply_filter(&prog).is_err() {
+                    libc::_exit(91);
+                }
+                libc::getppid();
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copy of the write end, so the read below sees EOF.
+        unsafe { libc::close(fds[1]) };
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            // SAFETY: reads into a stack buffer of the given size.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        // SAFETY: our read end.
+        unsafe { libc::close(fds[0]) };
+        (status, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn a_forbidden_call_is_reported_and_exits_148() {
+        for kind in KINDS {
+            let (status, err) = violate_in_child(kind, SeccompMode::Trap);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+                "{kind:?}: status {status:#x}, stderr {err:?}"
+            );
+            assert_eq!(
+                err,
+                format!(
+                    "microvm: seccomp: thread test-thread made a forbidden system call {} \
+                     (getppid); exiting with status 148\n",
+                    libc::SYS_getppid
+                ),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kill_mode_kills_and_log_mode_lets_the_call_through() {
+        for kind in KINDS {
+            let (status, err) = violate_in_child(kind, SeccompMode::Kill);
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+                "{kind:?}: status {status:#x}, stderr {err:?}"
+            );
+            let (status, err) = violate_in_child(kind, SeccompMode::Log);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{kind:?}: status {status:#x}, stderr {err:?}"
+            );
+        }
+    }
+}
