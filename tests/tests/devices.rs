@@ -245,6 +245,34 @@ fn bounce_pool_grows_under_load_without_failures() {
     );
 }
 
+/// The pool model's slower paths, under the default seccomp filters like every test here:
+/// conversions injected as real sleeps (on the worker and the I/O thread), the worker's timed
+/// waits for idle pools to release, DMA trace records written by the event loop, and
+/// virtio-rng beside the disk.
+#[test]
+fn bounce_pool_with_injected_latency_shrink_and_trace() {
+    let trace = std::env::temp_dir().join(format!("microvm-trace-{}.jsonl", std::process::id()));
+    let trace_arg = trace.to_string_lossy().into_owned();
+    let o = blk_integrity(&[
+        "--rng",
+        "--restricted-dma=256K",
+        "--bounce",
+        "dynamic=on,threshold=50,chunk=1M,shrink=50ms,convert=snp,convert-mode=inject",
+        "--dma-trace",
+        &trace_arg,
+    ]);
+    let _ = fs::remove_file(&trace);
+    let s = stats(&o);
+    eprintln!("statistics: {s}");
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert!(
+        n(&s, "extensions") > 0 || n(&s, "transient_created") > 0,
+        "the pool never grew: {s}"
+    );
+    assert!(n(&s["conversions"], "injected_ns") > 0, "{s}");
+    assert!(!o.stderr.contains("DMA trace"), "{}", o.describe());
+}
+
 /// A 128 KiB pool that cannot grow, with 32 KiB segments (`segment=16`): data segments
 /// bigger than the pool allows fail in the guest (EIO), microvm survives, the failures are
 /// counted, and the earlier fsync'ed write is intact. (Every device maps one descriptor at
