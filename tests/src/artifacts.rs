@@ -33,6 +33,21 @@ pub struct KernelArtifacts {
     pub payload_sha256: String,
 }
 
+impl KernelArtifacts {
+    /// `--kernel BZIMAGE --initrd INITRAMFS --cmdline CMDLINE`: how a guest test's run starts.
+    pub fn boot_args(&self, cmdline: impl Into<String>) -> Vec<crate::Arg> {
+        use crate::Arg;
+        vec![
+            Arg::s("--kernel"),
+            Arg::file(&self.bzimage),
+            Arg::s("--initrd"),
+            Arg::file(&self.initramfs),
+            Arg::s("--cmdline"),
+            Arg::s(cmdline),
+        ]
+    }
+}
+
 /// Run a resources/ build script; it prints its output directory as its last stdout line.
 fn run_resource_script(name: &str) -> Result<PathBuf> {
     let script = repo_root().join("resources").join(name);

@@ -85,14 +85,7 @@ fn boot(
     more: &[&str],
     setup_lines: &[String],
 ) -> Outcome {
-    let mut args = vec![
-        Arg::s("--kernel"),
-        Arg::file(&k.bzimage),
-        Arg::s("--initrd"),
-        Arg::file(&k.initramfs),
-        Arg::s("--cmdline"),
-        Arg::s(format!("{BASE_CMDLINE} microvm.test={test}")),
-    ];
+    let mut args = k.boot_args(format!("{BASE_CMDLINE} microvm.test={test}"));
     for i in 0..disks.len() {
         args.push(Arg::s("--disk"));
         args.push(Arg::disk_file(i));

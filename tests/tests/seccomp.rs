@@ -17,14 +17,7 @@ fn setup() -> (Harness, KernelArtifacts) {
 }
 
 fn boot(h: &Harness, k: &KernelArtifacts, more: &[&str]) -> Outcome {
-    let mut args = vec![
-        Arg::s("--kernel"),
-        Arg::file(&k.bzimage),
-        Arg::s("--initrd"),
-        Arg::file(&k.initramfs),
-        Arg::s("--cmdline"),
-        Arg::s(CMDLINE),
-    ];
+    let mut args = k.boot_args(CMDLINE);
     args.extend(more.iter().map(|s| Arg::s(*s)));
     let o = h
         .run(&Run::microvm(args))
