@@ -205,10 +205,16 @@ fn scaling(c: &mut Criterion) {
     ] {
         let mut g = group(c, name, 3, 20);
         let mem = guest();
-        for variant in ["copies", "next", "lifo"] {
-            let dma =
-                Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=2,reuse={variant}"))
-                    .ok();
+        // `lifo_no_total`: lifo without the global used-slots counter (`total-used=off`).
+        for (variant, cfg) in [
+            ("copies", None),
+            ("next", Some("reuse=next")),
+            ("lifo", Some("reuse=lifo")),
+            ("lifo_no_total", Some("reuse=lifo,total-used=off")),
+        ] {
+            let dma = cfg.map(|c| {
+                Dma::bounced_from_str(mem.clone(), &format!("size=64M,areas=2,{c}")).unwrap()
+            });
             for threads in [1u64, 2] {
                 g.bench_with_input(BenchmarkId::new(variant, threads), &threads, |b, &t| {
                     b.iter_custom(|iters| {

@@ -84,6 +84,11 @@ pub struct SwiotlbConfig {
     pub convert_mode: ConvertMode,
     /// Page size for conversions and page alignment (4 KiB).
     pub page: u32,
+    /// A global used-slots counter, written by every map and unmap: it makes the total
+    /// high-water mark exact and is what a `threshold` below 100 compares against (Linux keeps
+    /// it with `CONFIG_DEBUG_FS`: `mem->total_used`, `used_hiwater`). Off: no line that every
+    /// queue writes; the total mark becomes the sum of the live pools' marks (an upper bound).
+    pub total_used: bool,
 }
 
 impl Default for SwiotlbConfig {
@@ -106,6 +111,7 @@ impl Default for SwiotlbConfig {
             convert: ConvertCost::None,
             convert_mode: ConvertMode::Account,
             page: 4096,
+            total_used: true,
         }
     }
 }
@@ -210,6 +216,7 @@ impl SwiotlbConfig {
             "chunk" => self.chunk = size()?,
             "min-chunk" | "min_chunk" => self.min_chunk = size()?,
             "transient" => self.transient = boolean()?,
+            "total-used" | "total_used" => self.total_used = boolean()?,
             "shrink" => {
                 self.shrink = match value {
                     "off" | "never" | "0" => None,
@@ -278,6 +285,9 @@ impl SwiotlbConfig {
         }
         if !(1..=100).contains(&self.threshold) {
             return inv("threshold must be a percentage 1..=100");
+        }
+        if !self.total_used && self.threshold < 100 {
+            return inv("a threshold below 100 needs total-used=on (the total it compares with)");
         }
         if self.areas > 1024 {
             return inv("areas must be <= 1024");

@@ -328,6 +328,15 @@ impl Pool {
         addr >= self.start && addr < self.end()
     }
 
+    /// Sets every area's high-water mark to its current use.
+    pub(crate) fn reset_hiwater(&self) {
+        for a in self.areas.iter() {
+            let mut g = a.lock.lock();
+            g.hiwater = g.used;
+            a.hiwater.store(g.used, Relaxed);
+        }
+    }
+
     pub(crate) fn used(&self) -> usize {
         self.areas.iter().map(|a| a.used.load(Relaxed)).sum()
     }

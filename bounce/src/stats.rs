@@ -151,7 +151,7 @@ pub struct PoolStats {
     /// `areas=1`), otherwise an upper bound of the pool's own mark (the areas may have peaked at
     /// different times). An exact per-pool mark would need a per-pool counter written by every
     /// area on every map and unmap, shared between the queues that the areas keep apart; the
-    /// total [`StatsSnapshot::slots_used_hiwater`] is exact.
+    /// total [`StatsSnapshot::slots_used_hiwater`] is exact (with `total_used` on).
     pub slots_used_hiwater: u64,
     pub maps: u64,
     pub unmaps: u64,
@@ -168,8 +168,10 @@ pub struct StatsSnapshot {
     pub slot_bytes: u64,
     pub slots_total: u64,
     pub slots_used: u64,
-    /// Exact high-water mark of `slots_used` (one global counter, as Linux's `total_used` and
-    /// `used_hiwater`), since the start or the last [`crate::Swiotlb::reset_hiwater`].
+    /// High-water mark of `slots_used` since the start or the last
+    /// [`crate::Swiotlb::reset_hiwater`]: exact with `total_used` on (one global counter, as
+    /// Linux's `total_used` and `used_hiwater`); with it off, the sum of the live pools' marks
+    /// (an upper bound).
     pub slots_used_hiwater: u64,
     pub shared_bytes: u64,
     pub shared_bytes_hiwater: u64,

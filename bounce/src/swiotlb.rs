@@ -294,8 +294,12 @@ impl Swiotlb {
         self.sh.shrink_idle(idle)
     }
 
-    /// Resets the high-water marks (Linux: writing 0 to `io_tlb_used_hiwater`).
+    /// Resets the high-water marks, the total and each pool's, to the current use (Linux:
+    /// writing 0 to `io_tlb_used_hiwater`).
     pub fn reset_hiwater(&self) {
+        for p in &self.sh.pools.load().list {
+            p.reset_hiwater();
+        }
         self.sh
             .g
             .used_hiwater
@@ -328,6 +332,9 @@ impl Swiotlb {
         s.pools = set.sorted.iter().map(|p| p.stats()).collect();
         s.slots_total = set.slots_total as u64;
         s.slots_used = s.pools.iter().map(|p| p.slots_used).sum();
+        if !self.sh.cfg.total_used {
+            s.slots_used_hiwater = s.pools.iter().map(|p| p.slots_used_hiwater).sum();
+        }
         s.shared_bytes = set.shared_bytes;
         s.pools_live = set.list.len() as u64;
         s.transient_live = set
@@ -419,13 +426,15 @@ impl Shared {
     /// Accounts a successful allocation (total use and its high-water mark, Linux's
     /// `inc_used_and_hiwater`; the growth threshold) and describes it.
     fn allocated(&self, p: &Pool, index: usize, req: &Request) -> Mapping {
-        let used = self.g.inc_used(req.nslots as u64);
-        if self.cfg.dynamic
-            && self.cfg.threshold < 100
-            && p.kind != PoolKind::Transient
-            && used * 100 >= self.cfg.threshold as u64 * self.slots_total.load(Relaxed) as u64
-        {
-            self.kick();
+        if self.cfg.total_used {
+            let used = self.g.inc_used(req.nslots as u64);
+            if self.cfg.dynamic
+                && self.cfg.threshold < 100
+                && p.kind != PoolKind::Transient
+                && used * 100 >= self.cfg.threshold as u64 * self.slots_total.load(Relaxed) as u64
+            {
+                self.kick();
+            }
         }
         let addr = p.slot_addr(index) + req.offset as u64;
         Mapping {
@@ -450,7 +459,9 @@ impl Shared {
             0
         };
         let (nslots, orig, len) = p.free(addr, now, steps, shard, copied_out)?;
-        self.g.used.fetch_sub(nslots as u64, Relaxed);
+        if self.cfg.total_used {
+            self.g.used.fetch_sub(nslots as u64, Relaxed);
+        }
         if p.kind == PoolKind::Transient {
             let p = p.clone();
             drop(set);
@@ -733,6 +744,52 @@ mod tests {
         // No worker (no growth, no shrink): the hook is not run.
         let never: WorkerStart = Box::new(|| -> Result<(), String> { panic!("no worker thread") });
         assert!(Swiotlb::with_worker_start(cfg("size=256K,dynamic=off"), Some(never)).is_ok());
+    }
+
+    #[test]
+    fn without_the_total_counter_the_total_mark_is_the_pools_sum() {
+        assert!(
+            SwiotlbConfig::from_json_or_kv("total-used=off,threshold=70")
+                .and_then(|c| c.validate())
+                .is_err()
+        );
+        for total in ["on", "off"] {
+            let s = tlb(&format!("size=512K,areas=2,dynamic=off,total-used={total}"));
+            let a = DmaSource {
+                device: 0,
+                queue: 0,
+            };
+            let b = DmaSource {
+                device: 0,
+                queue: 1,
+            };
+            // Area 0 peaks at 3 slots, then area 1 at 2 while area 0 holds 1: simultaneous
+            // peak 3, sum of the areas' peaks 5.
+            let m: Vec<_> = (0..3)
+                .map(|_| s.alloc(a, 0, 2048, MapAttrs::default()).unwrap())
+                .collect();
+            for x in &m[1..] {
+                s.free(a, x.addr).unwrap();
+            }
+            let n: Vec<_> = (0..2)
+                .map(|_| s.alloc(b, 0, 2048, MapAttrs::default()).unwrap())
+                .collect();
+            let st = s.stats();
+            assert_eq!(st.slots_used, 3);
+            assert_eq!(st.slots_used_hiwater, if total == "on" { 3 } else { 5 });
+            assert_eq!(st.pools[0].slots_used_hiwater, 5);
+            s.reset_hiwater();
+            let st = s.stats();
+            assert_eq!(
+                (st.slots_used_hiwater, st.pools[0].slots_used_hiwater),
+                (3, 3)
+            );
+            s.free(a, m[0].addr).unwrap();
+            for x in &n {
+                s.free(b, x.addr).unwrap();
+            }
+            assert!(all_free(&s));
+        }
     }
 
     #[test]
