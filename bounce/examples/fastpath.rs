@@ -80,14 +80,19 @@ fn main() {
             let t0 = Instant::now();
             std::thread::scope(|sc| {
                 for q in 0..threads {
-                    let src = (src_ptr as usize + 0x100000 * (q as usize + 1)) as *mut u8;
-                    let src = src as usize;
+                    // Thread `q`'s own part of guest memory (a raw pointer is not `Send`).
+                    let offset = 0x100000 * (q as usize + 1);
+                    assert!(
+                        0x10000 + offset + len as usize <= 4 << 20,
+                        "past guest memory"
+                    );
+                    let src = src_ptr as usize + offset;
                     sc.spawn(move || {
                         let src = src as *mut u8;
                         let mut buf = vec![0u8; len as usize];
                         for _ in 0..per {
-                            // SAFETY: `src` is `len` bytes of guest memory (inside the 4 MiB
-                            // region), `buf` our own.
+                            // SAFETY: `src` is `len` bytes of guest memory (checked above to
+                            // lie inside the 4 MiB region), `buf` our own.
                             unsafe {
                                 std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len as usize);
                                 std::hint::black_box(&mut buf);
