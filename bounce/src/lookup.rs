@@ -1,18 +1,109 @@
 //! Finding the pool that owns a bounce address (Linux: `swiotlb_find_pool`, `is_swiotlb_buffer`).
 //!
-//! The set of pools is an immutable [`PoolSet`] published RCU-style through `arc-swap`: readers
-//! (every unmap and sync) never take a lock, writers (growth, shrink, transient pools) copy and
-//! republish under a mutex. Both structures live in the same set so that only the search differs:
+//! The set of pools is an immutable [`PoolSet`] published RCU-style through `arc-swap`: writers
+//! (growth, shrink, transient pools) copy and republish under a mutex. Readers (every unmap, and
+//! maps past the initial pool) use a per-thread copy of the `Arc` and re-read the published set
+//! only when its generation moved: one plain load instead of `arc-swap`'s two locked
+//! instructions, close to what Linux's readers pay under `rcu_read_lock` (nothing). A cached set
+//! may lag a publication by a moment, so it is only ever a hint: a reader that finds no pool in
+//! it, or a retired one, asks the published set (see [`Published::find`]). A thread's cached set
+//! keeps retired pools' descriptions alive until that thread's next DMA, not their memory
+//! (`Pool::retire` releases it).
+//!
+//! Both structures live in the same set so that only the search differs:
 //! - `List`: Linux's RCU list, newest pool first (`list_add_rcu` adds at the head), walked
 //!   linearly: O(n) (the kernel docs call it "linear and not performant with a large number of
 //!   dynamic pools");
 //! - `Tree`: the pools ordered by start address, binary-searched: O(log n). (An implicit
 //!   balanced search tree in a sorted array: cache-friendly, and immutable like the list.)
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use crossbeam_utils::CachePadded;
 
 use crate::config::LookupKind;
 use crate::pool::{Pool, PoolKind};
+
+/// Keys the per-thread caches: a thread may use several `Swiotlb`s (tests, replay).
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+struct Cached {
+    owner: u64,
+    gen: u64,
+    set: Arc<PoolSet>,
+}
+
+thread_local! {
+    static CACHED: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+/// The published pool set of one `Swiotlb`.
+pub(crate) struct Published {
+    owner: u64,
+    set: ArcSwap<PoolSet>,
+    /// Bumped after every publication; read by every reader, written by growth and shrink only.
+    gen: CachePadded<AtomicU64>,
+}
+
+impl Published {
+    pub fn new() -> Self {
+        Published {
+            owner: NEXT_OWNER.fetch_add(1, Relaxed),
+            set: ArcSwap::from_pointee(PoolSet::default()),
+            gen: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The published set (authoritative; two locked instructions: off the fast path).
+    pub fn load(&self) -> Guard<Arc<PoolSet>> {
+        self.set.load()
+    }
+
+    /// Publishes `set`; the caller holds the writer lock.
+    pub fn store(&self, set: PoolSet) {
+        self.set.store(Arc::new(set));
+        self.gen.fetch_add(1, Release);
+    }
+
+    /// Calls `f` with the pool owning `addr` (if any) and the lookup steps, found in this
+    /// thread's cached set (refreshed when the generation moved). Finding no pool, or a retired
+    /// one, there is confirmed by a search of the published set, whose answer `f` gets instead.
+    #[inline]
+    pub fn find<R>(
+        &self,
+        kind: LookupKind,
+        addr: u64,
+        f: impl Fn(Option<&Arc<Pool>>, u64) -> R,
+    ) -> R {
+        let cached = CACHED.with(|c| {
+            // Re-entered (an `f` that uses another pool set): the published set answers.
+            let mut c = c.try_borrow_mut().ok()?;
+            let gen = self.gen.load(Acquire);
+            let c = match &mut *c {
+                Some(x) if x.owner == self.owner && x.gen == gen => x,
+                // `gen` is read before the set: a set published after that read is cached
+                // under the older generation, so it is read again at the next change.
+                c => c.insert(Cached {
+                    owner: self.owner,
+                    gen,
+                    set: self.set.load_full(),
+                }),
+            };
+            match c.set.find(kind, addr) {
+                (Some(p), steps) if !p.is_retired() => Some(f(Some(p), steps)),
+                _ => None,
+            }
+        });
+        cached.unwrap_or_else(|| {
+            let set = self.set.load();
+            let (p, steps) = set.find(kind, addr);
+            f(p, steps)
+        })
+    }
+}
 
 #[derive(Default, Clone)]
 pub(crate) struct PoolSet {
@@ -81,5 +172,73 @@ impl PoolSet {
                 (None, steps)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolKind;
+
+    fn pool(id: u64, start: u64) -> Arc<Pool> {
+        Arc::new(Pool::new(id, PoolKind::Dynamic, start, 128, 11, 128, 1, 4096, false).unwrap())
+    }
+
+    fn find_id(p: &Published, addr: u64) -> Option<u64> {
+        p.find(LookupKind::Tree, addr, |p, _| p.map(|p| p.id))
+    }
+
+    /// A pool this thread has not seen yet is found even when the generation it reads has not
+    /// moved (the moment between a publication and its generation bump), and a retired pool in
+    /// the cached set is not used.
+    #[test]
+    fn a_stale_cached_set_is_only_a_hint() {
+        let p = Published::new();
+        let (a, b) = (pool(1, 1 << 40), pool(2, 2 << 40));
+        p.store(PoolSet::default().with(a.clone()));
+        assert_eq!(find_id(&p, 1 << 40), Some(1)); // cached now
+                                                   // Published without a generation bump: the cache cannot know.
+        p.set.store(Arc::new(p.load().with(b.clone())));
+        assert_eq!(find_id(&p, 2 << 40), Some(2));
+        // `a` retired and unpublished, still in this thread's cached set.
+        assert!(a.retire(false));
+        p.set.store(Arc::new(p.load().without(1)));
+        assert_eq!(find_id(&p, 1 << 40), None);
+        assert!(a.is_retired());
+    }
+
+    /// Another thread's publication reaches this thread's next lookup, whatever it looks up
+    /// (the generation moved), and two sets used from one thread do not mix.
+    #[test]
+    fn publications_reach_cached_readers() {
+        let (p, q) = (Published::new(), Published::new());
+        p.store(PoolSet::default().with(pool(1, 1 << 40)));
+        q.store(PoolSet::default().with(pool(7, 1 << 40)));
+        assert_eq!(find_id(&q, 1 << 40), Some(7));
+        assert_eq!(find_id(&p, 1 << 40), Some(1));
+        let cached = || CACHED.with(|c| c.borrow().as_ref().map(|c| (c.owner, c.set.list.len())));
+        assert_eq!(cached(), Some((p.owner, 1)));
+        std::thread::scope(|s| {
+            s.spawn(|| p.store(p.load().with(pool(2, 2 << 40))));
+        });
+        assert_eq!(find_id(&p, 1 << 40), Some(1));
+        assert_eq!(cached(), Some((p.owner, 2)));
+        assert_eq!(find_id(&p, 2 << 40), Some(2));
+    }
+
+    /// A retired pool's memory is released at once, though a cached set still holds the pool.
+    #[test]
+    fn retiring_releases_memory_that_a_cached_set_still_names() {
+        let p = Published::new();
+        let a = pool(1, 1 << 40);
+        p.store(PoolSet::default().with(a.clone()));
+        assert_eq!(find_id(&p, 1 << 40), Some(1));
+        assert!(a.retire(false));
+        p.store(p.load().without(1));
+        assert!(a.memory_released());
+        // This thread still caches the old set until its next lookup.
+        let held = CACHED.with(|c| c.borrow().as_ref().map(|c| c.set.list.len()));
+        assert_eq!(held, Some(1));
+        assert_eq!(find_id(&p, 1 << 40), None);
     }
 }

@@ -14,10 +14,11 @@ use crossbeam_utils::CachePadded;
 use crate::spinlock::{SpinGuard, SpinLock};
 use crate::stats::{add, PoolStats, Shard};
 
-/// Anonymous, populated, page-aligned memory; unmapped on drop.
+/// Anonymous, populated, page-aligned memory; unmapped by [`PoolMem::release`] or on drop.
 pub(crate) struct PoolMem {
     ptr: NonNull<u8>,
     len: usize,
+    released: AtomicBool,
 }
 
 // SAFETY: PoolMem is a plain owned allocation; all accesses go through raw pointers whose
@@ -48,17 +49,29 @@ impl PoolMem {
         Some(PoolMem {
             ptr: NonNull::new(p.cast())?,
             len,
+            released: AtomicBool::new(false),
         })
+    }
+
+    /// Unmaps the memory now (once).
+    ///
+    /// # Safety
+    /// Nothing may access the memory afterwards: the pool is retired (no slot in use, none can
+    /// be allocated), so no mapping points into it.
+    unsafe fn release(&self) {
+        if !self.released.swap(true, Relaxed) {
+            // SAFETY: ptr/len are exactly what mmap returned, unmapped only here (once); the
+            // caller guarantees that nothing refers to the memory any more.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
     }
 }
 
 impl Drop for PoolMem {
     fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned; no reference outlives the pool (every
-        // DmaBuffer holds an Arc<Pool>).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        // SAFETY: the pool that owns this memory is being dropped: no mapping can outlive it
+        // (mappings are of pools in a published set, which owns its pools).
+        unsafe { self.release() }
     }
 }
 
@@ -350,11 +363,11 @@ impl Pool {
     }
 
     /// Host pointer of a bounce address inside this pool.
-    pub(crate) fn host_ptr(&self, addr: u64) -> *mut u8 {
+    pub(crate) fn host_ptr(&self, addr: u64) -> NonNull<u8> {
         debug_assert!(self.contains(addr));
         // SAFETY: addr is inside the mapping (callers check `contains`), so the offset is in
         // bounds of the same allocation.
-        unsafe { self.mem.ptr.as_ptr().add((addr - self.start) as usize) }
+        unsafe { self.mem.ptr.add((addr - self.start) as usize) }
     }
 
     fn area_of(&self, index: usize) -> usize {
@@ -482,6 +495,10 @@ impl Pool {
         let area = &self.areas[a];
         let base = a * self.area_nslots;
         let mut g = self.lock_area(area, shard);
+        if self.retired.load(Relaxed) {
+            // Found in a set read before the pool went: as if not found.
+            return Err(crate::DmaError::UnknownAddress { addr });
+        }
         g.counts.lookups += 1;
         g.counts.lookup_steps += lookup_steps;
         let head = g.slots[index - base];
@@ -535,6 +552,9 @@ impl Pool {
         let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
         let a = self.area_of(index);
         let g = self.lock_area(&self.areas[a], shard);
+        if self.retired.load(Relaxed) {
+            return Err(crate::DmaError::UnknownAddress { addr });
+        }
         let s = g.slots[index - a * self.area_nslots];
         if g.list[index - a * self.area_nslots] != 0 {
             return Err(crate::DmaError::NotMapped { addr });
@@ -545,14 +565,32 @@ impl Pool {
         Ok((s.orig, (s.size - (s.pad << self.shift) - s.offset) as usize))
     }
 
-    /// Marks the pool retired if no slot is in use; afterwards nothing can be allocated in it.
-    pub(crate) fn try_retire(&self) -> bool {
-        let guards: Vec<_> = self.areas.iter().map(|a| a.lock.lock()).collect();
-        if guards.iter().any(|g| g.used != 0) {
+    /// Retires the pool if no slot is in use (or, with `force`, in any case: its owner is being
+    /// dropped): afterwards nothing can be allocated or freed in it, and its memory and slot
+    /// metadata are released at once, not when the last reader's copy of a pool set goes.
+    pub(crate) fn retire(&self, force: bool) -> bool {
+        let mut guards: Vec<_> = self.areas.iter().map(|a| a.lock.lock()).collect();
+        if self.retired.load(Relaxed) || (!force && guards.iter().any(|g| g.used != 0)) {
             return false;
         }
         self.retired.store(true, Relaxed);
+        for g in &mut guards {
+            g.list = Vec::new();
+            g.slots = Vec::new();
+        }
+        // SAFETY: retired under every area lock: no slot is in use (or the owner is going, and
+        // with it every mapping), and allocation and release check `retired` under the lock.
+        unsafe { self.mem.release() };
         true
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn memory_released(&self) -> bool {
+        self.mem.released.load(Relaxed)
     }
 
     /// Every slot free and its free-run count as after init (test helper).

@@ -5,12 +5,12 @@
 //! `swiotlb_find_slots`), freed and converted back on unmap; optionally, idle chunks are
 //! released (not in Linux); all under a cap on shared memory.
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 
@@ -18,7 +18,7 @@ use crate::config::{ConfigError, SwiotlbConfig};
 use crate::convert::{delay, ConvertMode};
 use crate::dma::DmaSource;
 use crate::error::DmaError;
-use crate::lookup::PoolSet;
+use crate::lookup::Published;
 use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind, Request};
 use crate::stats::{add, Global, Shard, StatsSnapshot};
 
@@ -38,7 +38,7 @@ pub type WorkerStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// A live bounce allocation.
 pub struct Mapping {
-    host: *mut u8,
+    host: NonNull<u8>,
     /// The bounce address (what Linux would hand the device as its DMA address).
     pub addr: u64,
     pub len: usize,
@@ -50,10 +50,14 @@ unsafe impl Send for Mapping {}
 
 impl Mapping {
     /// Host pointer to the first byte of the bounce buffer. Valid for `len` bytes until the
-    /// mapping is freed or the `Swiotlb` dropped: a pool with a slot in use is never retired or
-    /// unpublished (`Pool::try_retire` checks under every area lock; a transient pool is removed
-    /// only after its one mapping is freed), and the published set owns its pools.
+    /// mapping is freed or the `Swiotlb` dropped: a pool with a slot in use is never retired
+    /// (`Pool::retire` checks under every area lock; a transient pool is retired only after its
+    /// one mapping is freed), and pools release their memory only when retired.
     pub fn host_ptr(&self) -> *mut u8 {
+        self.host.as_ptr()
+    }
+
+    pub(crate) fn host(&self) -> NonNull<u8> {
         self.host
     }
 }
@@ -74,7 +78,7 @@ struct Shared {
     cfg: SwiotlbConfig,
     shift: u32,
     seg: usize,
-    pools: ArcSwap<PoolSet>,
+    pools: Published,
     /// The initial pool, first in every allocation order and never retired: allocations try it
     /// without loading the published set (the set is loaded when it is full, and on every
     /// unmap's lookup).
@@ -121,7 +125,7 @@ impl Swiotlb {
         let sh = Arc::new(Shared {
             shift: cfg.slot.trailing_zeros(),
             seg: cfg.segment as usize,
-            pools: ArcSwap::from_pointee(PoolSet::default()),
+            pools: Published::new(),
             initial: OnceLock::new(),
             slots_total: AtomicUsize::new(0),
             writer: Mutex::new(()),
@@ -254,23 +258,23 @@ impl Swiotlb {
     /// Original address and length of the live mapping at bounce address `addr`.
     pub fn mapping(&self, src: DmaSource, addr: u64) -> Result<Freed, DmaError> {
         let shard = self.shard(src);
-        let set = self.sh.pools.load();
-        let (p, steps) = set.find(self.sh.cfg.lookup, addr);
-        add(&shard.lookups, 1);
-        add(&shard.lookup_steps, steps);
-        let p = p.ok_or(DmaError::UnknownAddress { addr })?;
-        let (orig, len) = p.mapping(addr, shard)?;
-        Ok(Freed { orig, len })
+        self.sh.pools.find(self.sh.cfg.lookup, addr, |p, steps| {
+            add(&shard.lookups, 1);
+            add(&shard.lookup_steps, steps);
+            let p = p.ok_or(DmaError::UnknownAddress { addr })?;
+            let (orig, len) = p.mapping(addr, shard)?;
+            Ok(Freed { orig, len })
+        })
     }
 
     /// The id of the pool owning bounce address `addr` (Linux: `swiotlb_find_pool`).
     pub fn find_pool(&self, addr: u64) -> Option<u64> {
-        let set = self.sh.pools.load();
-        let (p, steps) = set.find(self.sh.cfg.lookup, addr);
-        let shard = &self.sh.shards[0];
-        add(&shard.lookups, 1);
-        add(&shard.lookup_steps, steps);
-        p.map(|p| p.id)
+        self.sh.pools.find(self.sh.cfg.lookup, addr, |p, steps| {
+            let shard = &self.sh.shards[0];
+            add(&shard.lookups, 1);
+            add(&shard.lookup_steps, steps);
+            p.map(|p| p.id)
+        })
     }
 
     /// Start addresses of all live pools (for tests and benchmarks of the lookup).
@@ -343,6 +347,15 @@ impl Swiotlb {
             .filter(|p| p.kind == PoolKind::Transient)
             .count() as u64;
         s
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Other threads' cached pool sets may outlive the pools' owner: release the memory now.
+        for p in &self.pools.load().list {
+            p.retire(true);
+        }
     }
 }
 
@@ -446,26 +459,27 @@ impl Shared {
 
     fn free(&self, src: DmaSource, addr: u64, copied_out: u64) -> Result<Freed, DmaError> {
         let shard = &self.shards[hint(src) % SHARDS];
-        let set = self.pools.load();
-        let (p, steps) = set.find(self.cfg.lookup, addr);
-        let Some(p) = p else {
-            add(&shard.lookups, 1);
-            add(&shard.lookup_steps, steps);
-            return Err(DmaError::UnknownAddress { addr });
-        };
-        let now = if p.kind == PoolKind::Dynamic && self.cfg.shrink.is_some() {
-            self.now_ns()
-        } else {
-            0
-        };
-        let (nslots, orig, len) = p.free(addr, now, steps, shard, copied_out)?;
+        let (freed, transient) = self.pools.find(self.cfg.lookup, addr, |p, steps| {
+            let Some(p) = p else {
+                add(&shard.lookups, 1);
+                add(&shard.lookup_steps, steps);
+                return (Err(DmaError::UnknownAddress { addr }), None);
+            };
+            let now = if p.kind == PoolKind::Dynamic && self.cfg.shrink.is_some() {
+                self.now_ns()
+            } else {
+                0
+            };
+            let freed = p.free(addr, now, steps, shard, copied_out);
+            let transient = (freed.is_ok() && p.kind == PoolKind::Transient).then(|| p.clone());
+            (freed, transient)
+        });
+        let (nslots, orig, len) = freed?;
         if self.cfg.total_used {
             self.g.used.fetch_sub(nslots as u64, Relaxed);
         }
-        if p.kind == PoolKind::Transient {
-            let p = p.clone();
-            drop(set);
-            if p.try_retire() {
+        if let Some(p) = transient {
+            if p.retire(false) {
                 self.remove_pool(&p);
             }
         }
@@ -523,12 +537,12 @@ impl Shared {
         let _w = self.writer.lock();
         let set = self.pools.load().with(p.clone());
         self.slots_total.store(set.slots_total, Relaxed);
-        self.pools.store(Arc::new(set));
+        self.pools.store(set);
         Ok(p)
     }
 
-    /// Unpublishes a retired pool and converts it back to private. Its memory is released when
-    /// the last reference (a reader's snapshot) goes.
+    /// Unpublishes a retired pool (its memory is already released) and converts it back to
+    /// private.
     fn remove_pool(&self, p: &Arc<Pool>) {
         {
             let _w = self.writer.lock();
@@ -537,7 +551,7 @@ impl Shared {
             self.retired_counts.lock().add(&p.counts());
             let set = self.pools.load().without(p.id);
             self.slots_total.store(set.slots_total, Relaxed);
-            self.pools.store(Arc::new(set));
+            self.pools.store(set);
         }
         let page = self.cfg.page as u64;
         self.convert(p.bytes() / page, false);
@@ -624,7 +638,7 @@ impl Shared {
     fn shrink_idle(&self, idle: Duration) -> usize {
         let now = self.now_ns();
         let idle = idle.as_nanos() as u64;
-        let set = self.pools.load_full();
+        let set = arc_swap::Guard::into_inner(self.pools.load());
         let mut n = 0;
         for p in set
             .alloc_order
@@ -633,7 +647,7 @@ impl Shared {
         {
             let created = p.created.duration_since(self.epoch).as_nanos() as u64;
             let last = p.last_free_ns().max(created);
-            if p.used() == 0 && now.saturating_sub(last) >= idle && p.try_retire() {
+            if p.used() == 0 && now.saturating_sub(last) >= idle && p.retire(false) {
                 self.remove_pool(p);
                 add(&self.g.shrinks, 1);
                 n += 1;
