@@ -116,6 +116,7 @@ impl Dma {
     }
 
     /// Maps `len` bytes of guest memory at `addr` for streaming DMA in direction `dir`.
+    #[inline]
     pub fn map(
         &self,
         src: DmaSource,
@@ -150,6 +151,7 @@ impl Dma {
         r
     }
 
+    #[inline(always)]
     fn map_inner(
         &self,
         src: DmaSource,
@@ -412,6 +414,7 @@ impl DmaBuffer<'_> {
     }
 
     /// Ends the mapping. Device writes are visible to the guest once this returns `Ok`.
+    #[inline]
     pub fn unmap(self) -> Result<(), DmaError> {
         // Unmapped here, so not again on drop (the buffer owns nothing else to drop).
         std::mem::ManuallyDrop::new(self).do_unmap()

@@ -71,7 +71,7 @@ impl Published {
     /// Calls `f` with the pool owning `addr` (if any) and the lookup steps, found in this
     /// thread's cached set (refreshed when the generation moved). Finding no pool, or a retired
     /// one, there is confirmed by a search of the published set, whose answer `f` gets instead.
-    #[inline]
+    #[inline(always)]
     pub fn find<R>(
         &self,
         kind: LookupKind,
@@ -97,11 +97,23 @@ impl Published {
                 _ => None,
             }
         });
-        cached.unwrap_or_else(|| {
-            let set = self.set.load();
-            let (p, steps) = set.find(kind, addr);
-            f(p, steps)
-        })
+        match cached {
+            Some(r) => r,
+            None => self.find_published(kind, addr, &f),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn find_published<R>(
+        &self,
+        kind: LookupKind,
+        addr: u64,
+        f: &impl Fn(Option<&Arc<Pool>>, u64) -> R,
+    ) -> R {
+        let set = self.set.load();
+        let (p, steps) = set.find(kind, addr);
+        f(p, steps)
     }
 }
 

@@ -396,12 +396,14 @@ impl Pool {
 
     /// Tries every area, starting at `hint`'s (Linux: `swiotlb_search_area`).
     /// Returns the first slot of the allocation.
+    #[inline(always)]
     pub(crate) fn alloc(&self, hint: usize, req: &Request, shard: &Shard) -> Option<usize> {
         let n = self.areas.len();
         let first = hint & (n - 1);
         (0..n).find_map(|i| self.alloc_in_area((first + i) & (n - 1), req, shard))
     }
 
+    #[inline(always)]
     fn alloc_in_area(&self, a: usize, req: &Request, shard: &Shard) -> Option<usize> {
         let nslots = req.nslots;
         let area = &self.areas[a];
@@ -480,6 +482,7 @@ impl Pool {
     /// Releases the mapping whose bounce address is `addr` (Linux: `swiotlb_release_slots`).
     /// Returns (nslots, original address, mapping length). `copied_out`: bytes the caller copied
     /// back to the guest, counted (under the area lock) only when the release succeeds.
+    #[inline(always)]
     pub(crate) fn free(
         &self,
         addr: u64,

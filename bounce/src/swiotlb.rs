@@ -217,6 +217,7 @@ impl Swiotlb {
 
     /// [`Swiotlb::alloc`] for a caller that copies `copy_in` bytes into the slot (counted in
     /// `bytes_to_pool` under the area lock, with the map).
+    #[inline(always)]
     pub(crate) fn alloc_copying(
         &self,
         src: DmaSource,
@@ -239,6 +240,7 @@ impl Swiotlb {
 
     /// [`Swiotlb::free`] after the caller copied `copied_out` bytes back to the guest (counted in
     /// `bytes_to_guest`: under the area lock when the release succeeds, in the shard otherwise).
+    #[inline(always)]
     pub(crate) fn free_copied(
         &self,
         src: DmaSource,
@@ -380,6 +382,8 @@ impl Shared {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// The fast path (the initial pool) inline in `Dma::map`; the rest out of line.
+    #[inline(always)]
     fn alloc(
         &self,
         src: DmaSource,
@@ -400,19 +404,31 @@ impl Shared {
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
         // Pools oldest first; the initial pool (the oldest, never retired) without a set load.
-        let initial = self.initial.get();
-        if let Some(p) = initial {
+        if let Some(p) = self.initial.get() {
             if let Some(i) = p.alloc(h, &req, shard) {
                 return Ok(self.allocated(p, i, &req));
             }
         }
+        self.alloc_beyond_initial(h, &req, attrs, shard)
+    }
+
+    #[inline(never)]
+    fn alloc_beyond_initial(
+        &self,
+        h: usize,
+        req: &Request,
+        attrs: MapAttrs,
+        shard: &Shard,
+    ) -> Result<Mapping, DmaError> {
+        let len = req.len;
+        let initial = self.initial.get();
         let set = self.pools.load();
         for p in &set.alloc_order {
             if initial.is_some_and(|i| Arc::ptr_eq(i, p)) {
                 continue;
             }
-            if let Some(i) = p.alloc(h, &req, shard) {
-                return Ok(self.allocated(p, i, &req));
+            if let Some(i) = p.alloc(h, req, shard) {
+                return Ok(self.allocated(p, i, req));
             }
         }
         drop(set);
@@ -427,8 +443,8 @@ impl Shared {
         let extra = ((attrs.min_align_mask | attrs.alloc_align_mask) >> self.shift) as usize;
         let bytes = ((req.nslots + extra) as u64) << self.shift;
         let p = self.add_pool(PoolKind::Transient, bytes)?;
-        match p.alloc(0, &req, shard) {
-            Some(i) => Ok(self.allocated(&p, i, &req)),
+        match p.alloc(0, req, shard) {
+            Some(i) => Ok(self.allocated(&p, i, req)),
             None => {
                 self.remove_pool(&p);
                 Err(DmaError::NoSpace { len })
@@ -438,6 +454,7 @@ impl Shared {
 
     /// Accounts a successful allocation (total use and its high-water mark, Linux's
     /// `inc_used_and_hiwater`; the growth threshold) and describes it.
+    #[inline(always)]
     fn allocated(&self, p: &Pool, index: usize, req: &Request) -> Mapping {
         if self.cfg.total_used {
             let used = self.g.inc_used(req.nslots as u64);
@@ -457,23 +474,29 @@ impl Shared {
         }
     }
 
+    #[inline(always)]
     fn free(&self, src: DmaSource, addr: u64, copied_out: u64) -> Result<Freed, DmaError> {
         let shard = &self.shards[hint(src) % SHARDS];
-        let (freed, transient) = self.pools.find(self.cfg.lookup, addr, |p, steps| {
-            let Some(p) = p else {
-                add(&shard.lookups, 1);
-                add(&shard.lookup_steps, steps);
-                return (Err(DmaError::UnknownAddress { addr }), None);
-            };
-            let now = if p.kind == PoolKind::Dynamic && self.cfg.shrink.is_some() {
-                self.now_ns()
-            } else {
-                0
-            };
-            let freed = p.free(addr, now, steps, shard, copied_out);
-            let transient = (freed.is_ok() && p.kind == PoolKind::Transient).then(|| p.clone());
-            (freed, transient)
-        });
+        let (freed, transient) = self.pools.find(
+            self.cfg.lookup,
+            addr,
+            #[inline(always)]
+            |p, steps| {
+                let Some(p) = p else {
+                    add(&shard.lookups, 1);
+                    add(&shard.lookup_steps, steps);
+                    return (Err(DmaError::UnknownAddress { addr }), None);
+                };
+                let now = if p.kind == PoolKind::Dynamic && self.cfg.shrink.is_some() {
+                    self.now_ns()
+                } else {
+                    0
+                };
+                let freed = p.free(addr, now, steps, shard, copied_out);
+                let transient = (freed.is_ok() && p.kind == PoolKind::Transient).then(|| p.clone());
+                (freed, transient)
+            },
+        );
         let (nslots, orig, len) = freed?;
         if self.cfg.total_used {
             self.g.used.fetch_sub(nslots as u64, Relaxed);
