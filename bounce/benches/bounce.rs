@@ -2,6 +2,7 @@
 //! `CARGO_TARGET_DIR=... cargo bench -p bounce --bench bounce`
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,37 @@ fn group<'a>(
     g
 }
 
+/// A page-aligned buffer of `len` bytes: the floor's destination, aligned as a bounce slot is
+/// (a `Vec`'s 16-byte alignment makes `rep movsb` up to several times slower here, which would
+/// flatter every ratio).
+struct Aligned {
+    _backing: Vec<u8>,
+    ptr: *mut u8,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let mut backing = vec![0u8; len + 4096];
+        let skip = backing.as_ptr().align_offset(4096);
+        let ptr = backing[skip..].as_mut_ptr();
+        Aligned {
+            _backing: backing,
+            ptr,
+        }
+    }
+}
+
+/// One uncontended acquisition and release of a spinlock, as the area lock's (a compare-and-swap
+/// and a release store).
+fn lock_round_trip(l: &AtomicBool) {
+    while l
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {}
+    black_box(l);
+    l.store(false, Ordering::Release);
+}
+
 fn map_copy_unmap(c: &mut Criterion) {
     for (name, len) in [
         ("map_copy_unmap_64k", 64 << 10),
@@ -52,12 +84,36 @@ fn map_copy_unmap(c: &mut Criterion) {
             .unwrap()
             .ptr_guard()
             .as_ptr();
-        let mut dst = vec![0u8; len];
+        let dst = Aligned::new(len);
         g.bench_function("memcpy", |b| {
             b.iter(|| {
                 // SAFETY: both ranges are valid for `len` bytes and do not overlap.
-                unsafe { std::ptr::copy_nonoverlapping(src_ptr, dst.as_mut_ptr(), len) };
-                black_box(&dst);
+                unsafe { std::ptr::copy_nonoverlapping(src_ptr, dst.ptr, len) };
+                black_box(dst.ptr);
+            })
+        });
+        // What Linux's design costs besides the copy, in the same run: the area lock taken on map
+        // and on unmap (`locks`), and with it the global used-slots counter's add and subtract
+        // (`locks_total`, Linux with CONFIG_DEBUG_FS; microvm's `total-used=on`).
+        let (lock, total) = (AtomicBool::new(false), AtomicU64::new(0));
+        g.bench_function("memcpy_locks", |b| {
+            b.iter(|| {
+                lock_round_trip(&lock);
+                // SAFETY: both ranges are valid for `len` bytes and do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(src_ptr, dst.ptr, len) };
+                black_box(dst.ptr);
+                lock_round_trip(&lock);
+            })
+        });
+        g.bench_function("memcpy_locks_total", |b| {
+            b.iter(|| {
+                lock_round_trip(&lock);
+                total.fetch_add(2, Ordering::Relaxed);
+                // SAFETY: both ranges are valid for `len` bytes and do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(src_ptr, dst.ptr, len) };
+                black_box(dst.ptr);
+                lock_round_trip(&lock);
+                total.fetch_sub(2, Ordering::Relaxed);
             })
         });
         // `next_1m`: Linux's next fit in a 1 MiB pool, whose slots stay in cache: the difference
@@ -66,6 +122,10 @@ fn map_copy_unmap(c: &mut Criterion) {
             ("next", "size=64M,areas=1,reuse=next"),
             ("next_1m", "size=1M,areas=1,reuse=next"),
             ("lifo", "size=64M,areas=1,reuse=lifo"),
+            (
+                "lifo_no_total",
+                "size=64M,areas=1,reuse=lifo,total-used=off",
+            ),
         ] {
             let dma = Dma::bounced_from_str(mem.clone(), cfg).unwrap();
             g.bench_function(format!("bounce_{name}"), |b| {
