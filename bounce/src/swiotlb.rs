@@ -1013,6 +1013,57 @@ mod tests {
         assert!(all_free(&s));
     }
 
+    /// Mappings made on two threads are unmapped on two others while the worker adds and
+    /// removes pools and transient pools come and go: the unmapping threads' cached pool sets
+    /// are often behind the mapping threads', and every unmap must still find its pool.
+    #[test]
+    fn unmapping_on_other_threads_while_pools_change() {
+        let s = tlb("size=256K,areas=2,threshold=50,chunk=1M,shrink=2ms,transient=on");
+        std::thread::scope(|sc| {
+            for q in 0..2u16 {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(Mapping, u8)>(64);
+                let s = &s;
+                sc.spawn(move || {
+                    let src = DmaSource {
+                        device: 0,
+                        queue: q,
+                    };
+                    // Batches of 50 (about 225 KiB per thread): more than the initial pool
+                    // holds, so pools are added whatever the threads' speeds.
+                    let mut batch = Vec::new();
+                    for i in 0..4000u64 {
+                        let len = 1 + ((i * 6151 + q as u64 * 17) % 9000) as usize;
+                        let m = s.alloc(src, i * 4096, len, MapAttrs::default()).unwrap();
+                        let tag = (i % 251) as u8;
+                        // SAFETY: the mapping owns `len` bytes at host_ptr.
+                        unsafe { std::ptr::write_bytes(m.host_ptr(), tag, len) };
+                        batch.push((m, tag));
+                        if batch.len() == 50 {
+                            batch.drain(..).for_each(|x| tx.send(x).unwrap());
+                        }
+                    }
+                });
+                sc.spawn(move || {
+                    let src = DmaSource {
+                        device: 1,
+                        queue: q,
+                    };
+                    for (m, tag) in rx {
+                        // SAFETY: still mapped: only this thread frees it.
+                        let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
+                        assert!(b.iter().all(|&x| x == tag));
+                        assert_eq!(s.free(src, m.addr).unwrap().len, m.len);
+                    }
+                });
+            }
+        });
+        let st = s.stats();
+        assert_eq!((st.maps, st.unmaps, st.slots_used), (8000, 8000, 0));
+        assert_eq!(st.failures, crate::Failures::default());
+        assert!(st.pools_created > 1, "no pool was added: {st:?}");
+        assert!(all_free(&s));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Map {
