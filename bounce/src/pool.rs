@@ -400,7 +400,13 @@ impl Pool {
     pub(crate) fn alloc(&self, hint: usize, req: &Request, shard: &Shard) -> Option<usize> {
         let n = self.areas.len();
         let first = hint & (n - 1);
-        (0..n).find_map(|i| self.alloc_in_area((first + i) & (n - 1), req, shard))
+        // A plain loop: `find_map`'s closure was left out of line (a call and a frame per map).
+        for i in 0..n {
+            if let Some(found) = self.alloc_in_area((first + i) & (n - 1), req, shard) {
+                return Some(found);
+            }
+        }
+        None
     }
 
     #[inline(always)]
