@@ -297,9 +297,12 @@ fn scaling(c: &mut Criterion) {
                                 None => {
                                     let guest = mem.get_slice(addr, 4096).unwrap();
                                     let guest = guest.ptr_guard_mut().as_ptr() as usize;
-                                    let mut private = vec![0u8; 4096];
+                                    // Page aligned, as a bounce slot (see `Aligned`).
+                                    let mut backing = vec![0u8; 2 * 4096];
+                                    let at = backing.as_ptr().align_offset(4096);
                                     Box::new(move || {
                                         let guest = guest as *mut u8;
+                                        let private = &mut backing[at..at + 4096];
                                         // SAFETY: `guest` is 4 KiB of this thread's own part of
                                         // guest memory, `private` its own buffer.
                                         unsafe {
@@ -308,7 +311,7 @@ fn scaling(c: &mut Criterion) {
                                                 private.as_mut_ptr(),
                                                 4096,
                                             );
-                                            black_box(&mut private);
+                                            black_box(&mut *private);
                                             std::ptr::copy_nonoverlapping(
                                                 private.as_ptr(),
                                                 guest,

@@ -92,13 +92,16 @@ fn main() {
                     let src = src_ptr as usize + offset;
                     sc.spawn(move || {
                         let src = src as *mut u8;
-                        let mut buf = vec![0u8; len as usize];
+                        // Page aligned, as a bounce slot (see `DST_OFFSET` below).
+                        let mut backing = vec![0u8; len as usize + 4096];
+                        let at = backing.as_ptr().align_offset(4096);
+                        let buf = &mut backing[at..at + len as usize];
                         for _ in 0..per {
                             // SAFETY: `src` is `len` bytes of guest memory (checked above to
                             // lie inside the 4 MiB region), `buf` our own.
                             unsafe {
                                 std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len as usize);
-                                std::hint::black_box(&mut buf);
+                                std::hint::black_box(&mut *buf);
                                 std::ptr::copy_nonoverlapping(buf.as_ptr(), src, len as usize);
                             }
                         }
