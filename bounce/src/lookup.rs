@@ -117,12 +117,21 @@ impl Published {
     }
 }
 
+/// A pool and its bounce address range `[start, end)`.
+#[derive(Clone)]
+pub(crate) struct Span {
+    pub start: u64,
+    pub end: u64,
+    pub pool: Arc<Pool>,
+}
+
 #[derive(Default, Clone)]
 pub(crate) struct PoolSet {
     /// Newest first (Linux list order).
     pub list: Vec<Arc<Pool>>,
-    /// By start address.
-    pub sorted: Vec<Arc<Pool>>,
+    /// By start address, each with its bounds: the tree's nodes carry their keys, so a search
+    /// touches one dense array, not every pool it passes (as the list does, like Linux's).
+    pub sorted: Vec<Span>,
     /// Non-transient pools, oldest first: the order allocations try them in.
     pub alloc_order: Vec<Arc<Pool>>,
     pub slots_total: usize,
@@ -135,7 +144,14 @@ impl PoolSet {
         s.slots_total += p.nslots;
         s.shared_bytes += p.bytes();
         let at = s.sorted.partition_point(|q| q.start < p.start);
-        s.sorted.insert(at, p.clone());
+        s.sorted.insert(
+            at,
+            Span {
+                start: p.start,
+                end: p.end(),
+                pool: p.clone(),
+            },
+        );
         if p.kind != PoolKind::Transient {
             s.alloc_order.push(p.clone());
         }
@@ -150,13 +166,14 @@ impl PoolSet {
             s.shared_bytes -= p.bytes();
         }
         s.list.retain(|p| p.id != id);
-        s.sorted.retain(|p| p.id != id);
+        s.sorted.retain(|p| p.pool.id != id);
         s.alloc_order.retain(|p| p.id != id);
         s
     }
 
     /// The pool containing `addr`, and the number of pools (list) or comparisons (tree) looked
     /// at.
+    #[inline]
     pub fn find(&self, kind: LookupKind, addr: u64) -> (Option<&Arc<Pool>>, u64) {
         match kind {
             LookupKind::List => {
@@ -168,20 +185,24 @@ impl PoolSet {
                 (None, self.list.len() as u64)
             }
             LookupKind::Tree => {
-                let (mut lo, mut hi, mut steps) = (0usize, self.sorted.len(), 0u64);
-                while lo < hi {
-                    steps += 1;
-                    let mid = lo + (hi - lo) / 2;
-                    let p = &self.sorted[mid];
-                    if addr < p.start {
-                        hi = mid;
-                    } else if addr >= p.end() {
-                        lo = mid + 1;
-                    } else {
-                        return (Some(p), steps);
-                    }
+                // The last pool starting at or below `addr`: halve the range until one is left,
+                // one comparison per level, written so that the compiler can use a conditional
+                // move (the addresses of random I/O would mispredict a branch at most levels).
+                let (mut base, mut len, mut steps) = (0usize, self.sorted.len(), 0u64);
+                if len == 0 {
+                    return (None, 0);
                 }
-                (None, steps)
+                while len > 1 {
+                    let half = len / 2;
+                    steps += 1;
+                    base += half * usize::from(self.sorted[base + half].start <= addr);
+                    len -= half;
+                }
+                let p = &self.sorted[base];
+                (
+                    (p.start..p.end).contains(&addr).then_some(&p.pool),
+                    steps + 1,
+                )
             }
         }
     }

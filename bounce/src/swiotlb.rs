@@ -335,7 +335,7 @@ impl Swiotlb {
         s.lookup_steps += c.lookup_steps;
         s.bytes_to_pool += c.bytes_to_pool;
         s.bytes_to_guest += c.bytes_to_guest;
-        s.pools = set.sorted.iter().map(|p| p.stats()).collect();
+        s.pools = set.sorted.iter().map(|p| p.pool.stats()).collect();
         s.slots_total = set.slots_total as u64;
         s.slots_used = s.pools.iter().map(|p| p.slots_used).sum();
         if !self.sh.cfg.total_used {
