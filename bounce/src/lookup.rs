@@ -1,9 +1,9 @@
 //! Finding the pool that owns a bounce address (Linux: `swiotlb_find_pool`, `is_swiotlb_buffer`).
 //!
 //! The set of pools is an immutable [`PoolSet`] published RCU-style through `arc-swap`: writers
-//! (growth, shrink, transient pools) copy and republish under a mutex. Readers (every unmap, and
-//! maps past the initial pool) use a per-thread copy of the `Arc` and re-read the published set
-//! only when its generation moved: one plain load instead of `arc-swap`'s two locked
+//! (growth, shrink, transient pools) copy and republish under a mutex. Lookups by address (every
+//! unmap and address-based sync) use a per-thread copy of the `Arc` and re-read the published
+//! set only when its generation moved: one plain load instead of `arc-swap`'s two locked
 //! instructions, close to what Linux's readers pay under `rcu_read_lock` (nothing). A cached set
 //! may lag a publication by a moment, so it is only ever a hint: a reader that finds no pool in
 //! it, or a retired one, asks the published set (see [`Published::find`]). A thread's cached set
@@ -229,8 +229,9 @@ mod tests {
         let p = Published::new();
         let (a, b) = (pool(1, 1 << 40), pool(2, 2 << 40));
         p.store(PoolSet::default().with(a.clone()));
-        assert_eq!(find_id(&p, 1 << 40), Some(1)); // cached now
-                                                   // Published without a generation bump: the cache cannot know.
+        // Now in this thread's cache.
+        assert_eq!(find_id(&p, 1 << 40), Some(1));
+        // Published without a generation bump: the cache cannot know.
         p.set.store(Arc::new(p.load().with(b.clone())));
         assert_eq!(find_id(&p, 2 << 40), Some(2));
         // `a` retired and unpublished, still in this thread's cached set.
