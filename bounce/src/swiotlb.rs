@@ -477,7 +477,7 @@ impl Shared {
     #[inline(always)]
     fn free(&self, src: DmaSource, addr: u64, copied_out: u64) -> Result<Freed, DmaError> {
         let shard = &self.shards[hint(src) % SHARDS];
-        let (freed, transient) = self.pools.find(
+        self.pools.find(
             self.cfg.lookup,
             addr,
             #[inline(always)]
@@ -485,28 +485,23 @@ impl Shared {
                 let Some(p) = p else {
                     add(&shard.lookups, 1);
                     add(&shard.lookup_steps, steps);
-                    return (Err(DmaError::UnknownAddress { addr }), None);
+                    return Err(DmaError::UnknownAddress { addr });
                 };
                 let now = if p.kind == PoolKind::Dynamic && self.cfg.shrink.is_some() {
                     self.now_ns()
                 } else {
                     0
                 };
-                let freed = p.free(addr, now, steps, shard, copied_out);
-                let transient = (freed.is_ok() && p.kind == PoolKind::Transient).then(|| p.clone());
-                (freed, transient)
+                let (nslots, orig, len) = p.free(addr, now, steps, shard, copied_out)?;
+                if self.cfg.total_used {
+                    self.g.used.fetch_sub(nslots as u64, Relaxed);
+                }
+                if p.kind == PoolKind::Transient && p.retire(false) {
+                    self.remove_pool(p);
+                }
+                Ok(Freed { orig, len })
             },
-        );
-        let (nslots, orig, len) = freed?;
-        if self.cfg.total_used {
-            self.g.used.fetch_sub(nslots as u64, Relaxed);
-        }
-        if let Some(p) = transient {
-            if p.retire(false) {
-                self.remove_pool(&p);
-            }
-        }
-        Ok(Freed { orig, len })
+        )
     }
 
     /// Reserves against the cap, allocates, converts to shared (the caller's thread pays in
