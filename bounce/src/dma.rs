@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use crossbeam_utils::CachePadded;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress, VolatileSlice,
@@ -54,7 +55,9 @@ pub struct DmaSource {
 /// A device's only handle on guest memory. Cheap to clone; shared by a device's queues.
 #[derive(Clone)]
 pub struct Dma {
-    inner: Arc<Inner>,
+    /// Padded: every queue reads it on every map and unmap, so no line of it may be one that
+    /// something else writes (`pool::Lines` keeps the hot writers off the other side).
+    inner: Arc<CachePadded<Inner>>,
 }
 
 struct Inner {
@@ -75,13 +78,13 @@ impl Dma {
 
     fn new(mem: GuestMemoryMmap, swiotlb: Option<Arc<Swiotlb>>) -> Self {
         Dma {
-            inner: Arc::new(Inner {
+            inner: Arc::new(CachePadded::new(Inner {
                 ram: Ram::of(&mem),
                 mem,
                 swiotlb,
                 trace: ArcSwapOption::empty(),
                 tracing: AtomicBool::new(false),
-            }),
+            })),
         }
     }
 
