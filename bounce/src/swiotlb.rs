@@ -689,6 +689,20 @@ mod tests {
         Swiotlb::from_config_str(cfg).unwrap()
     }
 
+    /// Fills a live mapping's bytes with `tag`.
+    fn stamp(m: &Mapping, tag: u8) {
+        // SAFETY: a live mapping owns `len` bytes at `host_ptr`; callers pass only mappings they
+        // have not freed, and no other thread touches them.
+        unsafe { std::ptr::write_bytes(m.host_ptr(), tag, m.len) };
+    }
+
+    /// Whether a live mapping's bytes are all `tag` (nothing else wrote into it).
+    fn stamped(m: &Mapping, tag: u8) -> bool {
+        // SAFETY: as in `stamp`.
+        let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
+        b.iter().all(|&x| x == tag)
+    }
+
     fn all_free(s: &Swiotlb) -> bool {
         s.sh.pools.load().list.iter().all(|p| p.check_all_free())
     }
@@ -980,14 +994,11 @@ mod tests {
                         let len = 1 + ((i * 7919 + q as u64 * 31) % 8192) as usize;
                         let m = s.alloc(src, i * 4096, len, MapAttrs::default()).unwrap();
                         // Stamp the slot, check it later: no overlap across threads.
-                        // SAFETY: the mapping owns `len` bytes at host_ptr.
-                        unsafe { std::ptr::write_bytes(m.host_ptr(), q as u8 + 1, len) };
+                        stamp(&m, q as u8 + 1);
                         live.push(m);
                         if live.len() > 40 || i % 3 == 0 {
                             let m = live.swap_remove(0);
-                            // SAFETY: as above.
-                            let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
-                            assert!(b.iter().all(|&x| x == q as u8 + 1));
+                            assert!(stamped(&m, q as u8 + 1));
                             s.free(src, m.addr).unwrap();
                         }
                     }
@@ -1030,8 +1041,7 @@ mod tests {
                         let len = 1 + ((i * 6151 + q as u64 * 17) % 9000) as usize;
                         let m = s.alloc(src, i * 4096, len, MapAttrs::default()).unwrap();
                         let tag = (i % 251) as u8;
-                        // SAFETY: the mapping owns `len` bytes at host_ptr.
-                        unsafe { std::ptr::write_bytes(m.host_ptr(), tag, len) };
+                        stamp(&m, tag);
                         batch.push((m, tag));
                         if batch.len() == 50 {
                             batch.drain(..).for_each(|x| tx.send(x).unwrap());
@@ -1044,9 +1054,8 @@ mod tests {
                         queue: q,
                     };
                     for (m, tag) in rx {
-                        // SAFETY: still mapped: only this thread frees it.
-                        let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
-                        assert!(b.iter().all(|&x| x == tag));
+                        // Still mapped: only this thread frees it.
+                        assert!(stamped(&m, tag));
                         assert_eq!(s.free(src, m.addr).unwrap().len, m.len);
                     }
                 });
@@ -1127,8 +1136,7 @@ mod tests {
                                         || o.addr + o.len as u64 <= m.addr, "overlap");
                                 }
                                 let tag = n as u8;
-                                // SAFETY: the mapping owns `len` bytes.
-                                unsafe { std::ptr::write_bytes(m.host_ptr(), tag, m.len) };
+                                stamp(&m, tag);
                                 live.push((m, tag, src));
                             }
                             Err(DmaError::TooLarge { .. }) => {
@@ -1141,9 +1149,7 @@ mod tests {
                     }
                     Op::Unmap(i) if !live.is_empty() => {
                         let (m, tag, src) = live.swap_remove(i % live.len());
-                        // SAFETY: still mapped.
-                        let b = unsafe { std::slice::from_raw_parts(m.host_ptr(), m.len) };
-                        prop_assert!(b.iter().all(|&x| x == tag), "data corrupted");
+                        prop_assert!(stamped(&m, tag), "data corrupted");
                         let f = s.free(src, m.addr).unwrap();
                         prop_assert_eq!(f.len, m.len);
                         unmaps += 1;
