@@ -245,8 +245,7 @@ impl Dma {
 
 /// One region of guest memory, read once from the `GuestMemoryMmap` (whose regions never change):
 /// the range check of every map is then a subtraction and two comparisons per region, without
-/// `vm-memory`'s generic region search and slice building (a fifth of a 4 KiB round trip's
-/// instructions besides the copy).
+/// `vm-memory`'s generic region search and slice building (about 40 instructions per map).
 struct Ram {
     start: u64,
     len: u64,
