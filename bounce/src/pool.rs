@@ -246,6 +246,26 @@ impl Request {
     }
 }
 
+/// The head slot of the live mapping at area slot `li` whose bounce address is `in_slot` bytes
+/// into that slot: `NotMapped` if the slot is free, `NotMappingStart` if it is not where a
+/// mapping's bounce address points.
+#[inline(always)]
+fn mapping_head(
+    g: &AreaInner,
+    li: usize,
+    in_slot: u32,
+    addr: u64,
+) -> Result<Slot, crate::DmaError> {
+    let head = g.slots[li];
+    if g.list[li] != 0 {
+        return Err(crate::DmaError::NotMapped { addr });
+    }
+    if !head.head || head.offset != in_slot {
+        return Err(crate::DmaError::NotMappingStart { addr });
+    }
+    Ok(head)
+}
+
 /// Linux `wrap_area_index` (no division on the hot path).
 fn wrap(i: usize, n: usize) -> usize {
     if i >= n {
@@ -516,29 +536,15 @@ impl Pool {
         shard: &Shard,
         copied_out: u64,
     ) -> Result<(usize, u64, usize), crate::DmaError> {
-        let rel = addr - self.start;
-        let index = (rel >> self.shift) as usize;
-        let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
-        let a = self.area_of(index);
+        let (mut g, a, li, in_slot) = self.lock_slot(addr, shard)?;
         let area = &self.areas[a];
         let base = a * self.area_nslots;
-        let mut g = self.lock_area(area, shard);
-        if self.retired.load(Relaxed) {
-            // Found in a set read before the pool went: as if not found.
-            return Err(crate::DmaError::UnknownAddress { addr });
-        }
         g.counts.lookups += 1;
         g.counts.lookup_steps += lookup_steps;
-        let head = g.slots[index - base];
-        if g.list[index - base] != 0 {
-            return Err(crate::DmaError::NotMapped { addr });
-        }
-        if !head.head || head.offset != in_slot {
-            return Err(crate::DmaError::NotMappingStart { addr });
-        }
+        let head = mapping_head(&g, li, in_slot, addr)?;
         // Linux: `index -= mem->slots[index].pad_slots`.
-        let index = index - head.pad as usize;
-        let li = index - base;
+        let li = li - head.pad as usize;
+        let index = base + li;
         let nslots = (head.size as usize).div_ceil(1 << self.shift);
         let g = &mut *g;
         g.slots[li + head.pad as usize] = Slot::default();
@@ -575,6 +581,20 @@ impl Pool {
         addr: u64,
         shard: &Shard,
     ) -> Result<(u64, usize), crate::DmaError> {
+        let (g, _, li, in_slot) = self.lock_slot(addr, shard)?;
+        let s = mapping_head(&g, li, in_slot, addr)?;
+        Ok((s.orig, (s.size - (s.pad << self.shift) - s.offset) as usize))
+    }
+
+    /// Locks the area holding bounce address `addr` (inside this pool); returns its guard, the
+    /// area, the slot's index in the area and `addr`'s offset in the slot. A retired pool (found
+    /// in a set read before it went) answers as if it had not been found.
+    #[inline(always)]
+    fn lock_slot(
+        &self,
+        addr: u64,
+        shard: &Shard,
+    ) -> Result<(SpinGuard<'_, AreaInner>, usize, usize, u32), crate::DmaError> {
         let rel = addr - self.start;
         let index = (rel >> self.shift) as usize;
         let in_slot = (rel & ((1 << self.shift) - 1)) as u32;
@@ -583,14 +603,7 @@ impl Pool {
         if self.retired.load(Relaxed) {
             return Err(crate::DmaError::UnknownAddress { addr });
         }
-        let s = g.slots[index - a * self.area_nslots];
-        if g.list[index - a * self.area_nslots] != 0 {
-            return Err(crate::DmaError::NotMapped { addr });
-        }
-        if !s.head || s.offset != in_slot {
-            return Err(crate::DmaError::NotMappingStart { addr });
-        }
-        Ok((s.orig, (s.size - (s.pad << self.shift) - s.offset) as usize))
+        Ok((g, a, index - a * self.area_nslots, in_slot))
     }
 
     /// Retires the pool if no slot is in use (or, with `force`, in any case: its owner is being
