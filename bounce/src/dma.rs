@@ -132,6 +132,7 @@ impl Dma {
 
     /// [`Dma::map`] with the device's alignment requirements (`min_align_mask`,
     /// `alloc_align_mask`).
+    #[inline(always)]
     pub fn map_with(
         &self,
         src: DmaSource,
@@ -140,18 +141,25 @@ impl Dma {
         dir: DmaDirection,
         attrs: MapAttrs,
     ) -> Result<DmaBuffer<'_>, DmaError> {
-        let r = self.map_inner(src, addr, len, dir, attrs);
-        if let (Err(e), Some(s)) = (&r, &self.inner.swiotlb) {
+        self.map_inner(src, addr, len, dir, attrs)
+            .map_err(|e| self.map_failed(e))
+    }
+
+    /// Counts a failure found before the pools were asked (they count their own).
+    #[cold]
+    #[inline(never)]
+    fn map_failed(&self, e: DmaError) -> DmaError {
+        if let Some(s) = &self.inner.swiotlb {
             if matches!(
                 e,
                 DmaError::ZeroLength { .. }
                     | DmaError::OutOfGuestMemory { .. }
                     | DmaError::NotContiguous { .. }
             ) {
-                s.count_failure(e);
+                s.count_failure(&e);
             }
         }
-        r
+        e
     }
 
     #[inline(always)]

@@ -420,10 +420,18 @@ impl Pool {
         self.start + ((index as u64) << self.shift)
     }
 
+    #[inline(always)]
     fn lock_area<'a>(&'a self, a: &'a Area, shard: &Shard) -> SpinGuard<'a, AreaInner> {
-        if let Some(g) = a.lock.try_lock() {
-            return g;
+        match a.lock.try_lock() {
+            Some(g) => g,
+            None => self.lock_contended(a, shard),
         }
+    }
+
+    /// Waits for an area lock another thread holds, counting the wait.
+    #[cold]
+    #[inline(never)]
+    fn lock_contended<'a>(&'a self, a: &'a Area, shard: &Shard) -> SpinGuard<'a, AreaInner> {
         let t = Instant::now();
         let g = a.lock.lock();
         let ns = t.elapsed().as_nanos() as u64;
@@ -479,8 +487,11 @@ impl Pool {
         };
         let g = &mut *g;
         let list = &mut g.list;
+        // An opaque zero: a store of a known constant in a loop (or `fill`) becomes a call to
+        // `memset`, several times the cost of the few stores a run needs.
+        let in_use = std::hint::black_box(0);
         for x in &mut list[found..found + nslots] {
-            *x = 0; // (`fill` calls `memset` for a run of a few slots)
+            *x = in_use;
         }
         let pad = req.offset >> self.shift;
         g.slots[found + pad] = Slot {
