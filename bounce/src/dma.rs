@@ -20,7 +20,7 @@ use vm_memory::{
 use crate::error::DmaError;
 use crate::pool::MapAttrs;
 use crate::stats::{add, StatsSnapshot};
-use crate::swiotlb::Swiotlb;
+use crate::swiotlb::{Shared, Swiotlb};
 use crate::trace::{TraceOp, TraceRecorder};
 
 /// Direction of a streaming mapping, as Linux's `enum dma_data_direction`.
@@ -65,6 +65,8 @@ struct Inner {
     /// `mem`'s regions, for the range check of every map.
     ram: Box<[Ram]>,
     swiotlb: Option<Arc<Swiotlb>>,
+    /// `swiotlb`'s pools, which every map and unmap reaches (one pointer fewer to follow).
+    pools: Option<Arc<Shared>>,
     trace: ArcSwapOption<TraceRecorder>,
     /// Whether `trace` is set: a plain load on the fast path.
     tracing: AtomicBool,
@@ -81,6 +83,7 @@ impl Dma {
             inner: Arc::new(CachePadded::new(Inner {
                 ram: Ram::of(&mem),
                 mem,
+                pools: swiotlb.as_ref().map(|s| s.shared().clone()),
                 swiotlb,
                 trace: ArcSwapOption::empty(),
                 tracing: AtomicBool::new(false),
@@ -149,7 +152,7 @@ impl Dma {
     #[cold]
     #[inline(never)]
     fn map_failed(&self, e: DmaError) -> DmaError {
-        if let Some(s) = &self.inner.swiotlb {
+        if let Some(s) = &self.inner.pools {
             if matches!(
                 e,
                 DmaError::ZeroLength { .. }
@@ -180,7 +183,7 @@ impl Dma {
         // SAFETY: `guest_range` checked that the `len` bytes lie in one region of guest memory,
         // which `self` owns.
         let guest = unsafe { VolatileSlice::new(guest_ptr.as_ptr(), len) };
-        let bounce = match &self.inner.swiotlb {
+        let bounce = match &self.inner.pools {
             None => None,
             Some(s) => {
                 let m = s.alloc_copying(src, addr.0, len, attrs, len as u64)?;
@@ -392,7 +395,7 @@ impl DmaBuffer<'_> {
             return Err(self.double_sync("cpu"));
         }
         self.cpu_owns = true;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.swiotlb) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
             if self.dir.device_writes() {
                 self.copy_out(b);
                 add(&s.shard(self.src).bytes_to_guest, self.len as u64);
@@ -410,7 +413,7 @@ impl DmaBuffer<'_> {
             return Err(self.double_sync("device"));
         }
         self.cpu_owns = false;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.swiotlb) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
             if self.dir.device_reads() {
                 // SAFETY: as in `slice`.
                 let dst = unsafe { VolatileSlice::new(b.host.as_ptr(), self.len) };
@@ -432,7 +435,7 @@ impl DmaBuffer<'_> {
 
     /// Runs exactly once per buffer: from `unmap` (which skips the drop) or from the drop.
     fn do_unmap(&mut self) -> Result<(), DmaError> {
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.swiotlb) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
             // Linux `swiotlb_tbl_unmap_single`: copy back (unless the CPU already owns the
             // data), then release the slots of the pool found by address.
             let mut copied = 0;
@@ -471,7 +474,7 @@ impl DmaBuffer<'_> {
             addr: self.addr.0,
             owner,
         };
-        if let Some(s) = &self.dma.swiotlb {
+        if let Some(s) = &self.dma.pools {
             s.count_failure(&e);
         }
         e
