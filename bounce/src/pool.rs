@@ -558,7 +558,8 @@ impl Pool {
         let index = base + li;
         let nslots = (head.size as usize).div_ceil(1 << self.shift);
         let g = &mut *g;
-        g.slots[li + head.pad as usize] = Slot::default();
+        // Only a head's metadata is ever read, and a new head writes all of it.
+        g.slots[li + head.pad as usize].head = false;
         let list = &mut g.list;
         let mut count = if li + nslots < self.area_nslots && (index + nslots) & (self.seg - 1) != 0
         {
@@ -580,7 +581,9 @@ impl Pool {
         g.counts.bytes_to_guest += copied_out;
         g.used -= nslots;
         area.used.store(g.used, Relaxed);
-        area.last_free_ns.store(now_ns, Relaxed);
+        if now_ns != 0 {
+            area.last_free_ns.store(now_ns, Relaxed); // Only pools that can shrink pass a time.
+        }
         let full_offset = ((head.pad as usize) << self.shift) + head.offset as usize;
         Ok((nslots, head.orig, head.size as usize - full_offset))
     }
