@@ -346,24 +346,6 @@ impl Shared {
         self.g.failures.count(e);
     }
 
-    /// Allocates bounce slots (see [`Swiotlb::alloc`]) for a caller that copies `copy_in` bytes
-    /// into them (counted in `bytes_to_pool` under the area lock, with the map).
-    #[inline(always)]
-    pub(crate) fn alloc_copying(
-        &self,
-        src: DmaSource,
-        orig: u64,
-        len: usize,
-        attrs: MapAttrs,
-        copy_in: u64,
-    ) -> Result<Mapping, DmaError> {
-        let r = self.alloc(src, orig, len, attrs, copy_in);
-        if let Err(e) = &r {
-            self.count_failure(e);
-        }
-        r
-    }
-
     /// Releases a mapping (see [`Swiotlb::free`]) after the caller copied `copied_out` bytes back
     /// to the guest (counted in `bytes_to_guest`: under the area lock when the release succeeds,
     /// in the shard otherwise).
@@ -388,9 +370,11 @@ impl Shared {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// The fast path (the initial pool) inline in `Dma::map`; the rest out of line.
+    /// Allocates bounce slots (see [`Swiotlb::alloc`]) for a caller that copies `copy_in` bytes
+    /// into them (counted in `bytes_to_pool` under the area lock, with the map). The fast path
+    /// (the initial pool) inline in `Dma::map`; the rest out of line.
     #[inline(always)]
-    fn alloc(
+    pub(crate) fn alloc_copying(
         &self,
         src: DmaSource,
         orig: u64,
@@ -399,13 +383,13 @@ impl Shared {
         copy_in: u64,
     ) -> Result<Mapping, DmaError> {
         if len == 0 {
-            return Err(DmaError::ZeroLength { addr: orig });
+            return Err(self.failed(DmaError::ZeroLength { addr: orig }));
         }
         let page = self.cfg.page as usize;
         let req = Request::new(orig, len, attrs, self.shift, page, copy_in);
         let max = (self.seg << self.shift) - req.offset;
         if len > max {
-            return Err(DmaError::TooLarge { len, max });
+            return Err(self.failed(DmaError::TooLarge { len, max }));
         }
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
@@ -416,6 +400,15 @@ impl Shared {
             }
         }
         self.alloc_beyond_initial(h, &req, attrs, shard)
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Counts a failed allocation.
+    #[cold]
+    #[inline(never)]
+    fn failed(&self, e: DmaError) -> DmaError {
+        self.count_failure(&e);
+        e
     }
 
     #[inline(never)]
