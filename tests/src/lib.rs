@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub use artifacts::{kernel_artifacts, microvm_binary, KernelArtifacts};
+pub use artifacts::{
+    debian_cloud_kernel, guest_initramfs, kernel_artifacts, kernel_variant_artifacts,
+    microvm_binary, KernelArtifacts,
+};
 pub use exec::StdioMode;
 
 /// Marker the guest init prints once user space runs.

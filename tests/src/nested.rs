@@ -81,7 +81,7 @@ pub struct OuterKernel {
 }
 
 /// Compare version strings numerically where they are numeric ("6.1.0-10" < "6.1.0-9" is false).
-fn version_key(v: &str) -> Vec<(u64, String)> {
+pub(crate) fn version_key(v: &str) -> Vec<(u64, String)> {
     v.split(|c: char| !c.is_ascii_alphanumeric())
         .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string()))
         .collect()
