@@ -42,3 +42,7 @@ pub const BOOT_MARKER_VALUE: u8 = 0x41;
 /// ACPI PM1a event (4 bytes) and control (2 bytes) blocks, where QEMU's PIIX4 has them.
 pub const ACPI_PM1_PORT: u16 = 0x600;
 pub const ACPI_PM1_LEN: u64 = 6;
+/// ACPI reset register (FADT RESET_REG), one byte.
+pub const ACPI_RESET_PORT: u16 = 0x608;
+/// pvpanic (QEMU's ISA pvpanic port), one byte; announced in the DSDT.
+pub const PVPANIC_PORT: u16 = 0x505;

@@ -2,8 +2,8 @@
 //! event loop that runs until the guest reboots or powers off.
 
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Instant;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -14,15 +14,17 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
 
 use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
-use crate::legacy::{AcpiPm, BootTimer, I8042};
-use crate::metrics::{Smaps, StatsSignal};
+use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
+use crate::metrics::Smaps;
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
-use crate::vcpu::Vcpu;
+use crate::signals::Signals;
+use crate::vcpu::{self, Vcpu};
 use crate::{acpi, boot, cpu, memory, virtio};
 use devices::bus::Bus;
 
@@ -152,8 +154,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
             .insert_str("swiotlb=force")
             .map_err(|e| anyhow!("kernel command line too long: {e}"))?;
     }
-    let stats = StatsSignal::new(report.clone()).context("cannot set up the SIGUSR1 handler")?;
-    events.add_subscriber(Arc::new(Mutex::new(stats)));
+    let signals = Signals::new(report.clone(), exit.clone())
+        .context("cannot set up the signal handlers (SIGUSR1, SIGTERM, SIGINT, SIGHUP)")?;
+    events.add_subscriber(Arc::new(Mutex::new(signals)));
 
     let rsdp_addr = acpi::create_tables(&mem, cfg.cpus)?;
     let entry = boot::setup(
@@ -191,6 +194,16 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         ACPI_PM1_LEN,
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
     )?;
+    pio.insert(
+        u64::from(ACPI_RESET_PORT),
+        1,
+        Arc::new(Mutex::new(AcpiReset::new(exit.clone()))),
+    )?;
+    pio.insert(
+        u64::from(PVPANIC_PORT),
+        1,
+        Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+    )?;
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
 
@@ -202,6 +215,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| anyhow!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    vcpu::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
     let mut threads = Vec::new();
     for id in 0..cfg.cpus {
         let fd = vm
@@ -248,6 +262,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     loop {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
+            stop_vcpus(threads);
             crate::metrics::log_memory_overhead(&mut smaps, &mem, &report.dma);
             report.log();
             return Ok(reason);
@@ -255,5 +270,40 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         events
             .run()
             .map_err(|e| anyhow!("event loop failed: {e:?}"))?;
+    }
+}
+
+/// How long the vCPU threads get to leave KVM_RUN once kicked.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Kicks every vCPU thread out of KVM_RUN (the VM has ended: each sees it and returns) and waits
+/// for them, bounded: one that does not stop in time is reported and left to the process exit.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    let start = Instant::now();
+    let mut running = threads;
+    loop {
+        running.retain(|t| {
+            if t.is_finished() {
+                return false;
+            }
+            // Again on every round: a kick is cheap, and one thread may be between checks.
+            if let Err(e) = t.kill(vcpu::kick_signal()) {
+                log::debug!("cannot kick {:?}: {e}", t.thread().name());
+            }
+            true
+        });
+        if running.is_empty() {
+            log::debug!("vCPUs stopped in {} us", start.elapsed().as_micros());
+            return;
+        }
+        if start.elapsed() >= VCPU_STOP_TIMEOUT {
+            let names: Vec<_> = running.iter().filter_map(|t| t.thread().name()).collect();
+            log::warn!(
+                "vCPU threads {names:?} did not leave KVM_RUN within {VCPU_STOP_TIMEOUT:?} of a \
+                 kick; exiting without them"
+            );
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
