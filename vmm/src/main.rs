@@ -9,6 +9,7 @@ mod layout;
 mod legacy;
 mod memory;
 mod metrics;
+mod mptable;
 mod seccomp;
 mod serial;
 mod vcpu;

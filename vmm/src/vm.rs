@@ -23,7 +23,7 @@ use crate::metrics::{Smaps, StatsSignal};
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
 use crate::vcpu::Vcpu;
-use crate::{acpi, boot, cpu, memory, virtio};
+use crate::{acpi, boot, cpu, memory, mptable, virtio};
 use devices::bus::Bus;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -156,6 +156,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     events.add_subscriber(Arc::new(Mutex::new(stats)));
 
     let rsdp_addr = acpi::create_tables(&mem, cfg.cpus)?;
+    mptable::write(&mem, cfg.cpus)?;
     let entry = boot::setup(
         &mem,
         &boot::BootSetup {
