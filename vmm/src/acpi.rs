@@ -6,7 +6,7 @@
 //! Not hardware-reduced ACPI (Firecracker's and QEMU microvm's choice): Linux then drops the
 //! legacy PIC and ISA IRQs, so the 8250 at IRQ 4 and `virtio_mmio.device=...:IRQ` devices would
 //! need DSDT entries and PNP support in the guest. A fixed-hardware FADT with only the PM1 event
-//! and control blocks keeps ISA IRQ numbers meaning IOAPIC pins, as the MP table did.
+//! and control blocks keeps ISA IRQ numbers meaning IOAPIC pins, as the MP table (`mptable`) does.
 
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
-    ACPI_PM1_PORT, ACPI_RESET_PORT, ACPI_START, HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
+    ACPI_PM1_PORT, ACPI_RESET_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR, PVPANIC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"MICROV";
@@ -60,8 +60,8 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     let mut place = |data: &[u8]| -> Result<u64> {
         let addr = next;
         anyhow::ensure!(
-            addr + data.len() as u64 <= HIMEM_START,
-            "ACPI tables do not fit below 1 MiB"
+            addr + data.len() as u64 <= MPTABLE_ADDR,
+            "ACPI tables do not fit below the MP table"
         );
         mem.write_slice(data, GuestAddress(addr))
             .context("cannot write ACPI tables")?;

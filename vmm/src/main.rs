@@ -10,6 +10,7 @@ mod legacy;
 mod logger;
 mod memory;
 mod metrics;
+mod mptable;
 mod seccomp;
 mod serial;
 mod signals;

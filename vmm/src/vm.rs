@@ -25,7 +25,7 @@ use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
 use crate::signals::Signals;
 use crate::vcpu::{self, Vcpu};
-use crate::{acpi, boot, cpu, memory, virtio};
+use crate::{acpi, boot, cpu, memory, mptable, virtio};
 use devices::bus::Bus;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -159,6 +159,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     events.add_subscriber(Arc::new(Mutex::new(signals)));
 
     let rsdp_addr = acpi::create_tables(&mem, cfg.cpus)?;
+    mptable::write(&mem, cfg.cpus)?;
     let entry = boot::setup(
         &mem,
         &boot::BootSetup {
