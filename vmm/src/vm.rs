@@ -65,6 +65,27 @@ fn open_kvm() -> Result<Kvm> {
     Ok(kvm)
 }
 
+/// Iterations of the start-up probe loop: a few thousand instructions, microseconds with
+/// hardware virtualization, a few ms where `/dev/kvm` emulates ring-0 code.
+const PROBE_LOOPS: u64 = 2_000;
+
+/// Warns (and goes on) when `/dev/kvm` runs guest kernel code far slower than hardware
+/// virtualization: there a Linux guest takes minutes to print anything, or never boots, and
+/// silence would look like a hang.
+fn check_kvm_speed() {
+    let p = kvm_probe::probe(PROBE_LOOPS, Duration::from_secs(2));
+    log::debug!("KVM probe: {p} (took {} us)", p.took.as_micros());
+    if !p.is_hardware_speed() {
+        log::warn!(
+            "this host's KVM runs guest kernel code far slower than hardware virtualization \
+             ({p}; hardware: ~1): a Linux guest may take minutes to print anything, or never \
+             boot. Is this a VM without nested virtualization? Boot through the nested test \
+             machine instead: `cargo run -p microvm-tests --bin guest-run -- ARGS` (README, \
+             \"When something goes wrong\"; --no-kvm-probe skips this check)"
+        );
+    }
+}
+
 fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
     let vm = kvm
         .create_vm()
@@ -130,6 +151,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         log::warn!("seccomp filters: {} (not the default, trap)", cfg.seccomp);
     }
     let kvm = open_kvm()?;
+    if cfg.kvm_probe {
+        check_kvm_speed();
+    }
     let mem = memory::create(cfg.memory_mib)?;
     let vm = create_vm(&kvm, &mem)?;
     let exit = Arc::new(VmExit::new().context("cannot create the exit event")?);
