@@ -75,7 +75,15 @@ const PROBE_LOOPS: u64 = 2_000;
 fn check_kvm_speed() {
     let p = kvm_probe::probe(PROBE_LOOPS, Duration::from_secs(2));
     log::debug!("KVM probe: {p} (took {} us)", p.took.as_micros());
-    if !p.is_hardware_speed() {
+    if p.is_hardware_speed() {
+        return;
+    }
+    if !p.is_emulated() {
+        log::info!(
+            "KVM runs guest kernel code at {p} (hardware: ~1; nested virtualization?): guests \
+             boot, more slowly"
+        );
+    } else {
         log::warn!(
             "this host's KVM runs guest kernel code far slower than hardware virtualization \
              ({p}; hardware: ~1): a Linux guest may take minutes to print anything, or never \
