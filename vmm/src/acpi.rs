@@ -1,10 +1,12 @@
 //! ACPI tables: the MADT announces every vCPU and the I/O APIC, the FADT's PM1 registers let
-//! the guest power off, and the DSDT's `_S5_` tells it which sleep type that is.
+//! the guest power off (the DSDT's `_S5_` tells it which sleep type that is) and its reset
+//! register reboot, and the DSDT announces the pvpanic device (`QEMU0001`), through which a
+//! guest reports a panic.
 //!
 //! Not hardware-reduced ACPI (Firecracker's and QEMU microvm's choice): Linux then drops the
 //! legacy PIC and ISA IRQs, so the 8250 at IRQ 4 and `virtio_mmio.device=...:IRQ` devices would
 //! need DSDT entries and PNP support in the guest. A fixed-hardware FADT with only the PM1 event
-//! and control blocks keeps ISA IRQ numbers meaning IOAPIC pins, as the MP table did.
+//! and control blocks keeps ISA IRQ numbers meaning IOAPIC pins, as the MP table (`mptable`) does.
 
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -19,7 +21,9 @@ use acpi_tables::{aml, Aml};
 use anyhow::{Context, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{ACPI_PM1_PORT, ACPI_START, HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::layout::{
+    ACPI_PM1_PORT, ACPI_RESET_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR, PVPANIC_PORT,
+};
 
 const OEM_ID: [u8; 6] = *b"MICROV";
 const OEM_TABLE: [u8; 8] = *b"MICROVM ";
@@ -33,6 +37,8 @@ pub const PM1_SLP_EN: u16 = 1 << 13;
 /// PM1 event block: status and enable, 2 bytes each; then the 2-byte control block.
 const PM1_EVT_LEN: u8 = 4;
 const PM1_CNT_LEN: u8 = 2;
+/// What the guest writes to the reset register to reboot.
+pub const RESET_VALUE: u8 = 1;
 /// The SCI's ISA IRQ, as on PCs; microvm never raises it.
 const SCI_IRQ: u16 = 9;
 
@@ -54,8 +60,8 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     let mut place = |data: &[u8]| -> Result<u64> {
         let addr = next;
         anyhow::ensure!(
-            addr + data.len() as u64 <= HIMEM_START,
-            "ACPI tables do not fit below 1 MiB"
+            addr + data.len() as u64 <= MPTABLE_ADDR,
+            "ACPI tables do not fit below the MP table"
         );
         mem.write_slice(data, GuestAddress(addr))
             .context("cannot write ACPI tables")?;
@@ -66,6 +72,18 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE]));
     dsdt.append_slice(&bytes(&s5));
+    // The pvpanic device as QEMU announces it: Linux's pvpanic-mmio driver binds to QEMU0001
+    // and takes its I/O port from _CRS. _STA 0x0b: present, enabled, not shown in a UI.
+    let io = aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let crs = aml::ResourceTemplate::new(vec![&io]);
+    let sta: u8 = 0x0b;
+    let (hid, sta, crs) = (
+        aml::Name::new("_HID".into(), &"QEMU0001"),
+        aml::Name::new("_STA".into(), &sta),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let pvpanic = aml::Device::new("PEVT".into(), vec![&hid, &sta, &crs]);
+    dsdt.append_slice(&bytes(&aml::Scope::new("_SB_".into(), vec![&pvpanic])));
     let dsdt_addr = place(dsdt.as_slice())?;
 
     let facs_addr = place(&bytes(&FACS::new()))?;
@@ -82,6 +100,7 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE, 1)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup)
         .firmware_ctrl_64(facs_addr)
         .dsdt_64(dsdt_addr);
     fadt.sci_int = SCI_IRQ.into();
@@ -92,6 +111,15 @@ pub fn create_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64> {
     fadt.pm1_cnt_len = PM1_CNT_LEN;
     fadt.x_pm1a_evt_blk = pm1_reg(ACPI_PM1_PORT, PM1_EVT_LEN);
     fadt.x_pm1a_cnt_blk = pm1_reg(pm1_cnt, PM1_CNT_LEN);
+    // `reboot=a` (and Linux's default order, ACPI first) writes RESET_VALUE here.
+    fadt.reset_reg = GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        ACPI_RESET_PORT.into(),
+    );
+    fadt.reset_value = RESET_VALUE;
     // No VGA, MSI or CMOS RTC to probe, and no 8042 either: Linux then skips its i8042 driver,
     // whose probe of our reset-only controller costs seconds of timeouts. `reboot=k` still
     // works: the reboot path writes the reset command to port 0x64 itself.

@@ -59,7 +59,7 @@ struct ModlistEntry(hvm_modlist_entry);
 unsafe impl ByteValued for ModlistEntry {}
 
 /// The guest's memory map as (start, size, e820 type).
-fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
+pub(crate) fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
     let mut map = vec![
         (0, EBDA_START, E820_RAM),
         (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),

@@ -66,6 +66,10 @@ pub struct Cli {
     /// the kernel's audit log), off [default: trap].
     #[arg(long, value_enum, value_name = "MODE")]
     pub seccomp: Option<SeccompMode>,
+    /// Do not check at start whether /dev/kvm runs guest kernel code at hardware speed (a
+    /// tiny timed guest; microvm warns when it does not).
+    #[arg(long)]
+    pub no_kvm_probe: bool,
     /// Test only: the thread of this kind makes a forbidden system call right after installing
     /// its filter.
     #[arg(long, value_enum, hide = true)]
@@ -117,9 +121,16 @@ pub struct VmConfig {
     pub dma_trace: Option<PathBuf>,
     #[serde(default)]
     pub seccomp: SeccompMode,
+    /// Probe /dev/kvm's speed at start (`--no-kvm-probe` turns it off).
+    #[serde(default = "default_true")]
+    pub kvm_probe: bool,
     /// `--seccomp-selftest` (command line only).
     #[serde(skip)]
     pub seccomp_selftest: Option<ThreadKind>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_cmdline() -> String {
@@ -214,6 +225,7 @@ impl VmConfig {
                     dma_trace: None,
                     seccomp: SeccompMode::default(),
                     seccomp_selftest: None,
+                    kvm_probe: true,
                 }
             }
         };
@@ -262,6 +274,7 @@ impl VmConfig {
             cfg.seccomp = m;
         }
         cfg.seccomp_selftest = cli.seccomp_selftest;
+        cfg.kvm_probe &= !cli.no_kvm_probe;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -18,8 +18,13 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 4096;
 /// End of conventional low RAM; the EBDA and BIOS area follow.
 pub const EBDA_START: u64 = 0x9fc00;
-/// ACPI tables live in the BIOS area, where the kernel also scans for the RSDP.
+/// ACPI tables live in the BIOS area, where the kernel also scans for the RSDP, up to the MP
+/// configuration table.
 pub const ACPI_START: u64 = 0xe0000;
+/// MP table (see `mptable`): the floating pointer in the EBDA's first KiB, where Linux scans for
+/// it; the configuration table it points to (5.2 KiB for 254 vCPUs) in the last 64 KiB below 1 MiB.
+pub const MPTABLE_POINTER_ADDR: u64 = EBDA_START;
+pub const MPTABLE_ADDR: u64 = 0xf0000;
 pub const HIMEM_START: u64 = 0x10_0000;
 
 /// 32-bit MMIO gap: [3 GiB, 4 GiB).
@@ -42,3 +47,7 @@ pub const BOOT_MARKER_VALUE: u8 = 0x41;
 /// ACPI PM1a event (4 bytes) and control (2 bytes) blocks, where QEMU's PIIX4 has them.
 pub const ACPI_PM1_PORT: u16 = 0x600;
 pub const ACPI_PM1_LEN: u64 = 6;
+/// ACPI reset register (FADT RESET_REG), one byte.
+pub const ACPI_RESET_PORT: u16 = 0x608;
+/// pvpanic (QEMU's ISA pvpanic port), one byte; announced in the DSDT.
+pub const PVPANIC_PORT: u16 = 0x505;

@@ -1,10 +1,10 @@
 //! The few legacy I/O-port devices a micro-VM needs: the i8042's reset line, the ACPI PM1
-//! registers, and the boot-time marker port.
+//! registers and reset register, pvpanic, and the boot-time marker port.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::acpi::{PM1_CNT_OFFSET, PM1_SLP_EN, PM1_SLP_TYP_SHIFT, S5_SLEEP_TYPE};
+use crate::acpi::{PM1_CNT_OFFSET, PM1_SLP_EN, PM1_SLP_TYP_SHIFT, RESET_VALUE, S5_SLEEP_TYPE};
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::BOOT_MARKER_VALUE;
 use devices::bus::BusDevice;
@@ -98,6 +98,66 @@ impl BusDevice for AcpiPm {
     }
 }
 
+/// The ACPI reset register (FADT RESET_REG): writing [`RESET_VALUE`] reboots.
+pub struct AcpiReset {
+    exit: Arc<VmExit>,
+}
+
+impl AcpiReset {
+    pub fn new(exit: Arc<VmExit>) -> Self {
+        AcpiReset { exit }
+    }
+}
+
+impl BusDevice for AcpiReset {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if data.first() == Some(&RESET_VALUE) {
+            log::info!("guest requested reset through the ACPI reset register");
+            self.exit.trigger(ExitReason::Reboot);
+        }
+    }
+}
+
+/// pvpanic (QEMU's device, as Linux's pvpanic driver sees it): reading gives the events the
+/// device can report, the guest writes the event when it happens.
+pub struct PvPanic {
+    exit: Arc<VmExit>,
+}
+
+/// The guest panicked.
+const PVPANIC_PANICKED: u8 = 1 << 0;
+/// A crash kernel is about to take over (kdump): the guest goes on.
+const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+
+impl PvPanic {
+    pub fn new(exit: Arc<VmExit>) -> Self {
+        PvPanic { exit }
+    }
+}
+
+impl BusDevice for PvPanic {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
+        }
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        let event = data.first().copied().unwrap_or(0);
+        if event & PVPANIC_PANICKED != 0 {
+            log::error!("guest panicked (reported through pvpanic)");
+            self.exit.trigger(ExitReason::GuestPanic);
+        } else if event & PVPANIC_CRASH_LOADED != 0 {
+            log::warn!("guest panicked and is starting its crash kernel (pvpanic)");
+        }
+    }
+}
+
 /// Logs the time from VMM start to the guest's first marker write, as Firecracker's boot timer.
 pub struct BootTimer {
     start: Instant,
@@ -152,5 +212,28 @@ mod tests {
         let s5 = (S5_SLEEP_TYPE << PM1_SLP_TYP_SHIFT) | PM1_SLP_EN;
         pm.write(PM1_CNT_OFFSET, &s5.to_le_bytes());
         assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
+    }
+
+    #[test]
+    fn pvpanic_offers_its_events_and_a_panic_ends_the_vm() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut dev = PvPanic::new(exit.clone());
+        let mut caps = [0u8; 1];
+        dev.read(0, &mut caps);
+        assert_eq!(caps[0], PVPANIC_PANICKED | PVPANIC_CRASH_LOADED);
+        dev.write(0, &[PVPANIC_CRASH_LOADED]);
+        assert_eq!(exit.reason(), None);
+        dev.write(0, &[PVPANIC_PANICKED]);
+        assert_eq!(exit.reason(), Some(ExitReason::GuestPanic));
+    }
+
+    #[test]
+    fn only_the_reset_value_resets() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut dev = AcpiReset::new(exit.clone());
+        dev.write(0, &[RESET_VALUE.wrapping_add(1)]);
+        assert_eq!(exit.reason(), None);
+        dev.write(0, &[RESET_VALUE]);
+        assert_eq!(exit.reason(), Some(ExitReason::Reboot));
     }
 }

@@ -7,10 +7,13 @@ mod cpu;
 mod exit;
 mod layout;
 mod legacy;
+mod logger;
 mod memory;
 mod metrics;
+mod mptable;
 mod seccomp;
 mod serial;
+mod signals;
 mod vcpu;
 mod virtio;
 mod vm;
@@ -27,13 +30,11 @@ use crate::exit::ExitReason;
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    if let Err(e) = metrics::block_stats_signal() {
-        eprintln!("microvm: cannot block SIGUSR1 for the statistics handler: {e}");
+    if let Err(e) = signals::block() {
+        eprintln!("microvm: cannot block the signals it handles (SIGUSR1, SIGTERM, ...): {e}");
         return ExitCode::FAILURE;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_micros()
-        .init();
+    logger::init();
     let cli = Cli::parse();
     let cfg = match VmConfig::from_cli(cli) {
         Ok(c) => c,
@@ -48,17 +49,18 @@ fn main() -> ExitCode {
     if raw {
         let _ = stdin.lock().set_canon_mode();
     }
-    let code = match result {
-        Ok(ExitReason::Reboot) | Ok(ExitReason::PowerOff) => ExitCode::SUCCESS,
+    let status = match result {
         Ok(ExitReason::Error(e)) => {
             eprintln!("microvm: {e}");
-            ExitCode::FAILURE
+            1
         }
+        Ok(reason) => reason.status(),
         Err(e) => {
             eprintln!("microvm: {e:#}");
-            ExitCode::FAILURE
+            1
         }
     };
-    // vCPU threads may still sit in KVM_RUN; the process ending takes them with it.
-    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+    // A vCPU thread that did not stop when kicked still sits in KVM_RUN: the process exit takes
+    // it with it (returning from main would wait for nothing, but be explicit).
+    std::process::exit(i32::from(status))
 }

@@ -5,9 +5,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bounce::{Dma, TraceRecorder};
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// /proc/self/smaps, opened during set-up (the main thread's seccomp filter allows no open) and
@@ -90,55 +87,6 @@ impl DmaReport {
             if trace.errors() > 0 {
                 log::warn!("DMA trace: {} records could not be written", trace.errors());
             }
-        }
-    }
-}
-
-/// Logs the bounce statistics when the process gets SIGUSR1 (read through a signalfd, so the
-/// work happens on the event loop, not in a signal handler).
-pub struct StatsSignal {
-    report: DmaReport,
-    fd: SignalFd,
-}
-
-fn stats_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGUSR1);
-    set
-}
-
-/// Blocks SIGUSR1 in the calling thread and every thread it starts afterwards. Call it first
-/// thing in `main`: a thread that does not block it (the pool worker, a vCPU) would take the
-/// signal's default action and end the process.
-pub fn block_stats_signal() -> std::io::Result<()> {
-    stats_signals().thread_block().map_err(std::io::Error::from)
-}
-
-impl StatsSignal {
-    /// Opens a signalfd for SIGUSR1 (blocked by [`block_stats_signal`]).
-    pub fn new(report: DmaReport) -> std::io::Result<Self> {
-        let fd = SignalFd::with_flags(
-            &stats_signals(),
-            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        Ok(StatsSignal { report, fd })
-    }
-}
-
-impl MutEventSubscriber for StatsSignal {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
-            log::warn!("SIGUSR1 statistics disabled: {e:?}");
-        }
-    }
-
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        while let Ok(Some(_)) = self.fd.read_signal() {
-            if self.report.dma.stats().is_none() {
-                log::info!("bounce statistics: none (--restricted-dma is off)");
-            }
-            self.report.log();
         }
     }
 }

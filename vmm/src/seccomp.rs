@@ -3,7 +3,8 @@
 //!
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read,
 //!   pread/pwrite/fdatasync/fallocate on the fds it already holds; `fcntl(F_DUPFD_CLOEXEC)`;
-//!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit.
+//!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit;
+//!   `tgkill` of its own threads with the vCPU kick signal.
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
 //!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
@@ -182,12 +183,6 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
     add(rules, libc::SYS_mprotect, vec![no_exec()?]);
     one_of(
         rules,
-        libc::SYS_tgkill,
-        2,
-        &[libc::SIGABRT as u64], // abort()
-    )?;
-    one_of(
-        rules,
         libc::SYS_rt_sigaction,
         0,
         // std's guard-page handler restores the default action; abort() does for SIGABRT.
@@ -200,9 +195,34 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// tgkill only to threads of this process, only with `signals`.
+fn tgkill(rules: &mut Rules, signals: &[i32]) -> Result<(), BackendError> {
+    let pid = u64::from(std::process::id());
+    let list = signals
+        .iter()
+        .map(|&sig| {
+            SeccompRule::new(vec![
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, pid)?,
+                SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, sig as u64)?,
+            ])
+        })
+        .collect::<Result<_, _>>()?;
+    add(rules, libc::SYS_tgkill, list);
+    Ok(())
+}
+
+/// Every thread may also `fcntl(F_GETFD)`: debug builds of std check that an fd is open before
+/// closing it (`OwnedFd::drop`), so a `cargo run` build would otherwise trap on its first close.
 fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
     let mut r = Rules::new();
     common(&mut r)?;
+    // abort() raises SIGABRT on its own thread; the main thread also kicks vCPUs out of
+    // KVM_RUN when the VM ends.
+    let signals = match kind {
+        ThreadKind::Main => vec![libc::SIGABRT, crate::vcpu::kick_signal()],
+        ThreadKind::Vcpu | ThreadKind::Worker => vec![libc::SIGABRT],
+    };
+    tgkill(&mut r, &signals)?;
     match kind {
         ThreadKind::Main => {
             always(
@@ -232,7 +252,12 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                 ],
             );
             // virtio-blk discard/write-zeroes duplicate the image fd (File::try_clone).
-            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?;
+            one_of(
+                &mut r,
+                libc::SYS_fcntl,
+                1,
+                &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
+            )?;
             // Restoring the terminal at exit (isatty, tcgetattr, tcsetattr TCSANOW).
             one_of(&mut r, libc::SYS_ioctl, 1, &[libc::TCGETS, libc::TCSETS])?;
         }
@@ -252,8 +277,11 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
             )?;
             // The vCPU fd and its kvm_run mapping are dropped when the thread ends.
             always(&mut r, &[libc::SYS_close]);
+            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
         }
-        ThreadKind::Worker => {}
+        ThreadKind::Worker => {
+            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
+        }
     }
     Ok(r)
 }

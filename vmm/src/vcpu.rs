@@ -1,5 +1,15 @@
-//! vCPU threads: run KVM_RUN and route exits to the buses until the VM ends.
+//! vCPU threads: run KVM_RUN and route exits to the buses until the VM ends, and the kick
+//! that gets a vCPU out of KVM_RUN when the VM ends elsewhere.
+//!
+//! A vCPU may sit in KVM_RUN indefinitely: halted, waiting for a SIPI that never comes, or
+//! running a guest loop that never exits to the VMM. To end it, the main thread sends it
+//! [`kick_signal`]; the handler sets the thread's `kvm_run.immediate_exit`, so KVM_RUN returns
+//! EINTR whether the signal lands inside it or just before it (Firecracker and Cloud
+//! Hypervisor do the same), and the loop sees the VM has ended.
 
+use std::cell::Cell;
+use std::io;
+use std::ptr;
 use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -7,6 +17,49 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::{ExitReason, VmExit};
 use devices::bus::Bus;
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, while its vCPU runs.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // Async-signal-safe: a thread-local read (const-initialised, no lazy set-up) and one store.
+    let p = IMMEDIATE_EXIT.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: `p` points into this thread's kvm_run mapping, set by `Vcpu::run` and cleared
+        // before the mapping goes away; only this thread and KVM touch that byte.
+        unsafe { p.write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler (once, process-wide, before the vCPU threads start).
+pub fn install_kick_handler() -> io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Publishes this thread's `immediate_exit` to [`on_kick`] while it lives.
+struct KickTarget;
+
+impl KickTarget {
+    fn new(fd: &mut VcpuFd) -> KickTarget {
+        let run = fd.get_kvm_run();
+        IMMEDIATE_EXIT.with(|p| p.set(ptr::addr_of_mut!(run.immediate_exit)));
+        KickTarget
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|p| p.set(ptr::null_mut()));
+    }
+}
 
 pub struct Vcpu {
     pub id: u8,
@@ -19,6 +72,7 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn run(mut self) {
+        let _kick = KickTarget::new(&mut self.fd);
         loop {
             if self.exit.ended() {
                 return;
@@ -47,19 +101,33 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::Shutdown) => {
-                    log::info!("vCPU {}: triple fault, treating it as a reset", self.id);
-                    ExitReason::Reboot
+                    log::warn!(
+                        "vCPU {}: guest triple fault (KVM_EXIT_SHUTDOWN): it crashed, or rebooted \
+                         with reboot=t",
+                        self.id
+                    );
+                    ExitReason::TripleFault
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
-                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
+                        log::info!("vCPU {}: KVM shutdown event: guest powered off", self.id);
+                        ExitReason::PowerOff
+                    }
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                        log::info!("vCPU {}: KVM reset event: guest rebooted", self.id);
+                        ExitReason::Reboot
+                    }
                     other => self.fatal(&format!("KVM system event {other}")),
                 },
                 Ok(VcpuExit::Hlt) => {
                     log::info!("vCPU {} halted", self.id);
                     ExitReason::PowerOff
                 }
-                Ok(VcpuExit::Intr) => continue,
+                // A kick (or another signal): the loop's check decides whether to go on.
+                Ok(VcpuExit::Intr) => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
                 Ok(VcpuExit::InternalError) => {
                     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // active member of the exit union.
@@ -78,7 +146,10 @@ impl Vcpu {
                     let what = format!("unhandled KVM exit {other:?}");
                     self.fatal(&what)
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
                 Err(e) => ExitReason::Error(format!("vCPU {}: KVM_RUN failed: {e}", self.id)),
             };
             self.exit.trigger(reason);

@@ -81,11 +81,29 @@ fn default_mac(index: usize) -> [u8; 6] {
     [0x02, 0x00, 0x00, 0x00, 0x00, (index as u8).wrapping_add(1)]
 }
 
+/// microvm attaches to a tap the host has set up; it never creates one (TUNSETIFF would, with
+/// CAP_NET_ADMIN), because a tap it created would be down and unaddressed, and the guest's
+/// network would silently go nowhere.
+fn ensure_tap_exists(name: &str) -> Result<()> {
+    let exists = std::ffi::CString::new(name)
+        // SAFETY: if_nametoindex reads the NUL-terminated string, which outlives the call.
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
+        .unwrap_or(false);
+    if !exists {
+        bail!(
+            "tap interface {name:?} does not exist: create and configure it first, e.g. \
+             `ip tuntap add {name} mode tap && ip link set {name} up` (microvm never creates one)"
+        );
+    }
+    Ok(())
+}
+
 fn net_device(spec: &NetSpec, index: usize) -> Result<Net> {
     let mac = match &spec.mac {
         Some(m) => parse_mac(m)?,
         None => default_mac(index),
     };
+    ensure_tap_exists(&spec.tap)?;
     let tap = Tap::open(&spec.tap).with_context(|| {
         format!(
             "cannot open tap device {:?} (create it first, e.g. `ip tuntap add {} mode tap`)",

@@ -2,8 +2,8 @@
 //! event loop that runs until the guest reboots or powers off.
 
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Instant;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -14,16 +14,18 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
 
 use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
-use crate::legacy::{AcpiPm, BootTimer, I8042};
-use crate::metrics::{Smaps, StatsSignal};
+use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
+use crate::metrics::Smaps;
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
-use crate::vcpu::Vcpu;
-use crate::{acpi, boot, cpu, memory, virtio};
+use crate::signals::Signals;
+use crate::vcpu::{self, Vcpu};
+use crate::{acpi, boot, cpu, memory, mptable, virtio};
 use devices::bus::Bus;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -61,6 +63,35 @@ fn open_kvm() -> Result<Kvm> {
         }
     }
     Ok(kvm)
+}
+
+/// Iterations of the start-up probe loop: a few thousand instructions, microseconds with
+/// hardware virtualization, a few ms where `/dev/kvm` emulates ring-0 code.
+const PROBE_LOOPS: u64 = 2_000;
+
+/// Warns (and goes on) when `/dev/kvm` runs guest kernel code far slower than hardware
+/// virtualization: there a Linux guest takes minutes to print anything, or never boots, and
+/// silence would look like a hang.
+fn check_kvm_speed() {
+    let p = kvm_probe::probe(PROBE_LOOPS, Duration::from_secs(2));
+    log::debug!("KVM probe: {p} (took {} us)", p.took.as_micros());
+    if p.is_hardware_speed() {
+        return;
+    }
+    if !p.is_emulated() {
+        log::info!(
+            "KVM runs guest kernel code at {p} (hardware: ~1; nested virtualization?): guests \
+             boot, more slowly"
+        );
+    } else {
+        log::warn!(
+            "this host's KVM runs guest kernel code far slower than hardware virtualization \
+             ({p}; hardware: ~1): a Linux guest may take minutes to print anything, or never \
+             boot. Is this a VM without nested virtualization? Boot through the nested test \
+             machine instead: `cargo run -p microvm-tests --bin guest-run -- ARGS` (README, \
+             \"When something goes wrong\"; --no-kvm-probe skips this check)"
+        );
+    }
 }
 
 fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
@@ -128,6 +159,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         log::warn!("seccomp filters: {} (not the default, trap)", cfg.seccomp);
     }
     let kvm = open_kvm()?;
+    if cfg.kvm_probe {
+        check_kvm_speed();
+    }
     let mem = memory::create(cfg.memory_mib)?;
     let vm = create_vm(&kvm, &mem)?;
     let exit = Arc::new(VmExit::new().context("cannot create the exit event")?);
@@ -152,10 +186,12 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
             .insert_str("swiotlb=force")
             .map_err(|e| anyhow!("kernel command line too long: {e}"))?;
     }
-    let stats = StatsSignal::new(report.clone()).context("cannot set up the SIGUSR1 handler")?;
-    events.add_subscriber(Arc::new(Mutex::new(stats)));
+    let signals = Signals::new(report.clone(), exit.clone())
+        .context("cannot set up the signal handlers (SIGUSR1, SIGTERM, SIGINT, SIGHUP)")?;
+    events.add_subscriber(Arc::new(Mutex::new(signals)));
 
     let rsdp_addr = acpi::create_tables(&mem, cfg.cpus)?;
+    mptable::write(&mem, cfg.cpus)?;
     let entry = boot::setup(
         &mem,
         &boot::BootSetup {
@@ -191,6 +227,16 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         ACPI_PM1_LEN,
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
     )?;
+    pio.insert(
+        u64::from(ACPI_RESET_PORT),
+        1,
+        Arc::new(Mutex::new(AcpiReset::new(exit.clone()))),
+    )?;
+    pio.insert(
+        u64::from(PVPANIC_PORT),
+        1,
+        Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+    )?;
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
 
@@ -202,6 +248,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| anyhow!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    vcpu::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
     let mut threads = Vec::new();
     for id in 0..cfg.cpus {
         let fd = vm
@@ -248,6 +295,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     loop {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
+            stop_vcpus(threads);
             crate::metrics::log_memory_overhead(&mut smaps, &mem, &report.dma);
             report.log();
             return Ok(reason);
@@ -255,5 +303,40 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         events
             .run()
             .map_err(|e| anyhow!("event loop failed: {e:?}"))?;
+    }
+}
+
+/// How long the vCPU threads get to leave KVM_RUN once kicked.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Kicks every vCPU thread out of KVM_RUN (the VM has ended: each sees it and returns) and waits
+/// for them, bounded: one that does not stop in time is reported and left to the process exit.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    let start = Instant::now();
+    let mut running = threads;
+    loop {
+        running.retain(|t| {
+            if t.is_finished() {
+                return false;
+            }
+            // Again on every round: a kick is cheap, and one thread may be between checks.
+            if let Err(e) = t.kill(vcpu::kick_signal()) {
+                log::debug!("cannot kick {:?}: {e}", t.thread().name());
+            }
+            true
+        });
+        if running.is_empty() {
+            log::debug!("vCPUs stopped in {} us", start.elapsed().as_micros());
+            return;
+        }
+        if start.elapsed() >= VCPU_STOP_TIMEOUT {
+            let names: Vec<_> = running.iter().filter_map(|t| t.thread().name()).collect();
+            log::warn!(
+                "vCPU threads {names:?} did not leave KVM_RUN within {VCPU_STOP_TIMEOUT:?} of a \
+                 kick; exiting without them"
+            );
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
