@@ -200,13 +200,18 @@ fn run_once(kvm: &Kvm, loops: u64) -> Result<Duration, ProbeError> {
     result
 }
 
-/// ns per instruction of a `loops`-iteration run, after a short warm-up run (page faults, the
-/// first entry).
+/// ns per instruction: the difference between a `loops`-iteration run and one 1/8 as long,
+/// after a warm-up run (page faults, the first entry). The difference cancels the fixed cost of
+/// entering and leaving the guest, which under nested virtualization on an emulated CPU is
+/// hundreds of microseconds and would swamp a short loop.
 fn measure(loops: u64) -> Result<f64, ProbeError> {
     let kvm = Kvm::new().map_err(ProbeError::Open)?;
-    run_once(&kvm, (loops / 16).max(1))?;
-    let took = run_once(&kvm, loops)?;
-    Ok(took.as_nanos() as f64 / (2 * loops) as f64)
+    let short = (loops / 8).max(1);
+    run_once(&kvm, short)?;
+    let t_short = run_once(&kvm, short)?;
+    let t_long = run_once(&kvm, loops)?;
+    let ns = t_long.saturating_sub(t_short).as_nanos() as f64;
+    Ok(ns / (2 * loops.saturating_sub(short).max(1)) as f64)
 }
 
 #[cfg(test)]

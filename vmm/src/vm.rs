@@ -67,7 +67,7 @@ fn open_kvm() -> Result<Kvm> {
 
 /// Iterations of the start-up probe loop: a few thousand instructions, microseconds with
 /// hardware virtualization, a few ms where `/dev/kvm` emulates ring-0 code.
-const PROBE_LOOPS: u64 = 2_000;
+const PROBE_LOOPS: u64 = 4_000;
 
 /// Warns (and goes on) when `/dev/kvm` runs guest kernel code far slower than hardware
 /// virtualization: there a Linux guest takes minutes to print anything, or never boots, and
