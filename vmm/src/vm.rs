@@ -22,7 +22,7 @@ use crate::layout::*;
 use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
 use crate::metrics::Smaps;
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
-use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
+use crate::serial::{Console, InputDrained, IrqTrigger, SerialPort, StdinInput};
 use crate::signals::Signals;
 use crate::vcpu::{self, Vcpu};
 use crate::{acpi, boot, cpu, memory, mptable, virtio};
@@ -206,8 +206,11 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     let serial_irq = EventFd::new(0).context("cannot create the serial irqfd")?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(|e| anyhow!("cannot register the serial irqfd: {e}"))?;
-    let serial = Arc::new(Mutex::new(SerialPort(vm_superio::Serial::new(
+    let (drained, drained_watch) =
+        InputDrained::new().context("cannot create the console input event")?;
+    let serial = Arc::new(Mutex::new(SerialPort(vm_superio::Serial::with_events(
         IrqTrigger(serial_irq),
+        drained,
         Console,
     ))));
     let mut pio = Bus::default();
@@ -241,7 +244,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     let mmio = Arc::new(mmio);
 
     events.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
-    events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
+    events.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial, drained_watch))));
 
     // vCPUs: CPUID before MSRs, since KVM derives the valid MSRs from the guest CPUID.
     let supported = kvm
