@@ -1,10 +1,18 @@
 #!/bin/bash
 # Build the microvm guest kernel (bzImage + vmlinux) from Debian's linux-source-6.1.
 #
-# Output: build/cache/kernel-<hash>/{bzImage,vmlinux,config}, hash = sha256 of the
-# config fragment, this script and the source package version. The output directory
-# is the only thing printed on stdout; a second run with the same inputs does nothing.
-# Progress goes to stderr, the full make log to build/work/kernel-<hash>/build.log.
+# usage: build-kernel.sh [--variant NAME]
+#
+# Without --variant: tinyconfig + resources/kernel/microvm-x86_64-6.1.config.
+# With --variant NAME: the same, then the overlay fragment resources/kernel/NAME.config
+# on top (its lines replace the main fragment's for the same options, e.g. `noacpi`:
+# CONFIG_ACPI off).
+#
+# Output: build/cache/kernel-<hash>/{bzImage,vmlinux,config} (a variant:
+# build/cache/kernel-NAME-<hash>/), hash = sha256 of the config fragment(s), the variant
+# name, this script and the source package version. The output directory is the only
+# thing printed on stdout; a second run with the same inputs does nothing.
+# Progress goes to stderr, the full make log to build/work/kernel-[NAME-]<hash>/build.log.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,6 +23,25 @@ SRC_TAR=/usr/src/linux-source-6.1.tar.xz
 die() { echo "build-kernel: error: $*" >&2; exit 1; }
 log() { echo "build-kernel: $*" >&2; }
 
+VARIANT=
+OVERLAY=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --variant)
+            [ $# -ge 2 ] || die "--variant needs a name (a file resources/kernel/NAME.config)"
+            VARIANT=$2; shift 2 ;;
+        --variant=*) VARIANT=${1#--variant=}; shift ;;
+        *) die "unknown argument '$1' (usage: build-kernel.sh [--variant NAME])" ;;
+    esac
+done
+if [ -n "$VARIANT" ]; then
+    case "$VARIANT" in
+        *[!a-z0-9_-]*) die "variant name '$VARIANT': use only a-z, 0-9, '_' and '-'" ;;
+    esac
+    OVERLAY=$ROOT/resources/kernel/$VARIANT.config
+    [ -f "$OVERLAY" ] || die "variant '$VARIANT': no overlay fragment $OVERLAY"
+fi
+
 [ -f "$SRC_TAR" ] || die "$SRC_TAR missing: apt-get install linux-source-6.1"
 for tool in make gcc flex bison bc sha256sum; do
     command -v "$tool" >/dev/null || die "'$tool' not found: apt-get install build-essential flex bison bc libelf-dev"
@@ -22,9 +49,14 @@ done
 VERSION=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) \
     || die "cannot read the version of package linux-source-6.1"
 
-HASH=$( { cat "$FRAGMENT" "$SELF"; echo "linux-source-6.1 $VERSION"; } | sha256sum | cut -c1-16)
+# The variant's name and overlay count only for a variant: the main kernel's hash does not
+# change with the overlays beside it.
+HASH=$( { cat "$FRAGMENT" "$SELF"; echo "linux-source-6.1 $VERSION";
+          if [ -n "$VARIANT" ]; then echo "variant $VARIANT"; cat "$OVERLAY"; fi; } \
+        | sha256sum | cut -c1-16)
+NAME=kernel-${VARIANT:+$VARIANT-}$HASH
 CACHE=$ROOT/build/cache
-OUT=$CACHE/kernel-$HASH
+OUT=$CACHE/$NAME
 mkdir -p "$CACHE"
 
 if [ -f "$OUT/bzImage" ] && [ -f "$OUT/vmlinux" ] && [ -f "$OUT/config" ]; then
@@ -52,7 +84,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$VERSION" ]; then
     echo "$VERSION" > "$STAMP"
 fi
 
-WORK=$ROOT/build/work/kernel-$HASH
+WORK=$ROOT/build/work/$NAME
 rm -rf "$WORK"
 mkdir -p "$WORK"
 BUILDLOG=$WORK/build.log
@@ -60,13 +92,33 @@ JOBS=$(nproc)
 kmake() { nice make -C "$SRC" O="$WORK" ARCH=x86_64 "$@" >>"$BUILDLOG" 2>&1 \
     || { tail -n 40 "$BUILDLOG" >&2; die "make $* failed (log: $BUILDLOG)"; }; }
 
-log "configuring (tinyconfig + $(basename "$FRAGMENT")) in $WORK"
+log "configuring (tinyconfig + $(basename "$FRAGMENT")${OVERLAY:+ + $(basename "$OVERLAY")}) in $WORK"
 kmake tinyconfig
-(cd "$WORK" && "$SRC/scripts/kconfig/merge_config.sh" -m -O "$WORK" "$WORK/.config" "$FRAGMENT") >>"$BUILDLOG" 2>&1 \
+# merge_config.sh: a later fragment's value for an option replaces an earlier one's.
+(cd "$WORK" && "$SRC/scripts/kconfig/merge_config.sh" -m -O "$WORK" "$WORK/.config" "$FRAGMENT" ${OVERLAY:+"$OVERLAY"}) >>"$BUILDLOG" 2>&1 \
     || die "merge_config.sh failed (log: $BUILDLOG)"
 kmake olddefconfig
 
-# Every requirement in the fragment must hold in the final .config.
+# The requirements: the main fragment's lines, except for options the overlay sets, then
+# the overlay's lines.
+REQUIRED=$WORK/required.config
+option_of() { # a fragment line -> CONFIG_X, or nothing for comments and blank lines
+    sed -n -e 's/^\(CONFIG_[A-Za-z0-9_]*\)=.*/\1/p' -e 's/^# \(CONFIG_[A-Za-z0-9_]*\) is not set$/\1/p'
+}
+if [ -n "$OVERLAY" ]; then
+    option_of < "$OVERLAY" > "$WORK/overlay.options"
+    while IFS= read -r line; do
+        opt=$(printf '%s\n' "$line" | option_of)
+        if [ -z "$opt" ] || ! grep -qxF "$opt" "$WORK/overlay.options"; then
+            printf '%s\n' "$line"
+        fi
+    done < "$FRAGMENT" > "$REQUIRED"
+    cat "$OVERLAY" >> "$REQUIRED"
+else
+    cp "$FRAGMENT" "$REQUIRED"
+fi
+
+# Every requirement must hold in the final .config.
 missing=0
 while IFS= read -r line; do
     case "$line" in
@@ -84,9 +136,9 @@ while IFS= read -r line; do
                 missing=1
             fi ;;
     esac
-done < "$FRAGMENT"
-[ "$missing" = 0 ] || die "final .config does not satisfy $FRAGMENT (fix the fragment's dependencies)"
-log "config check passed ($(grep -c '^CONFIG_' "$FRAGMENT") options)"
+done < "$REQUIRED"
+[ "$missing" = 0 ] || die "final .config does not satisfy $FRAGMENT${OVERLAY:+ + $OVERLAY} (fix the fragment's dependencies)"
+log "config check passed ($(grep -cE '^(CONFIG_|# CONFIG_.* is not set$)' "$REQUIRED") options)"
 
 log "building bzImage and vmlinux with -j$JOBS (log: $BUILDLOG)"
 kmake -j"$JOBS" bzImage vmlinux
@@ -96,7 +148,7 @@ if command -v readelf >/dev/null; then
     readelf -n "$WORK/vmlinux" | grep -q 'Xen' || die "vmlinux has no Xen/PVH ELF note (CONFIG_PVH?)"
 fi
 
-TMP=$CACHE/.kernel-$HASH.tmp.$$
+TMP=$CACHE/.$NAME.tmp.$$
 rm -rf "$TMP"
 mkdir -p "$TMP"
 cp "$WORK/arch/x86/boot/bzImage" "$TMP/bzImage"

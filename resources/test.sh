@@ -19,6 +19,9 @@ cargo fmt --all --check
 step "guest kernel (resources/build-kernel.sh)"
 time ./resources/build-kernel.sh
 
+step "guest kernel without ACPI, for the compatibility matrix (resources/build-kernel.sh --variant noacpi)"
+time ./resources/build-kernel.sh --variant noacpi
+
 step "guest initramfs (resources/build-initramfs.sh)"
 ./resources/build-initramfs.sh
 

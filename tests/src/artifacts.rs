@@ -49,19 +49,21 @@ impl KernelArtifacts {
 }
 
 /// Run a resources/ build script; it prints its output directory as its last stdout line.
-fn run_resource_script(name: &str) -> Result<PathBuf> {
+fn run_resource_script(name: &str, args: &[&str]) -> Result<PathBuf> {
     let script = repo_root().join("resources").join(name);
-    log::info!("running {}", script.display());
+    log::info!("running {} {}", script.display(), args.join(" "));
     let out = Command::new("bash")
         .arg(&script)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !out.status.success() {
         bail!(
-            "{} failed ({}); its messages are above. Run it by hand to see the whole log.",
+            "{} {} failed ({}); its messages are above. Run it by hand to see the whole log.",
             script.display(),
+            args.join(" "),
             out.status
         );
     }
@@ -84,8 +86,32 @@ fn existing(p: PathBuf) -> Result<PathBuf> {
 
 /// Build (or reuse from the cache) the guest kernel and initramfs.
 pub fn kernel_artifacts() -> Result<KernelArtifacts> {
-    let kdir = run_resource_script("build-kernel.sh").context("building the guest kernel")?;
-    let idir = run_resource_script("build-initramfs.sh").context("building the guest initramfs")?;
+    kernel_artifacts_of(None)
+}
+
+/// A variant of the guest kernel (`resources/build-kernel.sh --variant NAME`: the main
+/// fragment plus the overlay `resources/kernel/NAME.config`, e.g. `noacpi`), built or reused
+/// from the cache, with the same initramfs.
+pub fn kernel_variant_artifacts(variant: &str) -> Result<KernelArtifacts> {
+    kernel_artifacts_of(Some(variant))
+}
+
+/// The test initramfs alone (`resources/build-initramfs.sh`, cached), for guests whose
+/// kernel does not come from resources/ ([`debian_cloud_kernel`]).
+pub fn guest_initramfs() -> Result<PathBuf> {
+    let idir =
+        run_resource_script("build-initramfs.sh", &[]).context("building the guest initramfs")?;
+    existing(idir.join("initramfs.cpio.gz"))
+}
+
+fn kernel_artifacts_of(variant: Option<&str>) -> Result<KernelArtifacts> {
+    let kdir = match variant {
+        None => run_resource_script("build-kernel.sh", &[]).context("building the guest kernel")?,
+        Some(v) => run_resource_script("build-kernel.sh", &["--variant", v])
+            .with_context(|| format!("building the guest kernel variant '{v}'"))?,
+    };
+    let idir =
+        run_resource_script("build-initramfs.sh", &[]).context("building the guest initramfs")?;
     let sha_file = existing(idir.join("payload.sha256"))?;
     let payload_sha256 = std::fs::read_to_string(&sha_file)
         .with_context(|| format!("cannot read {}", sha_file.display()))?
@@ -98,6 +124,39 @@ pub fn kernel_artifacts() -> Result<KernelArtifacts> {
         initramfs: existing(idir.join("initramfs.cpio.gz"))?,
         payload_sha256,
     })
+}
+
+/// Debian's stock cloud kernel (`/boot/vmlinuz-<version>-cloud-amd64`, package
+/// `linux-image-cloud-amd64`, the one the nested path also boots as its outer machine), the
+/// newest installed; `MICROVM_DEBIAN_KERNEL=/path/to/vmlinuz` chooses another. Nothing is
+/// rebuilt: it is a compressed bzImage with most drivers as modules (none of which the test
+/// initramfs loads), so there is no PVH `vmlinux` and no pvpanic.
+pub fn debian_cloud_kernel() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MICROVM_DEBIAN_KERNEL") {
+        return existing(PathBuf::from(p))
+            .context("MICROVM_DEBIAN_KERNEL points to a missing file");
+    }
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    let entries = std::fs::read_dir("/boot").context("cannot list /boot")?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name
+            .strip_prefix("vmlinuz-")
+            .filter(|v| v.ends_with("-cloud-amd64"))
+        {
+            found.push((version.to_string(), e.path()));
+        }
+    }
+    found.sort_by_key(|(v, _)| crate::nested::version_key(v));
+    let (_, path) = found.pop().context(
+        "Debian's cloud kernel is not installed (no /boot/vmlinuz-*-cloud-amd64): \
+         apt-get install linux-image-cloud-amd64 (resources/install-deps.sh does), \
+         or set MICROVM_DEBIAN_KERNEL=/path/to/vmlinuz",
+    )?;
+    // /boot/vmlinuz-* is readable by root only on some systems: say so here, not as a
+    // loader error later.
+    std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(path)
 }
 
 /// The cargo target directory (CARGO_TARGET_DIR, else `<repo>/target`).

@@ -26,7 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub use artifacts::{kernel_artifacts, microvm_binary, KernelArtifacts};
+pub use artifacts::{
+    debian_cloud_kernel, guest_initramfs, kernel_artifacts, kernel_variant_artifacts,
+    microvm_binary, KernelArtifacts,
+};
+pub use exec::StdioMode;
 
 /// Marker the guest init prints once user space runs.
 pub const INIT_OK: &str = "MICROVM-INIT-OK";
@@ -111,6 +115,9 @@ pub struct Run {
     pub marks: Vec<String>,
     /// Stream the program's stdout to ours while it runs.
     pub echo: bool,
+    /// The program's stdin, stdout and stderr: set up by the same code (`exec.rs`) where
+    /// the program runs, on the host or inside the outer machine.
+    pub stdio: StdioMode,
 }
 
 impl Run {
@@ -124,6 +131,7 @@ impl Run {
             timeout: Duration::from_secs(120),
             marks: vec![INIT_OK.to_string()],
             echo: false,
+            stdio: StdioMode::Null,
         }
     }
 }
@@ -323,6 +331,7 @@ impl Harness {
                     timeout: run.timeout,
                     marks: run.marks.clone(),
                     echo_stdout: run.echo,
+                    stdio: run.stdio,
                 });
                 let setup_output = bg.map(setup::DirectSetup::finish).unwrap_or_default();
                 log::debug!("direct run took {:?}", started.elapsed());
@@ -337,6 +346,7 @@ impl Harness {
                     timeout: run.timeout,
                     marks: run.marks.clone(),
                     echo: run.echo,
+                    stdio: run.stdio,
                     setup: setup.to_vec(),
                     disk_files,
                 })?;

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::artifacts::{cache_dir, harness_exec_binary, repo_root};
 use crate::cpio::CpioWriter;
-use crate::exec::ExecReport;
+use crate::exec::{ExecReport, StdioMode};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 const BUSYBOX: &str = "/bin/busybox";
@@ -48,6 +48,9 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# ptys for programs run on a terminal (harness-exec --stdio terminal)
+mkdir -p /dev/pts
+mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 # /tmp stays on the initramfs root: carried files keep their host paths, which may be
 # under /tmp (a checkout in /tmp), and a tmpfs mounted there would hide them.
 mkdir -p /tmp /run
@@ -78,7 +81,7 @@ pub struct OuterKernel {
 }
 
 /// Compare version strings numerically where they are numeric ("6.1.0-10" < "6.1.0-9" is false).
-fn version_key(v: &str) -> Vec<(u64, String)> {
+pub(crate) fn version_key(v: &str) -> Vec<(u64, String)> {
     v.split(|c: char| !c.is_ascii_alphanumeric())
         .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string()))
         .collect()
@@ -319,6 +322,9 @@ pub struct NestedSpec {
     pub timeout: Duration,
     pub marks: Vec<String>,
     pub echo: bool,
+    /// The program's stdin, stdout and stderr, set up by `harness-exec` inside the outer
+    /// machine (a terminal there is a pty of the outer machine's devpts).
+    pub stdio: StdioMode,
     /// Shell lines run in the outer machine before the program (see
     /// [`crate::Harness::run_with_setup`]).
     pub setup: Vec<String>,
@@ -463,6 +469,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         if spec.echo {
             cmd.push_str(" --echo");
         }
+        cmd.push_str(&format!(" --stdio {}", spec.stdio.name()));
         for m in &spec.marks {
             cmd.push_str(&format!(" --mark {}", shell_quote(m.as_bytes())));
         }

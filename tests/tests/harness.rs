@@ -48,6 +48,7 @@ fn runs_host_program_with_separate_streams_and_status() {
         timeout: Duration::from_secs(60),
         marks: vec!["to-out".into()],
         echo: false,
+        stdio: microvm_tests::StdioMode::Null,
     };
     let out = h.run(&run).expect("run");
     assert_eq!(out.status, Some(7), "{}", out.describe());
@@ -85,6 +86,7 @@ fn disk_writes_land_in_the_host_image() {
         timeout: Duration::from_secs(60),
         marks: vec![],
         echo: false,
+        stdio: microvm_tests::StdioMode::Null,
     };
     let out = h.run(&run).expect("run");
     let data = std::fs::read(&img).expect("read image back");
@@ -95,4 +97,50 @@ fn disk_writes_land_in_the_host_image() {
     assert_eq!(&data[4096..4096 + 12], b"HARNESS-DISK");
     assert!(data[..4096].iter().all(|&b| b == 0));
     assert!(data[4096 + 12..].iter().all(|&b| b == 0));
+}
+
+/// The stdio choice reaches the program where it runs (on the nested path through
+/// `harness-exec --stdio` inside the outer machine): a terminal on 0, 1 and 2, merged into
+/// stdout; or a pipe on stdin that stays open.
+#[test]
+fn stdio_modes_reach_the_program() {
+    use microvm_tests::{Arg, Program, Run, StdioMode};
+    use std::time::Duration;
+    let h = Harness::detect().expect("harness");
+    let run = |stdio: StdioMode, script: &str| {
+        let run = Run {
+            program: Program::Host("/bin/sh".into()),
+            args: vec![Arg::s("-c"), Arg::s(script)],
+            files_to_carry: vec![],
+            disks: vec![],
+            timeout: Duration::from_secs(60),
+            marks: vec![],
+            echo: false,
+            stdio,
+        };
+        h.run(&run).expect("run")
+    };
+    let out = run(
+        StdioMode::Terminal,
+        "test -t 0 && test -t 1 && test -t 2 && echo TTY-OK; echo to-err >&2; exit 3",
+    );
+    assert_eq!(out.status, Some(3), "{}", out.describe());
+    assert_eq!(out.stdout, "TTY-OK\r\nto-err\r\n", "{}", out.describe());
+    assert_eq!(out.stderr, "", "{}", out.describe());
+
+    // `timeout` ends (non-zero) a read that would wait forever on the open pipe; a closed
+    // pipe or /dev/null would give end of file at once (status 0).
+    let out = run(
+        StdioMode::Pipes,
+        "test -p /proc/self/fd/0 && echo FIFO; test -t 0 || echo NOT-TTY; \
+         if timeout 1 cat 2>/dev/null; then echo EOF; else echo STILL-OPEN; fi; echo to-err >&2",
+    );
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "FIFO\nNOT-TTY\nSTILL-OPEN\n",
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.stderr, "to-err\n", "{}", out.describe());
 }

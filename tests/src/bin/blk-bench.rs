@@ -177,6 +177,7 @@ fn real_main() -> Result<()> {
         timeout: Duration::from_secs(120 + 2 * 4 * u64::from(o.runtime) * 3),
         marks: vec![],
         echo: false,
+        stdio: microvm_tests::StdioMode::Null,
     };
     eprintln!(
         "blk-bench: {} path, fio {} s per job, pool {} {}",

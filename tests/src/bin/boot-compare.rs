@@ -166,6 +166,7 @@ fn real_main() -> Result<()> {
         timeout: Duration::from_secs(150 * (runs * cmds.len()) as u64),
         marks: vec![],
         echo: false,
+        stdio: microvm_tests::StdioMode::Null,
     };
     let out = harness.run(&run)?;
     if let Some(outer) = &out.outer {

@@ -2,13 +2,14 @@
 //! via `microvm_tests::exec`, shows its stdout between markers on our stdout, and writes
 //! the JSON report (stdout, stderr, status, timings) as one line to `--report PATH`.
 //!
-//! usage: harness-exec --report PATH --timeout-ms N [--echo] [--mark TEXT]... -- PROGRAM [ARGS]...
+//! usage: harness-exec --report PATH --timeout-ms N [--echo] [--stdio null|pipes|terminal]
+//!        [--mark TEXT]... -- PROGRAM [ARGS]...
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use microvm_tests::exec::{execute, ExecSpec};
+use microvm_tests::exec::{execute, ExecSpec, StdioMode};
 
 fn main() {
     if let Err(e) = real_main() {
@@ -23,6 +24,7 @@ fn real_main() -> Result<()> {
     let mut timeout = Duration::from_secs(60);
     let mut marks = Vec::new();
     let mut echo = false;
+    let mut stdio = StdioMode::Null;
     let mut program = None;
     while let Some(a) = args.next() {
         match a.to_str() {
@@ -42,6 +44,10 @@ fn real_main() -> Result<()> {
                     .into_owned(),
             ),
             Some("--echo") => echo = true,
+            Some("--stdio") => {
+                let v = args.next().context("--stdio needs a value")?;
+                stdio = StdioMode::from_name(&v.to_string_lossy())?;
+            }
             Some("--") => {
                 program = args.next();
                 break;
@@ -57,6 +63,7 @@ fn real_main() -> Result<()> {
         timeout,
         marks,
         echo_stdout: echo,
+        stdio,
     };
     println!("@@MVH-BEGIN@@");
     let result = execute(&spec);
