@@ -72,6 +72,9 @@ pub struct ExecSpec {
     pub echo_stdout: bool,
     /// The program's stdin, stdout and stderr.
     pub stdio: StdioMode,
+    /// Send this signal to the program when this string first appears on its stdout (as the
+    /// marks are timed); for tests of how a program stops.
+    pub signal_at_mark: Option<(String, i32)>,
 }
 
 /// What happened.
@@ -89,6 +92,9 @@ pub struct ExecReport {
     pub elapsed_ms: f64,
     /// Marker -> milliseconds from spawn to its first appearance on stdout.
     pub marks: BTreeMap<String, f64>,
+    /// Milliseconds from spawn to the signal of [`ExecSpec::signal_at_mark`], if sent.
+    #[serde(default)]
+    pub signalled_ms: Option<f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -289,7 +295,8 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
         Output::Terminal(master) => (master, None, Some(Arc::clone(&exited))),
     };
     let out_thread = {
-        let wanted = spec.marks.clone();
+        let mut wanted = spec.marks.clone();
+        wanted.extend(spec.signal_at_mark.iter().map(|(m, _)| m.clone()));
         let found = Arc::clone(&marks_found);
         let echo = spec.echo_stdout;
         thread::spawn(move || read_output(out_src, start, wanted, found, echo, idle_end))
@@ -303,9 +310,17 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
     });
 
     let mut timed_out = false;
+    let mut signalled_ms = None;
     let status = loop {
         if let Some(st) = child.try_wait().context("waiting for the child failed")? {
             break st;
+        }
+        if let (Some((mark, sig)), None) = (&spec.signal_at_mark, signalled_ms) {
+            if marks_found.lock().is_ok_and(|f| f.contains_key(mark)) {
+                // SAFETY: a signal to our own child, not yet reaped (try_wait said running).
+                unsafe { libc::kill(child.id() as libc::pid_t, *sig) };
+                signalled_ms = Some(ms(start.elapsed()));
+            }
         }
         if start.elapsed() >= spec.timeout {
             timed_out = true;
@@ -344,6 +359,7 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
         timed_out,
         elapsed_ms,
         marks,
+        signalled_ms,
     })
 }
 
@@ -367,6 +383,7 @@ mod tests {
             marks: vec!["MARK-B".into(), "never".into()],
             echo_stdout: false,
             stdio: StdioMode::Null,
+            signal_at_mark: None,
         })?;
         assert_eq!(rep.stdout, "one\nMARK-B\n");
         assert_eq!(rep.stderr, "err\n");
@@ -379,6 +396,32 @@ mod tests {
     }
 
     #[test]
+    fn signals_at_a_mark() -> Result<()> {
+        let rep = execute(&ExecSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "trap 'echo got-term; exit 7' TERM; echo READY; while :; do sleep 0.05; done"
+                    .into(),
+            ],
+            timeout: Duration::from_secs(20),
+            marks: vec![],
+            echo_stdout: false,
+            stdio: StdioMode::Null,
+            signal_at_mark: Some(("READY".into(), libc::SIGTERM)),
+        })?;
+        assert!(!rep.timed_out, "{rep:?}");
+        assert_eq!(rep.status, Some(7), "{rep:?}");
+        assert!(rep.stdout.contains("got-term"), "{rep:?}");
+        let sent = rep.signalled_ms.expect("signal sent");
+        assert!(
+            sent >= rep.marks["READY"] && sent <= rep.elapsed_ms,
+            "{rep:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn kills_at_timeout() -> Result<()> {
         let rep = execute(&ExecSpec {
             program: "/bin/sleep".into(),
@@ -387,6 +430,7 @@ mod tests {
             marks: vec![],
             echo_stdout: false,
             stdio: StdioMode::Null,
+            signal_at_mark: None,
         })?;
         assert!(rep.timed_out);
         assert_eq!(rep.status, None);
@@ -402,6 +446,7 @@ mod tests {
             marks: vec!["TTY-OK".into()],
             echo_stdout: false,
             stdio,
+            signal_at_mark: None,
         })
     }
 

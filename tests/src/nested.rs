@@ -325,6 +325,7 @@ pub struct NestedSpec {
     /// The program's stdin, stdout and stderr, set up by `harness-exec` inside the outer
     /// machine (a terminal there is a pty of the outer machine's devpts).
     pub stdio: StdioMode,
+    pub signal_at_mark: Option<(String, i32)>,
     /// Shell lines run in the outer machine before the program (see
     /// [`crate::Harness::run_with_setup`]).
     pub setup: Vec<String>,
@@ -470,6 +471,12 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             cmd.push_str(" --echo");
         }
         cmd.push_str(&format!(" --stdio {}", spec.stdio.name()));
+        if let Some((mark, sig)) = &spec.signal_at_mark {
+            cmd.push_str(&format!(
+                " --signal-at-mark {sig} {}",
+                shell_quote(mark.as_bytes())
+            ));
+        }
         for m in &spec.marks {
             cmd.push_str(&format!(" --mark {}", shell_quote(m.as_bytes())));
         }
