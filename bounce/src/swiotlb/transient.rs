@@ -1,0 +1,52 @@
+//! When the initial pool has no room: the other pools (oldest first), then Linux's
+//! `swiotlb_find_slots` fall-back: wake the growth worker and allocate a *transient* pool of
+//! exactly the request's size on the I/O path.
+
+use std::sync::Arc;
+
+use super::{Mapping, Shared};
+use crate::error::DmaError;
+use crate::pool::{MapAttrs, PoolKind, Request};
+use crate::stats::Shard;
+
+impl Shared {
+    #[inline(never)]
+    pub(super) fn alloc_beyond_initial(
+        &self,
+        h: usize,
+        req: &Request,
+        attrs: MapAttrs,
+        shard: &Shard,
+    ) -> Result<Mapping, DmaError> {
+        let len = req.len;
+        let initial = self.initial.get();
+        let set = self.pools.load();
+        for p in &set.alloc_order {
+            if initial.is_some_and(|i| Arc::ptr_eq(i, p)) {
+                continue;
+            }
+            if let Some(i) = p.alloc(h, req, shard) {
+                return Ok(self.allocated(p, i, req));
+            }
+        }
+        drop(set);
+        // Every pool is full (Linux `swiotlb_find_slots`): schedule growth, and go transient.
+        if self.cfg.dynamic {
+            self.kick();
+        }
+        if !self.cfg.transient {
+            return Err(DmaError::NoSpace { len });
+        }
+        // Extra slots so that the `min_align_mask` bits above the slot can be matched.
+        let extra = ((attrs.min_align_mask | attrs.alloc_align_mask) >> self.shift) as usize;
+        let bytes = ((req.nslots + extra) as u64) << self.shift;
+        let p = self.add_pool(PoolKind::Transient, bytes)?;
+        match p.alloc(0, req, shard) {
+            Some(i) => Ok(self.allocated(&p, i, req)),
+            None => {
+                self.remove_pool(&p);
+                Err(DmaError::NoSpace { len })
+            }
+        }
+    }
+}
