@@ -30,7 +30,10 @@ pub use dma::{Dma, DmaBuffer};
 pub use error::DmaError;
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
-pub use stats::{Failures, PoolStats, StatsSnapshot};
+pub use stats::{
+    ConversionCount, Conversions, ConversionsBy, Direction, Failures, Payer, PoolStats,
+    StatsSnapshot,
+};
 pub use swiotlb::{Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};
 pub use types::{DmaDirection, DmaSource};

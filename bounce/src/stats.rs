@@ -85,27 +85,150 @@ impl FailureCounters {
     }
 }
 
-/// Private<->shared conversions.
+/// Who pays for a conversion: the thread whose time it takes, and so whose delay an `inject`
+/// run adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payer {
+    /// A device thread mapping or unmapping (transient pools): in the guest, the vCPU whose
+    /// driver called `dma_map_*`/`dma_unmap_*`, i.e. the I/O path.
+    IoPath,
+    /// The growth worker (Linux: the `swiotlb_dyn_alloc` work item; with shrink, releases too).
+    Background,
+    /// Pool creation before the guest runs I/O (Linux: the boot-time pool).
+    Startup,
+}
+
+/// Which way a conversion goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Private -> shared (Linux `set_memory_decrypted`).
+    ToShared,
+    /// Shared -> private (Linux `set_memory_encrypted`).
+    ToPrivate,
+}
+
+/// Conversions one payer made in one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionCount {
+    /// Guest requests (hypercalls: TDVMCALL<MapGPA>, a GHCB Page State Change request, a pKVM
+    /// share/unshare call).
+    pub calls: u64,
+    /// Exits to the VMM the calls cause (e.g. `KVM_HC_MAP_GPA_RANGE` exits to user space).
+    pub exits: u64,
+    pub pages: u64,
+    /// Modeled time (account and inject modes).
+    pub ns: u64,
+    /// Of which really spent delaying the payer's thread (inject mode).
+    pub injected_ns: u64,
+}
+
+impl ConversionCount {
+    fn add(&mut self, o: &ConversionCount) {
+        self.calls += o.calls;
+        self.exits += o.exits;
+        self.pages += o.pages;
+        self.ns += o.ns;
+        self.injected_ns += o.injected_ns;
+    }
+}
+
+/// One payer's conversions, by direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionsBy {
+    pub to_shared: ConversionCount,
+    pub to_private: ConversionCount,
+}
+
+/// Private<->shared conversions: totals, and by payer and direction.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversions {
     pub to_shared_calls: u64,
+    pub to_shared_exits: u64,
     pub to_shared_pages: u64,
     pub to_private_calls: u64,
+    pub to_private_exits: u64,
     pub to_private_pages: u64,
     /// Modeled time of all conversions (account and inject modes).
     pub modeled_ns: u64,
     /// Of which really spent delaying threads (inject mode).
     pub injected_ns: u64,
+    /// Paid on the I/O path (transient pools, made and released by device threads).
+    pub io_path: ConversionsBy,
+    /// Paid by the growth worker (extensions; with `shrink`, releases).
+    pub background: ConversionsBy,
+    /// Paid at start-up (the initial pool).
+    pub startup: ConversionsBy,
 }
 
 #[derive(Default)]
+pub(crate) struct CountCounters {
+    calls: AtomicU64,
+    exits: AtomicU64,
+    pages: AtomicU64,
+    ns: AtomicU64,
+    injected_ns: AtomicU64,
+}
+
+impl CountCounters {
+    fn snapshot(&self) -> ConversionCount {
+        ConversionCount {
+            calls: self.calls.load(Relaxed),
+            exits: self.exits.load(Relaxed),
+            pages: self.pages.load(Relaxed),
+            ns: self.ns.load(Relaxed),
+            injected_ns: self.injected_ns.load(Relaxed),
+        }
+    }
+}
+
+/// Conversion counters by payer (`Payer as usize`) and direction (`Direction as usize`).
+#[derive(Default)]
 pub(crate) struct ConversionCounters {
-    pub to_shared_calls: AtomicU64,
-    pub to_shared_pages: AtomicU64,
-    pub to_private_calls: AtomicU64,
-    pub to_private_pages: AtomicU64,
-    pub modeled_ns: AtomicU64,
-    pub injected_ns: AtomicU64,
+    by: [[CountCounters; 2]; 3],
+}
+
+impl ConversionCounters {
+    /// Counts one conversion of `pages` pages that made `calls` calls and `exits` exits and
+    /// cost `ns` modeled nanoseconds.
+    pub fn count(&self, payer: Payer, dir: Direction, calls: u64, exits: u64, pages: u64, ns: u64) {
+        let c = &self.by[payer as usize][dir as usize];
+        add(&c.calls, calls);
+        add(&c.exits, exits);
+        add(&c.pages, pages);
+        add(&c.ns, ns);
+    }
+
+    /// Counts time really spent delaying the payer's thread.
+    pub fn injected(&self, payer: Payer, dir: Direction, ns: u64) {
+        add(&self.by[payer as usize][dir as usize].injected_ns, ns);
+    }
+
+    fn snapshot(&self) -> Conversions {
+        let by = |p: Payer| ConversionsBy {
+            to_shared: self.by[p as usize][Direction::ToShared as usize].snapshot(),
+            to_private: self.by[p as usize][Direction::ToPrivate as usize].snapshot(),
+        };
+        let mut c = Conversions {
+            io_path: by(Payer::IoPath),
+            background: by(Payer::Background),
+            startup: by(Payer::Startup),
+            ..Default::default()
+        };
+        let (mut shared, mut private) = (ConversionCount::default(), ConversionCount::default());
+        for b in [c.io_path, c.background, c.startup] {
+            shared.add(&b.to_shared);
+            private.add(&b.to_private);
+        }
+        c.to_shared_calls = shared.calls;
+        c.to_shared_exits = shared.exits;
+        c.to_shared_pages = shared.pages;
+        c.to_private_calls = private.calls;
+        c.to_private_exits = private.exits;
+        c.to_private_pages = private.pages;
+        c.modeled_ns = shared.ns + private.ns;
+        c.injected_ns = shared.injected_ns + private.injected_ns;
+        c
+    }
 }
 
 /// Rare-event and global counters.
@@ -213,15 +336,7 @@ impl StatsSnapshot {
             self.lock_contended += s.lock_contended.load(Relaxed);
         }
         self.failures = g.failures.snapshot();
-        let c = &g.conv;
-        self.conversions = Conversions {
-            to_shared_calls: c.to_shared_calls.load(Relaxed),
-            to_shared_pages: c.to_shared_pages.load(Relaxed),
-            to_private_calls: c.to_private_calls.load(Relaxed),
-            to_private_pages: c.to_private_pages.load(Relaxed),
-            modeled_ns: c.modeled_ns.load(Relaxed),
-            injected_ns: c.injected_ns.load(Relaxed),
-        };
+        self.conversions = g.conv.snapshot();
         self.pools_created = g.pools_created.load(Relaxed);
         self.transient_created = g.transient_created.load(Relaxed);
         self.extensions = g.extensions.load(Relaxed);

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{Freed, Mapping, Shared, SHARDS};
 use crate::error::DmaError;
 use crate::pool::{MapAttrs, Pool, PoolKind, Request};
-use crate::stats::{add, Shard};
+use crate::stats::{add, Payer, Shard};
 use crate::types::DmaSource;
 
 fn hint(src: DmaSource) -> usize {
@@ -131,7 +131,7 @@ impl Shared {
                     self.g.used.fetch_sub(nslots as u64, Relaxed);
                 }
                 if p.kind == PoolKind::Transient && p.retire(false) {
-                    self.remove_pool(p);
+                    self.remove_pool(p, Payer::IoPath);
                 }
                 Ok(Freed { orig, len })
             },

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::Shared;
 use crate::pool::PoolKind;
-use crate::stats::add;
+use crate::stats::{add, Payer};
 
 /// What the worker is asked to do (under `Shared::ctl`).
 pub(super) struct Ctl {
@@ -60,7 +60,7 @@ impl Shared {
     fn extend(&self) {
         let mut size = self.cfg.chunk;
         loop {
-            match self.add_pool(PoolKind::Dynamic, size) {
+            match self.add_pool(PoolKind::Dynamic, size, Payer::Background) {
                 Ok(_) => {
                     add(&self.g.extensions, 1);
                     return;
@@ -88,7 +88,7 @@ impl Shared {
             let created = p.created.duration_since(self.epoch).as_nanos() as u64;
             let last = p.last_free_ns().max(created);
             if p.used() == 0 && now.saturating_sub(last) >= idle && p.retire(false) {
-                self.remove_pool(p);
+                self.remove_pool(p, Payer::Background);
                 add(&self.g.shrinks, 1);
                 n += 1;
             }

@@ -23,7 +23,7 @@ use crate::config::{ConfigError, SwiotlbConfig};
 use crate::error::DmaError;
 use crate::lookup::Published;
 use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind};
-use crate::stats::{add, Global, Shard, StatsSnapshot};
+use crate::stats::{add, Global, Payer, Shard, StatsSnapshot};
 use crate::types::DmaSource;
 use growth::Ctl;
 
@@ -150,9 +150,11 @@ impl Swiotlb {
             cfg,
         });
         if sh.cfg.initial {
-            let p = sh.add_pool(PoolKind::Initial, sh.cfg.size).map_err(|e| {
-                ConfigError::Invalid(format!("cannot create the initial pool: {e}"))
-            })?;
+            let p = sh
+                .add_pool(PoolKind::Initial, sh.cfg.size, Payer::Startup)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("cannot create the initial pool: {e}"))
+                })?;
             let _ = sh.initial.set(p);
         }
         let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() {
@@ -255,12 +257,16 @@ impl Swiotlb {
             .collect()
     }
 
-    /// Adds a dynamic pool of `bytes` now, on the calling thread (what the worker does).
+    /// Adds a dynamic pool of `bytes` now, on the calling thread (what the worker does; its
+    /// conversion is counted as the worker's, `Payer::Background`).
     pub fn grow(&self, bytes: u64) -> Result<(), DmaError> {
-        self.sh.add_pool(PoolKind::Dynamic, bytes).map(|_| ())
+        self.sh
+            .add_pool(PoolKind::Dynamic, bytes, Payer::Background)
+            .map(|_| ())
     }
 
-    /// Releases dynamic pools idle for at least `idle` now; returns how many.
+    /// Releases dynamic pools idle for at least `idle` now (as the worker does with `shrink`;
+    /// counted as `Payer::Background`); returns how many.
     pub fn shrink_idle(&self, idle: Duration) -> usize {
         self.sh.shrink_idle(idle)
     }

@@ -9,12 +9,17 @@ use super::{Shared, POOL_ALIGN};
 use crate::convert::{delay, ConvertMode};
 use crate::error::DmaError;
 use crate::pool::{Pool, PoolKind};
-use crate::stats::add;
+use crate::stats::{add, Direction, Payer};
 
 impl Shared {
-    /// Reserves against the cap, allocates, converts to shared (the caller's thread pays in
-    /// inject mode) and publishes a pool.
-    pub(super) fn add_pool(&self, kind: PoolKind, bytes: u64) -> Result<Arc<Pool>, DmaError> {
+    /// Reserves against the cap, allocates, converts to shared (paid by `payer`, whose thread
+    /// this is: delayed in inject mode) and publishes a pool.
+    pub(super) fn add_pool(
+        &self,
+        kind: PoolKind,
+        bytes: u64,
+        payer: Payer,
+    ) -> Result<Arc<Pool>, DmaError> {
         let slot = 1u64 << self.shift;
         let mut nslots = bytes.div_ceil(slot) as usize;
         let mut nareas = 1;
@@ -53,7 +58,7 @@ impl Shared {
             });
         };
         let p = Arc::new(p);
-        self.convert(real / page, true);
+        self.convert(payer, Direction::ToShared, real / page);
         let now = self.reserved.load(Relaxed);
         self.g.shared_bytes_hiwater.fetch_max(now, Relaxed);
         add(&self.g.pools_created, 1);
@@ -68,8 +73,8 @@ impl Shared {
     }
 
     /// Unpublishes a retired pool (its memory is already released) and converts it back to
-    /// private.
-    pub(super) fn remove_pool(&self, p: &Arc<Pool>) {
+    /// private, paid by `payer`.
+    pub(super) fn remove_pool(&self, p: &Arc<Pool>, payer: Payer) {
         {
             let _w = self.writer.lock();
             // Fold its counters into the totals in the same step as unpublishing it, so a
@@ -80,25 +85,22 @@ impl Shared {
             self.pools.store(set);
         }
         let page = self.cfg.page as u64;
-        self.convert(p.bytes() / page, false);
+        self.convert(payer, Direction::ToPrivate, p.bytes() / page);
         self.reserved.fetch_sub(p.bytes(), Relaxed);
     }
 
-    fn convert(&self, pages: u64, to_shared: bool) {
+    /// Converts `pages` pages in direction `dir` on the calling thread, which stands for `payer`:
+    /// counts the calls, exits, pages and modeled time, and in inject mode delays the thread.
+    pub(super) fn convert(&self, payer: Payer, dir: Direction, pages: u64) {
         let (calls, ns) = self.cfg.convert.cost(pages);
-        let c = &self.g.conv;
-        if to_shared {
-            add(&c.to_shared_calls, calls);
-            add(&c.to_shared_pages, pages);
-        } else {
-            add(&c.to_private_calls, calls);
-            add(&c.to_private_pages, pages);
-        }
-        add(&c.modeled_ns, ns);
+        // One exit to the VMM per call until the presets model exits (next change).
+        self.g.conv.count(payer, dir, calls, calls, pages, ns);
         if self.cfg.convert_mode == ConvertMode::Inject && ns > 0 {
             let t = Instant::now();
             delay(ns);
-            add(&c.injected_ns, t.elapsed().as_nanos() as u64);
+            self.g
+                .conv
+                .injected(payer, dir, t.elapsed().as_nanos() as u64);
         }
     }
 }

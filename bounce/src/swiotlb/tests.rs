@@ -214,6 +214,59 @@ fn transient_pools_and_cap() {
     assert!(all_free(&s));
 }
 
+/// Each conversion is counted against the one who pays it: the initial pool at start-up, a
+/// worker's extension and release in the background, a transient pool (made and released by
+/// the mapping thread) on the I/O path; to shared and to private apart.
+#[test]
+fn conversions_are_counted_by_payer_and_direction() {
+    let s = tlb("size=256K,areas=1,dynamic=off,convert=snp");
+    let c = s.stats().conversions;
+    // 256 KiB initial pool: 64 pages, one request (SNP: up to 253 entries each).
+    assert_eq!(
+        (c.startup.to_shared.calls, c.startup.to_shared.pages),
+        (1, 64)
+    );
+    assert!(c.startup.to_shared.ns > 0);
+    assert_eq!(c.io_path, crate::ConversionsBy::default());
+    assert_eq!(c.background, crate::ConversionsBy::default());
+    // The worker's work, done on this thread: a 1 MiB chunk, then its release.
+    s.grow(1 << 20).unwrap();
+    let c = s.stats().conversions;
+    assert_eq!(c.background.to_shared.pages, 256);
+    assert_eq!(c.background.to_private, crate::ConversionCount::default());
+    assert_eq!(s.shrink_idle(Duration::ZERO), 1);
+    let c = s.stats().conversions;
+    assert_eq!(c.background.to_private.pages, 256);
+    assert_eq!(c.io_path, crate::ConversionsBy::default());
+    // Fill the initial pool: the next map makes a transient pool on the I/O path.
+    let held: Vec<_> = (0..128)
+        .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
+        .collect();
+    let t = s.alloc(SRC, 0, 8192, MapAttrs::default()).unwrap();
+    let c = s.stats().conversions;
+    assert_eq!(c.io_path.to_shared.pages, 2);
+    assert_eq!(c.io_path.to_private.pages, 0);
+    s.free(SRC, t.addr).unwrap();
+    let c = s.stats().conversions;
+    assert_eq!(c.io_path.to_private.pages, 2);
+    assert!(c.io_path.to_private.calls > 0 && c.io_path.to_private.ns > 0);
+    // The totals are the payers' sums.
+    assert_eq!(c.to_shared_pages, 64 + 256 + 2);
+    assert_eq!(c.to_private_pages, 256 + 2);
+    let ns = |b: &crate::ConversionsBy| b.to_shared.ns + b.to_private.ns;
+    assert_eq!(
+        c.modeled_ns,
+        ns(&c.startup) + ns(&c.background) + ns(&c.io_path)
+    );
+    // The JSON the VMM logs has them by name.
+    let j: serde_json::Value = serde_json::from_str(&s.stats().to_json()).unwrap();
+    assert_eq!(j["conversions"]["io_path"]["to_private"]["pages"], 2);
+    assert_eq!(j["conversions"]["startup"]["to_shared"]["calls"], 1);
+    for m in held {
+        s.free(SRC, m.addr).unwrap();
+    }
+}
+
 #[test]
 fn background_extension_and_shrink() {
     let s = tlb("size=256K,areas=1,threshold=50,chunk=1M,shrink=20ms,transient=off");
@@ -240,6 +293,11 @@ fn background_extension_and_shrink() {
     let st = s.stats();
     assert_eq!(st.pools_live, 1);
     assert_eq!(st.shared_bytes, 256 << 10);
+    // The worker paid both conversions; nothing was converted on the I/O path.
+    let c = &st.conversions;
+    assert_eq!(c.background.to_shared.pages, 256);
+    assert_eq!(c.background.to_private.pages, 256);
+    assert_eq!(c.io_path.to_shared.pages + c.io_path.to_private.pages, 0);
     assert!(all_free(&s));
 }
 
@@ -266,6 +324,12 @@ fn inject_delays_the_paying_thread() {
     // initial pool's too, on the constructing thread).
     assert_eq!(st.conversions.modeled_ns, 6_000_000);
     assert!(st.conversions.injected_ns >= 6_000_000);
+    // Each delay is counted against its payer: the I/O path both ways, start-up once.
+    let c = &st.conversions;
+    assert!(c.io_path.to_shared.injected_ns >= 2_000_000);
+    assert!(c.io_path.to_private.injected_ns >= 2_000_000);
+    assert!(c.startup.to_shared.injected_ns >= 2_000_000);
+    assert_eq!(c.background, crate::ConversionsBy::default());
     for m in held {
         s.free(SRC, m.addr).unwrap();
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Mapping, Shared};
 use crate::error::DmaError;
 use crate::pool::{MapAttrs, PoolKind, Request};
-use crate::stats::Shard;
+use crate::stats::{Payer, Shard};
 
 impl Shared {
     #[inline(never)]
@@ -40,11 +40,11 @@ impl Shared {
         // Extra slots so that the `min_align_mask` bits above the slot can be matched.
         let extra = ((attrs.min_align_mask | attrs.alloc_align_mask) >> self.shift) as usize;
         let bytes = ((req.nslots + extra) as u64) << self.shift;
-        let p = self.add_pool(PoolKind::Transient, bytes)?;
+        let p = self.add_pool(PoolKind::Transient, bytes, Payer::IoPath)?;
         match p.alloc(0, req, shard) {
             Some(i) => Ok(self.allocated(&p, i, req)),
             None => {
-                self.remove_pool(&p);
+                self.remove_pool(&p, Payer::IoPath);
                 Err(DmaError::NoSpace { len })
             }
         }
