@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::convert::{ConvertCost, ConvertMode};
+use crate::convert::{ConvertCost, ConvertMode, CONVERT_SYNTAX};
 
 /// Which structure finds the pool that owns a bounce address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -238,11 +238,7 @@ impl SwiotlbConfig {
                     _ => return Err(bad("expected next or lifo")),
                 }
             }
-            "convert" => {
-                self.convert = value
-                    .parse()
-                    .map_err(|_| bad("expected none, snp, tdx or CALL_NS/PAGE_NS"))?
-            }
+            "convert" => self.convert = value.parse().map_err(|_| bad(CONVERT_SYNTAX))?,
             "convert-mode" | "convert_mode" => {
                 self.convert_mode = match value {
                     "account" => ConvertMode::Account,
@@ -357,12 +353,22 @@ mod tests {
         assert_eq!(c.cap, 1 << 30);
         assert_eq!(c.convert, ConvertCost::Snp);
         assert_eq!(c.convert_mode, ConvertMode::Inject);
-        let custom: SwiotlbConfig = "convert=100/20,lookup=list".parse().unwrap();
+        let custom: SwiotlbConfig =
+            "convert=custom:to-shared=100/0/20/0/0:to-private=100/0/20/0/0,lookup=list"
+                .parse()
+                .unwrap();
+        let d = crate::DirCost {
+            call_ns: 100,
+            exit_ns: 0,
+            page_ns: 20,
+            pages_per_call: 0,
+            pages_per_exit: 0,
+        };
         assert_eq!(
             custom.convert,
             ConvertCost::Custom {
-                per_call_ns: 100,
-                per_page_ns: 20
+                to_shared: d,
+                to_private: d
             }
         );
         assert_eq!(custom.lookup, LookupKind::List);
@@ -399,6 +405,10 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(matches!(
+            "convert=100/20".parse::<SwiotlbConfig>(),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
             SwiotlbConfig::from_json_or_kv(r#"{"bogus": 0}"#),
             Err(ConfigError::Json(_))
         ));
@@ -406,8 +416,20 @@ mod tests {
 
     #[test]
     fn json_round_trip() {
-        let c: SwiotlbConfig = "shrink=250ms,convert=tdx".parse().unwrap();
-        let j = serde_json::to_string(&c).unwrap();
-        assert_eq!(SwiotlbConfig::from_json_or_kv(&j).unwrap(), c);
+        for kv in [
+            "shrink=250ms,convert=tdx",
+            "convert=custom:to-shared=1/2/3/4/5:to-private=6/7/8/9/10",
+        ] {
+            let c: SwiotlbConfig = kv.parse().unwrap();
+            let j = serde_json::to_string(&c).unwrap();
+            assert_eq!(SwiotlbConfig::from_json_or_kv(&j).unwrap(), c);
+        }
+        // JSON needs every figure too.
+        let partial = r#"{"convert": {"custom": {"to_shared": {"call_ns": 1},
+            "to_private": {"call_ns": 1}}}}"#;
+        assert!(matches!(
+            SwiotlbConfig::from_json_or_kv(partial),
+            Err(ConfigError::Json(_))
+        ));
     }
 }

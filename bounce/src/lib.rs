@@ -25,14 +25,13 @@ pub mod trace;
 pub mod types;
 
 pub use config::{ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
-pub use convert::{ConvertCost, ConvertMode};
+pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
 pub use dma::{Dma, DmaBuffer};
 pub use error::DmaError;
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
 pub use stats::{
-    ConversionCount, Conversions, ConversionsBy, Direction, Failures, Payer, PoolStats,
-    StatsSnapshot,
+    ConversionCount, Conversions, ConversionsBy, Failures, Payer, PoolStats, StatsSnapshot,
 };
 pub use swiotlb::{Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
+use crate::convert::ConvertDirection as Direction;
+
 /// Hot-path counters of one shard (one per area index / queue).
 #[derive(Default)]
 pub(crate) struct Shard {
@@ -96,15 +98,6 @@ pub enum Payer {
     Background,
     /// Pool creation before the guest runs I/O (Linux: the boot-time pool).
     Startup,
-}
-
-/// Which way a conversion goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Private -> shared (Linux `set_memory_decrypted`).
-    ToShared,
-    /// Shared -> private (Linux `set_memory_encrypted`).
-    ToPrivate,
 }
 
 /// Conversions one payer made in one direction.

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Shared, POOL_ALIGN};
+use crate::convert::ConvertDirection as Direction;
 use crate::convert::{delay, ConvertMode};
 use crate::error::DmaError;
 use crate::pool::{Pool, PoolKind};
-use crate::stats::{add, Direction, Payer};
+use crate::stats::{add, Payer};
 
 impl Shared {
     /// Reserves against the cap, allocates, converts to shared (paid by `payer`, whose thread
@@ -92,12 +93,14 @@ impl Shared {
     /// Converts `pages` pages in direction `dir` on the calling thread, which stands for `payer`:
     /// counts the calls, exits, pages and modeled time, and in inject mode delays the thread.
     pub(super) fn convert(&self, payer: Payer, dir: Direction, pages: u64) {
-        let (calls, ns) = self.cfg.convert.cost(pages);
-        // One exit to the VMM per call until the presets model exits (next change).
-        self.g.conv.count(payer, dir, calls, calls, pages, ns);
-        if self.cfg.convert_mode == ConvertMode::Inject && ns > 0 {
+        if !self.cfg.convert.encrypted() {
+            return;
+        }
+        let c = self.cfg.convert.cost(dir, pages);
+        self.g.conv.count(payer, dir, c.calls, c.exits, pages, c.ns);
+        if self.cfg.convert_mode == ConvertMode::Inject && c.ns > 0 {
             let t = Instant::now();
-            delay(ns);
+            delay(c.ns);
             self.g
                 .conv
                 .injected(payer, dir, t.elapsed().as_nanos() as u64);

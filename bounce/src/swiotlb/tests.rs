@@ -269,7 +269,7 @@ fn conversions_are_counted_by_payer_and_direction() {
 
 #[test]
 fn background_extension_and_shrink() {
-    let s = tlb("size=256K,areas=1,threshold=50,chunk=1M,shrink=20ms,transient=off");
+    let s = tlb("size=256K,areas=1,threshold=50,chunk=1M,shrink=20ms,transient=off,convert=tdx");
     let m: Vec<_> = (0..70)
         .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
         .collect();
@@ -293,10 +293,16 @@ fn background_extension_and_shrink() {
     let st = s.stats();
     assert_eq!(st.pools_live, 1);
     assert_eq!(st.shared_bytes, 256 << 10);
-    // The worker paid both conversions; nothing was converted on the I/O path.
+    // The worker paid both conversions (TDX: a MapGPA each, a 2 MiB piece for 1 MiB; accepts
+    // make the way back dearer); nothing was converted on the I/O path.
     let c = &st.conversions;
     assert_eq!(c.background.to_shared.pages, 256);
     assert_eq!(c.background.to_private.pages, 256);
+    assert_eq!(
+        (c.background.to_shared.calls, c.background.to_shared.exits),
+        (1, 1)
+    );
+    assert!(c.background.to_private.ns > c.background.to_shared.ns);
     assert_eq!(c.io_path.to_shared.pages + c.io_path.to_private.pages, 0);
     assert!(all_free(&s));
 }
@@ -304,7 +310,7 @@ fn background_extension_and_shrink() {
 #[test]
 fn inject_delays_the_paying_thread() {
     // Transient pools: the I/O thread pays 2 ms to convert and 2 ms to convert back.
-    let s = tlb("size=256K,areas=1,dynamic=off,convert=2000000/0,convert-mode=inject");
+    let s = tlb("size=256K,areas=1,dynamic=off,convert=custom:to-shared=2000000/0/0/0/0:to-private=2000000/0/0/0/0,convert-mode=inject");
     let t = Instant::now();
     let held: Vec<_> = (0..128)
         .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
@@ -334,7 +340,7 @@ fn inject_delays_the_paying_thread() {
         s.free(SRC, m.addr).unwrap();
     }
     // Account mode: modeled, not spent.
-    let s = tlb("size=256K,convert=2000000/0,convert-mode=account");
+    let s = tlb("size=256K,convert=custom:to-shared=2000000/0/0/0/0:to-private=2000000/0/0/0/0,convert-mode=account");
     let st = s.stats();
     assert_eq!(st.conversions.modeled_ns, 2_000_000);
     assert_eq!(st.conversions.injected_ns, 0);
