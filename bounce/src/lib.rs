@@ -24,7 +24,7 @@ pub mod swiotlb;
 pub mod trace;
 pub mod types;
 
-pub use config::{ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
+pub use config::{AtomicPool, ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
 pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
 pub use dma::{Dma, DmaBuffer};
 pub use error::DmaError;
@@ -33,6 +33,6 @@ pub use queue::{Chain, Desc, DmaQueue, QueueError};
 pub use stats::{
     ConversionCount, Conversions, ConversionsBy, Failures, Payer, PoolStats, StatsSnapshot,
 };
-pub use swiotlb::{Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
+pub use swiotlb::{AtomicPoolStats, Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};
 pub use types::{DmaDirection, DmaSource};

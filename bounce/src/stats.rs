@@ -35,6 +35,8 @@ pub struct Failures {
     pub too_large: u64,
     pub no_space: u64,
     pub cap_reached: u64,
+    /// Maps whose transient pool found no room in the atomic pools.
+    pub atomic_pool_exhausted: u64,
     pub unknown_address: u64,
     pub not_mapped: u64,
     pub not_mapping_start: u64,
@@ -48,6 +50,7 @@ pub(crate) struct FailureCounters {
     pub too_large: AtomicU64,
     pub no_space: AtomicU64,
     pub cap_reached: AtomicU64,
+    pub atomic_pool_exhausted: AtomicU64,
     pub unknown_address: AtomicU64,
     pub not_mapped: AtomicU64,
     pub not_mapping_start: AtomicU64,
@@ -63,6 +66,7 @@ impl FailureCounters {
             TooLarge { .. } => &self.too_large,
             NoSpace { .. } => &self.no_space,
             CapReached { .. } => &self.cap_reached,
+            AtomicPoolExhausted { .. } => &self.atomic_pool_exhausted,
             UnknownAddress { .. } => &self.unknown_address,
             NotMapped { .. } => &self.not_mapped,
             NotMappingStart { .. } => &self.not_mapping_start,
@@ -79,6 +83,7 @@ impl FailureCounters {
             too_large: self.too_large.load(Relaxed),
             no_space: self.no_space.load(Relaxed),
             cap_reached: self.cap_reached.load(Relaxed),
+            atomic_pool_exhausted: self.atomic_pool_exhausted.load(Relaxed),
             unknown_address: self.unknown_address.load(Relaxed),
             not_mapped: self.not_mapped.load(Relaxed),
             not_mapping_start: self.not_mapping_start.load(Relaxed),
@@ -289,6 +294,8 @@ pub struct StatsSnapshot {
     /// Linux's `total_used` and `used_hiwater`); with it off, the sum of the live pools' marks
     /// (an upper bound).
     pub slots_used_hiwater: u64,
+    /// Shared (converted) memory: the pools, and the atomic pools (whose transient pools are
+    /// not counted twice).
     pub shared_bytes: u64,
     pub shared_bytes_hiwater: u64,
     pub pools_live: u64,
@@ -305,6 +312,8 @@ pub struct StatsSnapshot {
     pub bytes_to_guest: u64,
     pub failures: Failures,
     pub conversions: Conversions,
+    /// dma-pool.c's atomic pools, where an encrypted guest's transient pools come from.
+    pub atomic_pool: crate::AtomicPoolStats,
     pub extensions: u64,
     pub extension_failures: u64,
     pub shrinks: u64,

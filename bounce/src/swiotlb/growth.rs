@@ -1,6 +1,7 @@
 //! The background worker (Linux `swiotlb_dyn_alloc`, run from a workqueue): woken when every
 //! pool is full (or use crosses `threshold`), it adds a chunk, halving on failure; with `shrink`
-//! it also releases dynamic chunks left idle (not in Linux).
+//! it also releases dynamic chunks left idle (not in Linux). It also does dma-pool.c's work item
+//! (`atomic_pool_work_fn`): growing the atomic pools an allocation left low.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -11,7 +12,10 @@ use crate::stats::{add, Payer};
 
 /// What the worker is asked to do (under `Shared::ctl`).
 pub(super) struct Ctl {
+    /// Grow the pools (`swiotlb_dyn_alloc`).
     pub pending: bool,
+    /// Grow the atomic pools (`atomic_pool_work_fn`).
+    pub atomic: bool,
     pub shutdown: bool,
 }
 
@@ -23,15 +27,21 @@ impl Shared {
         }
     }
 
+    /// Schedules the atomic pools' growth (Linux `schedule_work(&atomic_pool_work)`).
+    pub(super) fn kick_atomic(&self) {
+        self.ctl.lock().atomic = true;
+        self.cv.notify_one();
+    }
+
     pub(super) fn worker(&self) {
         let tick = self
             .cfg
             .shrink
             .map(|d| (d / 4).clamp(Duration::from_millis(1), Duration::from_secs(1)));
         loop {
-            let pending = {
+            let (pending, atomic) = {
                 let mut ctl = self.ctl.lock();
-                if !ctl.pending && !ctl.shutdown {
+                if !ctl.pending && !ctl.atomic && !ctl.shutdown {
                     match tick {
                         Some(t) => {
                             self.cv.wait_for(&mut ctl, t);
@@ -42,8 +52,14 @@ impl Shared {
                 if ctl.shutdown {
                     return;
                 }
-                std::mem::take(&mut ctl.pending)
+                (
+                    std::mem::take(&mut ctl.pending),
+                    std::mem::take(&mut ctl.atomic),
+                )
             };
+            if atomic {
+                self.atomic_work();
+            }
             if pending {
                 add(&self.g.worker_wakeups, 1);
                 self.extend();
@@ -52,6 +68,14 @@ impl Shared {
             if let Some(idle) = self.cfg.shrink {
                 self.shrink_idle(idle);
             }
+        }
+    }
+
+    /// Linux `atomic_pool_work_fn`: every atomic pool with less free space than
+    /// `atomic_pool_size` grows by its size, the worker paying the conversion.
+    pub(super) fn atomic_work(&self) {
+        if let Some(a) = &self.atomic {
+            self.add_atomic_blocks(&a.wanted_blocks(), Payer::Background);
         }
     }
 

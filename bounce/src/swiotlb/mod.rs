@@ -25,8 +25,11 @@ use crate::lookup::Published;
 use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind};
 use crate::stats::{add, Global, Payer, Shard, StatsSnapshot};
 use crate::types::DmaSource;
+pub use atomic::AtomicPoolStats;
+use atomic::AtomicPools;
 use growth::Ctl;
 
+mod atomic;
 mod fastpath;
 mod growth;
 mod poolset;
@@ -102,6 +105,8 @@ pub(crate) struct Shared {
     kicked: AtomicBool,
     /// Hot-path counters of pools that are gone.
     retired_counts: Mutex<AreaCounts>,
+    /// dma-pool.c's atomic pools, when memory is encrypted and transient pools come from them.
+    atomic: Option<AtomicPools>,
     ctl: Mutex<Ctl>,
     cv: Condvar,
 }
@@ -113,8 +118,8 @@ pub struct Swiotlb {
 }
 
 impl Swiotlb {
-    /// Builds the pools (converting the initial one) and starts the worker when growth or shrink
-    /// is on.
+    /// Builds the pools (converting the initial one and, memory encrypted, the atomic pools) and
+    /// starts the worker when growth or shrink is on or the atomic pools may need to grow.
     pub fn new(cfg: SwiotlbConfig) -> Result<Arc<Swiotlb>, ConfigError> {
         Swiotlb::with_worker_start(cfg, None)
     }
@@ -142,8 +147,17 @@ impl Swiotlb {
             epoch: Instant::now(),
             kicked: AtomicBool::new(false),
             retired_counts: Mutex::new(AreaCounts::default()),
+            atomic: cfg.uses_atomic_pools().then(|| {
+                AtomicPools::new(
+                    cfg.atomic_zones(),
+                    cfg.atomic_pool_size(),
+                    cfg.page as u64,
+                    crate::config::MAX_ORDER_BYTES,
+                )
+            }),
             ctl: Mutex::new(Ctl {
                 pending: false,
+                atomic: false,
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -157,7 +171,15 @@ impl Swiotlb {
                 })?;
             let _ = sh.initial.set(p);
         }
-        let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() {
+        if let Some(a) = &sh.atomic {
+            // `dma_atomic_pool_init` (a postcore initcall): each zone's pool, decrypted now.
+            if !sh.add_atomic_blocks(&a.initial_blocks(), Payer::Startup) {
+                return Err(ConfigError::Invalid(
+                    "cannot create the atomic pools: past the cap".into(),
+                ));
+            }
+        }
+        let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() || sh.atomic.is_some() {
             let s = sh.clone();
             let (started_tx, started) = std::sync::mpsc::sync_channel(1);
             let worker = std::thread::Builder::new()
@@ -285,6 +307,9 @@ impl Swiotlb {
             .g
             .shared_bytes_hiwater
             .store(self.sh.reserved.load(Relaxed), Relaxed);
+        if let Some(a) = &self.sh.atomic {
+            a.reset_hiwater();
+        }
     }
 
     /// All statistics at this moment.
@@ -313,6 +338,10 @@ impl Swiotlb {
             s.slots_used_hiwater = s.pools.iter().map(|p| p.slots_used_hiwater).sum();
         }
         s.shared_bytes = set.shared_bytes;
+        if let Some(a) = &self.sh.atomic {
+            s.atomic_pool = a.stats();
+            s.shared_bytes += s.atomic_pool.bytes;
+        }
         s.pools_live = set.list.len() as u64;
         s.transient_live = set
             .list

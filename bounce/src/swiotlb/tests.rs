@@ -181,7 +181,9 @@ fn full_pool_without_growth_fails_cleanly() {
 
 #[test]
 fn transient_pools_and_cap() {
-    let s = tlb("size=256K,areas=1,dynamic=off,cap=300K,convert=snp");
+    // Transient pools allocated and converted per mapping (`atomic-pool=off`, not Linux: see
+    // the atomic pool tests below for what Linux does).
+    let s = tlb("size=256K,areas=1,dynamic=off,cap=300K,convert=snp,atomic-pool=off");
     let m: Vec<_> = (0..128)
         .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
         .collect();
@@ -215,11 +217,12 @@ fn transient_pools_and_cap() {
 }
 
 /// Each conversion is counted against the one who pays it: the initial pool at start-up, a
-/// worker's extension and release in the background, a transient pool (made and released by
-/// the mapping thread) on the I/O path; to shared and to private apart.
+/// worker's extension and release in the background, a transient pool converted per mapping
+/// (`atomic-pool=off`, made and released by the mapping thread) on the I/O path; to shared and
+/// to private apart.
 #[test]
 fn conversions_are_counted_by_payer_and_direction() {
-    let s = tlb("size=256K,areas=1,dynamic=off,convert=snp");
+    let s = tlb("size=256K,areas=1,dynamic=off,convert=snp,atomic-pool=off");
     let c = s.stats().conversions;
     // 256 KiB initial pool: 64 pages, one request (SNP: up to 253 entries each).
     assert_eq!(
@@ -309,8 +312,9 @@ fn background_extension_and_shrink() {
 
 #[test]
 fn inject_delays_the_paying_thread() {
-    // Transient pools: the I/O thread pays 2 ms to convert and 2 ms to convert back.
-    let s = tlb("size=256K,areas=1,dynamic=off,convert=custom:to-shared=2000000/0/0/0/0:to-private=2000000/0/0/0/0,convert-mode=inject");
+    // Transient pools converted per mapping (`atomic-pool=off`): the I/O thread pays 2 ms to
+    // convert and 2 ms to convert back.
+    let s = tlb("size=256K,areas=1,dynamic=off,atomic-pool=off,convert=custom:to-shared=2000000/0/0/0/0:to-private=2000000/0/0/0/0,convert-mode=inject");
     let t = Instant::now();
     let held: Vec<_> = (0..128)
         .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
@@ -339,11 +343,179 @@ fn inject_delays_the_paying_thread() {
     for m in held {
         s.free(SRC, m.addr).unwrap();
     }
-    // Account mode: modeled, not spent.
+    // Account mode: modeled, not spent. The initial pool and the two atomic pools (one call
+    // each) at start-up.
     let s = tlb("size=256K,convert=custom:to-shared=2000000/0/0/0/0:to-private=2000000/0/0/0/0,convert-mode=account");
     let st = s.stats();
-    assert_eq!(st.conversions.modeled_ns, 2_000_000);
+    assert_eq!(st.conversions.modeled_ns, 6_000_000);
+    assert_eq!(st.conversions.startup.to_shared.calls, 3);
     assert_eq!(st.conversions.injected_ns, 0);
+}
+
+/// Fills the initial pool (256 KiB, 2 KiB slots) so that the next map goes transient.
+fn fill(s: &Swiotlb) -> Vec<Mapping> {
+    (0..128)
+        .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
+        .collect()
+}
+
+/// Waits (bounded) until the worker has added `n` atomic-pool blocks.
+fn wait_atomic_expansions(s: &Swiotlb, n: u64) {
+    let t = Instant::now();
+    while s.stats().atomic_pool.expansions < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the worker never grew the atomic pool: {:?}",
+            s.stats().atomic_pool
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn atomic_pool_sizes_follow_linux_defaults() {
+    let cfg = |kv: &str| SwiotlbConfig::from_json_or_kv(kv).unwrap();
+    // dma_atomic_pool_init: 128 KiB per GiB, at least 128 KiB, at most 4 MiB.
+    for (ram, size) in [
+        ("0", 128 << 10),
+        ("512M", 128 << 10),
+        ("1G", 128 << 10),
+        ("3G", 384 << 10),
+        ("16G", 2 << 20),
+        ("32G", 4 << 20),
+        ("1024G", 4 << 20),
+    ] {
+        let c = cfg(&format!("guest-ram={ram}"));
+        assert_eq!(c.atomic_pool_size(), size, "guest-ram={ram}");
+    }
+    // coherent_pool= overrides it.
+    assert_eq!(
+        cfg("guest-ram=1G,atomic-pool=1M").atomic_pool_size(),
+        1 << 20
+    );
+    // DMA and DMA32 always; the kernel zone once RAM reaches above 4 GiB.
+    assert_eq!(cfg("guest-ram=3G").atomic_zones(), 2);
+    assert_eq!(cfg("guest-ram=4G").atomic_zones(), 3);
+    assert_eq!(cfg("guest-ram=4G,atomic-zones=1").atomic_zones(), 1);
+    assert!(SwiotlbConfig::from_json_or_kv("atomic-zones=4").is_err());
+    assert!(SwiotlbConfig::from_json_or_kv("atomic-pool=0").is_err());
+    // Only encrypted memory uses them.
+    assert!(cfg("convert=tdx").uses_atomic_pools());
+    assert!(!cfg("convert=none").uses_atomic_pools());
+    assert!(!cfg("convert=tdx,atomic-pool=off").uses_atomic_pools());
+    assert!(!cfg("convert=tdx,transient=off").uses_atomic_pools());
+}
+
+/// Encrypted memory: the atomic pools are converted at start-up, and a transient map takes
+/// its pool from them: nothing is converted on the I/O path, either way.
+#[test]
+fn encrypted_transient_maps_convert_nothing_on_the_io_path() {
+    // 3 GiB of RAM: two zones of 384 KiB, each a 512 KiB block (the power of two above).
+    let s = tlb("size=256K,areas=1,dynamic=off,convert=tdx,guest-ram=3G");
+    let st = s.stats();
+    assert_eq!(st.atomic_pool.zones, 2);
+    assert_eq!(st.atomic_pool.bytes, 2 * (512 << 10));
+    let c = &st.conversions;
+    // The initial pool (64 pages) and both atomic pools (128 pages each): one MapGPA each.
+    assert_eq!(c.startup.to_shared.pages, 64 + 2 * 128);
+    assert_eq!(c.startup.to_shared.calls, 3);
+    assert_eq!(st.shared_bytes, (256 << 10) + 2 * (512 << 10));
+    let held = fill(&s);
+    let t = s
+        .alloc(SRC, 0x1000, 100 << 10, MapAttrs::default())
+        .unwrap();
+    let st = s.stats();
+    assert_eq!((st.transient_live, st.transient_created), (1, 1));
+    assert_eq!(st.atomic_pool.used_bytes, 100 << 10);
+    assert_eq!(st.conversions.io_path, crate::ConversionsBy::default());
+    // Carved from shared memory already counted: not counted again.
+    assert_eq!(st.shared_bytes, (256 << 10) + 2 * (512 << 10));
+    s.free(SRC, t.addr).unwrap();
+    let st = s.stats();
+    assert_eq!(st.transient_live, 0);
+    assert_eq!(st.atomic_pool.used_bytes, 0);
+    assert_eq!(st.atomic_pool.used_bytes_hiwater, 100 << 10);
+    assert_eq!(st.conversions.io_path, crate::ConversionsBy::default());
+    assert_eq!(st.conversions.to_private_pages, 0, "never converted back");
+    for m in held {
+        s.free(SRC, m.addr).unwrap();
+    }
+    assert!(all_free(&s));
+}
+
+/// A pool an allocation leaves with less free space than its size is grown by its size
+/// (doubling), by the worker, which pays the conversion.
+#[test]
+fn atomic_pools_double_in_the_background() {
+    // 1 GiB of RAM: 128 KiB pools (32 pages); only the first zone is used here.
+    let s = tlb("size=256K,areas=1,dynamic=off,convert=snp,guest-ram=1G");
+    let startup = s.stats().conversions.startup;
+    let held = fill(&s);
+    // 8 KiB: 120 KiB left < 128 KiB: the worker adds 128 KiB.
+    let a = s.alloc(SRC, 0, 8 << 10, MapAttrs::default()).unwrap();
+    wait_atomic_expansions(&s, 1);
+    let st = s.stats();
+    assert_eq!(st.atomic_pool.bytes, 3 * (128 << 10));
+    assert_eq!(st.conversions.background.to_shared.pages, 32);
+    // 124 KiB (31 pages, aligned to 32: the new block): 124 KiB left of 256 KiB: it doubles
+    // again, by 256 KiB.
+    let b = s.alloc(SRC, 0, 124 << 10, MapAttrs::default()).unwrap();
+    wait_atomic_expansions(&s, 2);
+    let st = s.stats();
+    assert_eq!(st.atomic_pool.bytes, (128 << 10) + (512 << 10));
+    let c = &st.conversions;
+    assert_eq!(c.background.to_shared.pages, 32 + 64);
+    assert_eq!(c.background.to_shared.calls, 2);
+    assert_eq!(c.startup, startup, "start-up paid only the first blocks");
+    assert_eq!(c.io_path, crate::ConversionsBy::default());
+    assert_eq!(st.shared_bytes_hiwater, (256 << 10) + (640 << 10));
+    for m in [a, b].into_iter().chain(held) {
+        s.free(SRC, m.addr).unwrap();
+    }
+    assert!(all_free(&s));
+}
+
+/// When no atomic pool can hold the transient pool, the map fails (Linux: "swiotlb buffer is
+/// full"), counted; smaller maps still fit.
+#[test]
+fn a_map_fails_when_no_atomic_pool_can_serve_it() {
+    let s = tlb("size=256K,areas=1,dynamic=off,convert=snp,atomic-pool=128K,atomic-zones=1");
+    let held = fill(&s);
+    // 200 KiB: 50 pages, more than the 32-page pool.
+    assert_eq!(
+        s.alloc(SRC, 0, 200 << 10, MapAttrs::default()).err(),
+        Some(DmaError::AtomicPoolExhausted { len: 200 << 10 })
+    );
+    let st = s.stats();
+    assert_eq!(st.failures.atomic_pool_exhausted, 1);
+    assert_eq!(st.atomic_pool.exhausted, 1);
+    assert_eq!((st.transient_live, st.transient_created), (0, 0));
+    assert_eq!(st.conversions.io_path, crate::ConversionsBy::default());
+    let m = s.alloc(SRC, 0, 64 << 10, MapAttrs::default()).unwrap();
+    s.free(SRC, m.addr).unwrap();
+    for m in held {
+        s.free(SRC, m.addr).unwrap();
+    }
+    assert!(all_free(&s));
+}
+
+/// Unencrypted memory: no atomic pools; a transient pool of any size is fresh memory, as
+/// before, with nothing to convert.
+#[test]
+fn unencrypted_transient_pools_are_fresh_memory() {
+    let s = tlb("size=256K,areas=1,dynamic=off,guest-ram=1G");
+    assert_eq!(s.stats().atomic_pool, crate::AtomicPoolStats::default());
+    let held = fill(&s);
+    let t = s.alloc(SRC, 0, 200 << 10, MapAttrs::default()).unwrap();
+    let st = s.stats();
+    assert_eq!(st.transient_live, 1);
+    assert_eq!(st.shared_bytes, (256 + 200) << 10);
+    assert_eq!(st.conversions, crate::Conversions::default());
+    s.free(SRC, t.addr).unwrap();
+    for m in held {
+        s.free(SRC, m.addr).unwrap();
+    }
+    assert_eq!(s.stats().shared_bytes, 256 << 10);
 }
 
 #[test]

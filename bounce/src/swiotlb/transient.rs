@@ -1,6 +1,7 @@
 //! When the initial pool has no room: the other pools (oldest first), then Linux's
 //! `swiotlb_find_slots` fall-back: wake the growth worker and allocate a *transient* pool of
-//! exactly the request's size on the I/O path.
+//! exactly the request's size on the I/O path: in an encrypted guest carved from dma-pool.c's
+//! atomic pools (`atomic.rs`), converting nothing.
 
 use std::sync::Arc;
 
@@ -40,7 +41,13 @@ impl Shared {
         // Extra slots so that the `min_align_mask` bits above the slot can be matched.
         let extra = ((attrs.min_align_mask | attrs.alloc_align_mask) >> self.shift) as usize;
         let bytes = ((req.nslots + extra) as u64) << self.shift;
-        let p = self.add_pool(PoolKind::Transient, bytes, Payer::IoPath)?;
+        // Encrypted memory: from the atomic pools, shared already (Linux `swiotlb_alloc_tlb`
+        // with `GFP_NOWAIT`); otherwise fresh memory, converted here if `atomic-pool=off`.
+        let p = if self.atomic.is_some() {
+            self.add_carved(bytes, len)?
+        } else {
+            self.add_pool(PoolKind::Transient, bytes, Payer::IoPath)?
+        };
         match p.alloc(0, req, shard) {
             Some(i) => Ok(self.allocated(&p, i, req)),
             None => {
