@@ -5,6 +5,7 @@
 //! callers; what is rare (failures, the other pools) is out of line.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use super::{Freed, Mapping, Shared, SHARDS};
 use crate::error::DmaError;
@@ -86,6 +87,16 @@ impl Shared {
         e
     }
 
+    /// Retires and removes a transient pool whose one mapping was just freed, on the unmapping
+    /// thread (Linux `swiotlb_del_transient`). Out of line: the fast path only tests the kind.
+    #[cold]
+    #[inline(never)]
+    fn release_transient(&self, p: &Arc<Pool>) {
+        if p.retire(false) {
+            self.remove_pool(p, Payer::IoPath);
+        }
+    }
+
     /// Accounts a successful allocation (total use and its high-water mark, Linux's
     /// `inc_used_and_hiwater`; the growth threshold) and describes it.
     #[inline(always)]
@@ -130,8 +141,8 @@ impl Shared {
                 if self.cfg.total_used {
                     self.g.used.fetch_sub(nslots as u64, Relaxed);
                 }
-                if p.kind == PoolKind::Transient && p.retire(false) {
-                    self.remove_pool(p, Payer::IoPath);
+                if p.kind == PoolKind::Transient {
+                    self.release_transient(p);
                 }
                 Ok(Freed { orig, len })
             },
