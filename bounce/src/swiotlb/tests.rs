@@ -675,8 +675,10 @@ proptest! {
     /// data round trips, all free at the end, statistics add up.
     #[test]
     fn model(ops in prop::collection::vec(op(), 1..120)) {
-    for reuse in ["next", "lifo"] {
-        let s = tlb(&format!("size=512K,areas=2,dynamic=off,transient=on,cap=2M,reuse={reuse}"));
+    // Unencrypted (fresh transient pools) with both reuse policies, and encrypted (transient
+    // pools carved from two 128 KiB atomic pools that the worker grows meanwhile).
+    for extra in ["reuse=next", "reuse=lifo", "reuse=next,convert=snp,guest-ram=1G"] {
+        let s = tlb(&format!("size=512K,areas=2,dynamic=off,transient=on,cap=2M,{extra}"));
         let mut live: Vec<(Mapping, u8, DmaSource)> = Vec::new();
         let (mut maps, mut unmaps, mut fails) = (0u64, 0u64, 0u64);
         for (n, o) in ops.iter().cloned().enumerate() {
@@ -709,7 +711,8 @@ proptest! {
                             prop_assert!(len + crate::pool::align_offset(orig, attrs, 2047) > 256 << 10);
                             fails += 1;
                         }
-                        Err(DmaError::CapReached { .. }) | Err(DmaError::NoSpace { .. }) => fails += 1,
+                        Err(DmaError::CapReached { .. }) | Err(DmaError::NoSpace { .. })
+                            | Err(DmaError::AtomicPoolExhausted { .. }) => fails += 1,
                         Err(e) => prop_assert!(false, "unexpected {e}"),
                     }
                 }
@@ -738,9 +741,13 @@ proptest! {
         prop_assert_eq!(st.unmaps, unmaps);
         let f = &st.failures;
         prop_assert_eq!(f.too_large + f.cap_reached + f.no_space + f.not_mapped
-            + f.unknown_address, fails);
+            + f.unknown_address + f.atomic_pool_exhausted, fails);
         prop_assert_eq!(st.slots_used, 0);
         prop_assert_eq!(st.transient_live, 0);
+        // Every carved transient pool went back to the atomic pools, and nothing was converted
+        // on the I/O path.
+        prop_assert_eq!(st.atomic_pool.used_bytes, 0);
+        prop_assert_eq!(st.conversions.io_path, crate::ConversionsBy::default());
         prop_assert!(all_free(&s));
     }
     }
