@@ -149,67 +149,83 @@ impl Drop for GuestMem {
     }
 }
 
-/// One run of the loop with `loops` iterations; returns how long KVM_RUN took.
-fn run_once(kvm: &Kvm, loops: u64) -> Result<Duration, ProbeError> {
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| ProbeError::Kvm("KVM_CREATE_VM", e))?;
-    let mut mem = GuestMem::new(MEM_SIZE)?;
-    mem.write(CODE_ADDR as usize, &CODE);
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: mem.ptr as u64,
-        flags: 0,
-    };
-    // SAFETY: the region is backed by `mem`, which outlives `vm` (dropped after it below).
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| ProbeError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-    let mut vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| ProbeError::Kvm("KVM_CREATE_VCPU", e))?;
-    let mut sregs = vcpu
-        .get_sregs()
-        .map_err(|e| ProbeError::Kvm("KVM_GET_SREGS", e))?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs)
-        .map_err(|e| ProbeError::Kvm("KVM_SET_SREGS", e))?;
-    let mut regs = vcpu
-        .get_regs()
-        .map_err(|e| ProbeError::Kvm("KVM_GET_REGS", e))?;
-    regs.rip = CODE_ADDR;
-    regs.rflags = 2;
-    regs.rcx = loops;
-    vcpu.set_regs(&regs)
-        .map_err(|e| ProbeError::Kvm("KVM_SET_REGS", e))?;
+/// The probe guest: one VM with one vCPU in real mode, its code in `mem`.
+struct ProbeVm {
+    vcpu: kvm_ioctls::VcpuFd,
+    _vm: kvm_ioctls::VmFd,
+    // Dropped after the VM that maps it (fields drop in order).
+    _mem: GuestMem,
+}
 
-    let start = Instant::now();
-    let exit = vcpu.run();
-    let took = start.elapsed();
-    let result = match exit {
-        Ok(VcpuExit::Hlt) => Ok(took),
-        Ok(VcpuExit::InternalError) => Err(ProbeError::EmulationFailure),
-        Ok(other) => Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
-        Err(e) => Err(ProbeError::Kvm("KVM_RUN", e)),
-    };
-    drop(vcpu);
-    drop(vm);
-    drop(mem);
-    result
+impl ProbeVm {
+    fn new(kvm: &Kvm) -> Result<ProbeVm, ProbeError> {
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| ProbeError::Kvm("KVM_CREATE_VM", e))?;
+        let mut mem = GuestMem::new(MEM_SIZE)?;
+        mem.write(CODE_ADDR as usize, &CODE);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: mem.ptr as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is backed by `mem`, which `ProbeVm` drops after the VM.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| ProbeError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| ProbeError::Kvm("KVM_CREATE_VCPU", e))?;
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| ProbeError::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| ProbeError::Kvm("KVM_SET_SREGS", e))?;
+        Ok(ProbeVm {
+            vcpu,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+
+    /// One run of the loop with `loops` iterations; returns how long KVM_RUN took.
+    fn run(&mut self, loops: u64) -> Result<Duration, ProbeError> {
+        let mut regs = self
+            .vcpu
+            .get_regs()
+            .map_err(|e| ProbeError::Kvm("KVM_GET_REGS", e))?;
+        regs.rip = CODE_ADDR;
+        regs.rflags = 2;
+        regs.rcx = loops;
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(|e| ProbeError::Kvm("KVM_SET_REGS", e))?;
+        let start = Instant::now();
+        let exit = self.vcpu.run();
+        let took = start.elapsed();
+        match exit {
+            Ok(VcpuExit::Hlt) => Ok(took),
+            Ok(VcpuExit::InternalError) => Err(ProbeError::EmulationFailure),
+            Ok(other) => Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
+            Err(e) => Err(ProbeError::Kvm("KVM_RUN", e)),
+        }
+    }
 }
 
 /// ns per instruction: the difference between a `loops`-iteration run and one 1/8 as long,
-/// after a warm-up run (page faults, the first entry). The difference cancels the fixed cost of
-/// entering and leaving the guest, which under nested virtualization on an emulated CPU is
-/// hundreds of microseconds and would swamp a short loop.
+/// after a warm-up run (page faults, the first entry), all in one VM. The difference cancels
+/// the fixed cost of entering and leaving the guest, which under nested virtualization on an
+/// emulated CPU is hundreds of microseconds and would swamp a short loop.
 fn measure(loops: u64) -> Result<f64, ProbeError> {
     let kvm = Kvm::new().map_err(ProbeError::Open)?;
+    let mut vm = ProbeVm::new(&kvm)?;
     let short = (loops / 8).max(1);
-    run_once(&kvm, short)?;
-    let t_short = run_once(&kvm, short)?;
-    let t_long = run_once(&kvm, loops)?;
+    vm.run(short)?;
+    let t_short = vm.run(short)?;
+    let t_long = vm.run(loops)?;
     let ns = t_long.saturating_sub(t_short).as_nanos() as f64;
     Ok(ns / (2 * loops.saturating_sub(short).max(1)) as f64)
 }

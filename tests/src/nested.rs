@@ -462,8 +462,12 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
                 }
             }
         }
+        // The program sees the caller's RUST_LOG, as it would on the direct path.
+        let env = std::env::var("RUST_LOG")
+            .map(|v| format!("RUST_LOG={} ", shell_quote(v.as_bytes())))
+            .unwrap_or_default();
         let mut cmd = format!(
-            "{} --report /dev/ttyS1 --timeout-ms {}",
+            "{env}{} --report /dev/ttyS1 --timeout-ms {}",
             shell_quote(helper.as_os_str().as_bytes()),
             spec.timeout.as_millis()
         );
