@@ -294,7 +294,9 @@ impl VirtioDevice for Block {
             return Err(DeviceError::NoSuchQueue(index));
         };
         if !virtio_queue::QueueT::ready(queue.queue()) {
-            log::warn!("virtio-blk: notification for queue {index}, which is not enabled");
+            crate::warn_limited!(
+                "virtio-blk: notification for queue {index}, which is not enabled"
+            );
             return Ok(());
         }
         drain_queue(queue, interrupt, |q, chain| disk.process_chain(q, chain))
@@ -310,11 +312,11 @@ impl Disk {
     /// Executes one request; returns the used length (bytes written to the driver's buffers).
     fn process_chain(&self, q: &DmaQueue, chain: &Chain) -> u32 {
         let Some((status_desc, rest)) = chain.descs.split_last() else {
-            log::warn!("virtio-blk: empty chain {}", chain.head);
+            crate::warn_limited!("virtio-blk: empty chain {}", chain.head);
             return 0;
         };
         if !status_desc.writable || status_desc.len == 0 {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-blk: chain {} has no writable status byte; returned unused",
                 chain.head
             );
@@ -335,7 +337,7 @@ impl Disk {
         match wrote_status {
             Ok(()) => written.saturating_add(1),
             Err(e) => {
-                log::warn!("virtio-blk: chain {}: status byte: {e}", chain.head);
+                crate::warn_limited!("virtio-blk: chain {}: status byte: {e}", chain.head);
                 written
             }
         }

@@ -156,7 +156,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space (most devices have no writable fields).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::warn_limited!(
             "virtio type {}: ignored config write of {} bytes at {offset:#x}",
             self.device_type(),
             data.len()
@@ -219,7 +219,9 @@ where
                 }
                 Ok(None) => break,
                 Err(QueueError::MalformedChain { head }) => {
-                    log::warn!("malformed descriptor chain at head {head}: returned unused");
+                    crate::warn_limited!(
+                        "malformed descriptor chain at head {head}: returned unused"
+                    );
                     queue.add_used(head, 0)?;
                     used = true;
                 }

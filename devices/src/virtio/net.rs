@@ -186,7 +186,7 @@ impl Net {
                     break;
                 }
                 Err(QueueError::MalformedChain { head }) => {
-                    log::warn!("virtio-net: malformed RX chain at head {head}");
+                    crate::warn_limited!("virtio-net: malformed RX chain at head {head}");
                     q.add_used(head, 0)?;
                     used = true;
                 }
@@ -208,12 +208,12 @@ fn gather(q: &DmaQueue, chain: &Chain, buf: &mut [u8]) -> Option<usize> {
     let mut len = 0usize;
     for d in &chain.descs {
         if d.writable {
-            log::warn!("virtio-net: TX chain {} has a writable buffer", chain.head);
+            crate::warn_limited!("virtio-net: TX chain {} has a writable buffer", chain.head);
             return None;
         }
         let n = d.len as usize;
         let Some(dst) = len.checked_add(n).and_then(|end| buf.get_mut(len..end)) else {
-            log::warn!("virtio-net: TX frame over {MAX_FRAME_LEN} bytes dropped");
+            crate::warn_limited!("virtio-net: TX frame over {MAX_FRAME_LEN} bytes dropped");
             return None;
         };
         let r = q.map(d).and_then(|b| {
@@ -221,7 +221,7 @@ fn gather(q: &DmaQueue, chain: &Chain, buf: &mut [u8]) -> Option<usize> {
             b.unmap()
         });
         if let Err(e) = r {
-            log::warn!("virtio-net: TX chain {}: {e}", chain.head);
+            crate::warn_limited!("virtio-net: TX chain {}: {e}", chain.head);
             return None;
         }
         len += n;
@@ -237,7 +237,7 @@ fn scatter(q: &DmaQueue, chain: &Chain, frame: &mut [u8]) -> u32 {
     }
     let capacity: u64 = chain.descs.iter().map(|d| u64::from(d.len)).sum();
     if chain.descs.iter().any(|d| !d.writable) || capacity < frame.len() as u64 {
-        log::warn!(
+        crate::warn_limited!(
             "virtio-net: RX chain {} unusable for a {}-byte frame; frame dropped",
             chain.head,
             frame.len()
@@ -251,12 +251,12 @@ fn scatter(q: &DmaQueue, chain: &Chain, frame: &mut [u8]) -> u32 {
         }
         let n = (d.len as usize).min(frame.len() - off);
         let Ok(mut b) = q.map(d) else {
-            log::warn!("virtio-net: RX chain {}: unmappable buffer", chain.head);
+            crate::warn_limited!("virtio-net: RX chain {}: unmappable buffer", chain.head);
             return 0;
         };
         let r = b.write_at(0, &frame[off..off + n]).and_then(|()| b.unmap());
         if let Err(e) = r {
-            log::warn!("virtio-net: RX chain {}: {e}", chain.head);
+            crate::warn_limited!("virtio-net: RX chain {}: {e}", chain.head);
             return 0;
         }
         off += n;
@@ -290,7 +290,9 @@ impl VirtioDevice for Net {
         }
         if let Err(e) = self.tap.set_offload(tun) {
             // Full, checksummed frames are always valid for the driver.
-            log::error!("virtio-net: TUNSETOFFLOAD {tun:#x}: {e}; delivering plain frames");
+            crate::error_limited!(
+                "virtio-net: TUNSETOFFLOAD {tun:#x}: {e}; delivering plain frames"
+            );
         }
     }
 
@@ -336,7 +338,7 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self, events: EventSet) -> Result<(), DeviceError> {
         if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            log::error!("virtio-net: tap error/hang-up");
+            crate::error_limited!("virtio-net: tap error/hang-up");
         }
         self.process_rx()
     }
@@ -347,7 +349,7 @@ impl VirtioDevice for Net {
         self.rx_pending = None;
         self.rx_starved = false;
         if let Err(e) = self.tap.set_offload(0) {
-            log::warn!("virtio-net: clearing tap offloads: {e}");
+            crate::warn_limited!("virtio-net: clearing tap offloads: {e}");
         }
     }
 }

@@ -251,3 +251,31 @@ fn transport_is_send_for_the_event_loop_and_vcpu_threads() {
     send::<MmioTransport>();
     send::<Arc<Mutex<MmioTransport>>>();
 }
+
+#[test]
+fn register_floods_log_a_bounded_number_of_lines() {
+    use crate::log_limit::testing::{capture, freeze_clock};
+    use crate::log_limit::LINES_PER_INTERVAL;
+    let mem = guest_mem();
+    let (mut t, _irq) = transport(&mem, false);
+    freeze_clock();
+    let lines = capture(|| {
+        for i in 0..10_000 {
+            w(&mut t, 0x0f8, i); // unknown register
+            t.write(REG_STATUS, &[1, 2]); // bad width
+            w(&mut t, REG_QUEUE_NOTIFY, 7); // nonexistent queue
+        }
+    });
+    // Three call sites, 30,000 triggers.
+    assert!(
+        lines.len() <= 3 * LINES_PER_INTERVAL as usize,
+        "{}",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("unknown register 0xf8")),
+        "{lines:?}"
+    );
+}
