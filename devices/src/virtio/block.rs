@@ -23,8 +23,8 @@ use vm_memory::VolatileSlice;
 use vmm_sys_util::write_zeroes::{PunchHole, WriteZeroesAt};
 
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, VirtioDevice,
-    TYPE_BLOCK,
+    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
+    VirtioDevice, QUEUE_BUDGET, TYPE_BLOCK,
 };
 
 pub const SECTOR_SHIFT: u32 = 9;
@@ -283,7 +283,7 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
         let Block {
             disk,
             queues,
@@ -297,9 +297,11 @@ impl VirtioDevice for Block {
             crate::warn_limited!(
                 "virtio-blk: notification for queue {index}, which is not enabled"
             );
-            return Ok(());
+            return Ok(QueueState::Drained);
         }
-        drain_queue(queue, interrupt, |q, chain| disk.process_chain(q, chain))
+        drain_queue(queue, interrupt, QUEUE_BUDGET, |q, chain| {
+            disk.process_chain(q, chain)
+        })
     }
 
     fn reset(&mut self) {

@@ -32,8 +32,8 @@ use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    feature, ActivateError, Interrupt, VirtioDevice, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_EVENT_IDX,
+    feature, ActivateError, Interrupt, QueueState, VirtioDevice, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::bus::BusDevice;
@@ -474,8 +474,16 @@ impl MmioTransport {
         if !self.is_active() {
             return;
         }
-        if let Err(e) = self.device.process_queue(index) {
-            self.device_failed(&e);
+        match self.device.process_queue(index) {
+            Ok(QueueState::Drained) => {}
+            // The budget ran out: signal the queue's eventfd ourselves, so the (level-triggered)
+            // event loop comes back to it after serving every other ready fd.
+            Ok(QueueState::MoreWork) => match self.queue_evts.get(index).map(|e| e.write(1)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => crate::error_limited!("virtio-mmio: queue eventfd write: {e}"),
+                None => crate::error_limited!("virtio-mmio: more work on unknown queue {index}"),
+            },
+            Err(e) => self.device_failed(&e),
         }
     }
 

@@ -23,8 +23,8 @@ use event_manager::EventSet;
 pub use super::tap::Tap;
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN};
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, VirtioDevice,
-    TYPE_NET,
+    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
+    VirtioDevice, QUEUE_BUDGET, TYPE_NET,
 };
 
 pub const VIRTIO_NET_F_CSUM: u32 = 0;
@@ -113,7 +113,7 @@ impl Net {
         })
     }
 
-    fn process_tx(&mut self) -> Result<(), DeviceError> {
+    fn process_tx(&mut self) -> Result<QueueState, DeviceError> {
         let Net {
             tap,
             queues,
@@ -124,7 +124,7 @@ impl Net {
         let (Some(q), Some(irq)) = (queues.get_mut(TX), interrupt.as_ref()) else {
             return Err(DeviceError::NoSuchQueue(TX));
         };
-        drain_queue(q, irq, |q, chain| {
+        drain_queue(q, irq, QUEUE_BUDGET, |q, chain| {
             if let Some(len) = gather(q, chain, tx_buf) {
                 match tap.write_frame(&tx_buf[..len]) {
                     Ok(_) => {}
@@ -324,9 +324,11 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
         match index {
-            RX => self.process_rx(),
+            // RX is bounded by RX_BURST per call, and what is left waits on the tap (polled,
+            // level-triggered) or on the driver's next RX buffers (a notification).
+            RX => self.process_rx().map(|()| QueueState::Drained),
             TX => self.process_tx(),
             i => Err(DeviceError::NoSuchQueue(i)),
         }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use bounce::{Chain, DmaQueue};
 
-use super::{drain_queue, ActivateError, DeviceError, Interrupt, VirtioDevice, TYPE_RNG};
+use super::{
+    drain_queue, ActivateError, DeviceError, Interrupt, QueueState, VirtioDevice, QUEUE_BUDGET,
+    TYPE_RNG,
+};
 
 /// Queue size offered.
 pub const QUEUE_SIZE: u16 = 256;
@@ -134,11 +137,11 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
         let (Some(q), Some(irq), 0) = (self.queue.as_mut(), self.interrupt.as_ref(), index) else {
             return Err(DeviceError::NoSuchQueue(index));
         };
-        drain_queue(q, irq, fill_chain)
+        drain_queue(q, irq, QUEUE_BUDGET, fill_chain)
     }
 
     fn reset(&mut self) {
@@ -214,7 +217,9 @@ mod tests {
         let (irq, _irqfd) = test_interrupt();
         rng.activate(vec![t.dma_queue()], irq).unwrap();
         freeze_clock();
-        let lines = capture(|| rng.process_queue(0).unwrap());
+        let lines = capture(|| {
+            rng.process_queue(0).unwrap();
+        });
         assert_eq!(t.used().len(), chains);
         assert!(t.used().iter().all(|&(_, len)| len == 0));
         // Unlimited, this was 20 x 65,535 lines; even one per chain would be 20.
