@@ -104,6 +104,11 @@ pub enum BlockError {
     Metadata(io::Error),
     #[error("invalid queue configuration: {num_queues} queues of size {queue_size}")]
     QueueConfig { num_queues: u16, queue_size: u16 },
+    /// Another open of the image holds a conflicting lock: another VMM uses it.
+    #[error("the disk image is in use by another process (locked)")]
+    Locked,
+    #[error("cannot lock the disk image: {0}")]
+    Lock(io::Error),
 }
 
 /// Why a request failed; each maps to the status the spec asks for.
@@ -175,8 +180,10 @@ pub struct Block {
 }
 
 impl Block {
-    /// A block device on `file` (opened by the VMM, read-write unless `cfg.readonly`). The
-    /// capacity is the file size rounded down to whole sectors.
+    /// A block device on `file` (opened by the VMM, read-write unless `cfg.readonly`), which it
+    /// locks: exclusively if read-write, shared if read-only ([`BlockError::Locked`] if another
+    /// open of the image holds a conflicting lock). The capacity is the file size rounded down
+    /// to whole sectors.
     pub fn new(file: File, cfg: BlockConfig) -> Result<Self, BlockError> {
         let qs = cfg.queue_size;
         if cfg.num_queues == 0 || qs < 2 || !qs.is_power_of_two() || qs > 32768 {
@@ -186,6 +193,7 @@ impl Block {
             });
         }
         let image = Image::new(file);
+        image.lock(cfg.readonly)?;
         let len = image.len().map_err(BlockError::Metadata)?;
         let size = len & !(SECTOR_SIZE - 1);
         let mut id = [0u8; ID_LEN];

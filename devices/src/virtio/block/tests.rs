@@ -736,3 +736,38 @@ fn after_a_failed_write_every_flush_fails_until_reset() {
     );
     assert_eq!(r.flush(), VIRTIO_BLK_S_OK);
 }
+
+#[test]
+fn images_are_locked_exclusively_for_writing_and_shared_for_reading() {
+    // Two opens of one file: OFD locks conflict between them even in one process, as between
+    // two microvms.
+    let (t, _f) = disk();
+    let open = |write| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(t.as_path())
+            .unwrap()
+    };
+    let cfg = |readonly| BlockConfig {
+        readonly,
+        ..Default::default()
+    };
+    let locked = |r: Result<Block, BlockError>| matches!(r, Err(BlockError::Locked));
+
+    let writer = Block::new(open(true), cfg(false)).unwrap();
+    assert!(locked(Block::new(open(true), cfg(false))));
+    assert!(locked(Block::new(open(false), cfg(true))));
+    drop(writer);
+
+    let reader = Block::new(open(false), cfg(true)).unwrap();
+    let reader2 = Block::new(open(false), cfg(true)).unwrap();
+    assert!(locked(Block::new(open(true), cfg(false))));
+    drop((reader, reader2));
+    Block::new(open(true), cfg(false)).unwrap();
+
+    assert_eq!(
+        BlockError::Locked.to_string(),
+        "the disk image is in use by another process (locked)"
+    );
+}
