@@ -10,8 +10,9 @@
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
 //!   nothing more, it only allocates, maps pools, sleeps and waits.
 //!
-//! Every thread also gets a common set: memory (never executable), locks, clocks, sleeps,
-//! `write` (logs, console, eventfds), `getrandom`, and what panics, signals and thread exit need.
+//! Every thread also gets a common set: memory (never executable; `madvise` and `mremap` only
+//! as glibc's malloc and thread exit use them), locks, clocks, sleeps, `write` (logs, console,
+//! eventfds), `getrandom`, and what panics, signals and thread exit need.
 //!
 //! No thread may open files, create sockets or threads, or exec: everything is opened during
 //! set-up. A forbidden call traps into [`SIGSYS`](install_sigsys_handler), which writes one line
@@ -132,13 +133,11 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
     always(
         rules,
         &[
-            // malloc (brk for the main arena, which other threads can fall back to; mmap,
-            // mremap, munmap, madvise for large blocks and per-thread arenas), bounce pools
-            // (mmap/munmap), thread exit (madvise of the stack, munmap of the signal stack).
+            // malloc (brk for the main arena, which other threads can fall back to; mmap and
+            // munmap for large blocks and per-thread arenas; mremap and madvise below), bounce
+            // pools (mmap/munmap), thread exit (munmap of the signal stack).
             libc::SYS_brk,
             libc::SYS_munmap,
-            libc::SYS_mremap,
-            libc::SYS_madvise,
             // std and parking_lot locks, condvars and channels; parking_lot's spin-wait and the
             // bounce pools' area spinlock yield.
             libc::SYS_futex,
@@ -181,6 +180,26 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
     };
     add(rules, libc::SYS_mmap, vec![no_exec()?]);
     add(rules, libc::SYS_mprotect, vec![no_exec()?]);
+    // madvise only with the advice glibc gives (std and the crates here call none themselves):
+    // MADV_DONTNEED when free() shrinks a thread arena's heap (shrink_heap) or malloc_trim
+    // runs, and when a thread exits (the unused part of its stack, advise_stack_range);
+    // MADV_HUGEPAGE from malloc under the glibc.malloc.hugetlb=1 tunable. Not the advice that
+    // acts beyond this process's view of its pages (MADV_HWPOISON and MADV_SOFT_OFFLINE as
+    // root, MADV_MERGEABLE, MADV_REMOVE on shared guest memory, MADV_PAGEOUT, ...).
+    one_of(
+        rules,
+        libc::SYS_madvise,
+        2,
+        &[libc::MADV_DONTNEED as u64, libc::MADV_HUGEPAGE as u64],
+    )?;
+    // mremap only as glibc's realloc of an mmapped block does (MREMAP_MAYMOVE), or in place:
+    // never onto a chosen address (MREMAP_FIXED) nor leaving the old mapping (DONTUNMAP).
+    one_of(
+        rules,
+        libc::SYS_mremap,
+        3,
+        &[0, libc::MREMAP_MAYMOVE as u64],
+    )?;
     one_of(
         rules,
         libc::SYS_rt_sigaction,
@@ -643,6 +662,17 @@ mod tests {
     /// How a forked child that installed `kind`'s filter and called getppid ended, and what
     /// it wrote to stderr.
     fn violate_in_child(kind: ThreadKind, mode: SeccompMode) -> (libc::c_int, String) {
+        fn getppid() {
+            // SAFETY: no arguments, no side effects.
+            unsafe { libc::getppid() };
+        }
+        in_child(kind, mode, getppid)
+    }
+
+    /// How a forked child that installed `kind`'s filter and then ran `calls` ended, and what
+    /// it wrote to stderr. `calls` may only make raw system calls (the child of a
+    /// multi-threaded process must not allocate or lock).
+    fn in_child(kind: ThreadKind, mode: SeccompMode, calls: fn()) -> (libc::c_int, String) {
         // Everything that allocates happens before fork: the child of a multi-threaded test
         // process may only make async-signal-safe calls.
         let filters = Filters::new(mode, None).unwrap();
@@ -656,7 +686,8 @@ mod tests {
         // SAFETY: pipe writes two fds into the array.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         // SAFETY: the child only calls dup2, install_sigsys_handler (sigaction), a TLS store,
-        // apply_filter (prctl, seccomp), getppid and _exit: no allocation, no locks.
+        // apply_filter (prctl, seccomp), `calls` (raw system calls) and _exit: no allocation, no
+        // locks.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
@@ -670,7 +701,7 @@ mod tests {
                 if seccompiler::apply_filter(&prog).is_err() {
                     libc::_exit(91);
                 }
-                libc::getppid();
+                calls();
                 libc::_exit(0);
             }
         }
@@ -727,6 +758,87 @@ mod tests {
                 libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
                 "{kind:?}: status {status:#x}, stderr {err:?}"
             );
+        }
+    }
+
+    /// A fresh anonymous page (in the child: raw mmap), or exit 93.
+    fn page() -> *mut libc::c_void {
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // SAFETY: ends the forked child.
+            unsafe { libc::_exit(93) };
+        }
+        p
+    }
+
+    /// glibc's madvise and mremap calls pass (exit 94 otherwise), then MADV_MERGEABLE (KSM)
+    /// must trap.
+    fn glibc_memory_calls_then_madvise_mergeable() {
+        let p = page();
+        // SAFETY: advice and remapping of the child's own fresh page.
+        unsafe {
+            if libc::madvise(p, 4096, libc::MADV_DONTNEED) != 0
+                || libc::madvise(p, 4096, libc::MADV_HUGEPAGE) != 0 && errno() != libc::EINVAL
+            {
+                libc::_exit(94);
+            }
+            let q = libc::mremap(p, 4096, 8192, libc::MREMAP_MAYMOVE);
+            if q == libc::MAP_FAILED {
+                libc::_exit(94);
+            }
+            passed();
+            libc::madvise(q, 4096, libc::MADV_MERGEABLE);
+        }
+    }
+
+    /// mremap leaving the old mapping in place must trap.
+    fn mremap_dontunmap() {
+        let p = page();
+        passed();
+        // SAFETY: remaps the child's own fresh page; the child exits right after.
+        unsafe {
+            libc::mremap(p, 4096, 4096, libc::MREMAP_MAYMOVE | libc::MREMAP_DONTUNMAP);
+        }
+    }
+
+    const PASSED: &str = "allowed calls passed\n";
+
+    /// Tells the parent that the calls before the forbidden one went through.
+    fn passed() {
+        // SAFETY: writes a static string to stderr (the parent's pipe).
+        unsafe { libc::write(2, PASSED.as_ptr().cast(), PASSED.len()) };
+    }
+
+    fn errno() -> libc::c_int {
+        // SAFETY: reads this thread's errno.
+        unsafe { *libc::__errno_location() }
+    }
+
+    #[test]
+    fn memory_advice_and_remapping_only_as_glibc_uses_them() {
+        for kind in KINDS {
+            for (calls, name) in [
+                (glibc_memory_calls_then_madvise_mergeable as fn(), "madvise"),
+                (mremap_dontunmap, "mremap"),
+            ] {
+                let (status, err) = in_child(kind, SeccompMode::Trap, calls);
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+                    "{kind:?} {name}: status {status:#x}, stderr {err:?}"
+                );
+                assert!(err.starts_with(PASSED), "{kind:?} {name}: {err:?}");
+                assert!(err.contains(&format!("({name})")), "{kind:?}: {err:?}");
+            }
         }
     }
 }
