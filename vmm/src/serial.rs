@@ -70,7 +70,7 @@ impl BusDevice for SerialPort {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [b, ..]) = (u8::try_from(offset), data) {
             if let Err(e) = self.0.write(off, *b) {
-                log::warn!("serial write failed: {e:?}");
+                devices::warn_limited!("serial write failed: {e:?}");
             }
         }
     }
