@@ -83,22 +83,43 @@ impl fmt::Display for ProbeResult {
 /// Runs the probe with `loops` iterations (two instructions each), on its own thread, bounded
 /// by `timeout` even if KVM_RUN never returns.
 pub fn probe(loops: u64, timeout: Duration) -> ProbeResult {
-    let start = Instant::now();
+    start(loops, timeout).finish()
+}
+
+/// A probe running on its own thread, so the caller can go on with other work meanwhile.
+pub struct PendingProbe {
+    start: Instant,
+    timeout: Duration,
+    rx: Result<mpsc::Receiver<Result<f64, ProbeError>>, ProbeError>,
+}
+
+/// Starts the probe (see [`probe`]); [`PendingProbe::finish`] waits for it.
+pub fn start(loops: u64, timeout: Duration) -> PendingProbe {
     let (tx, rx) = mpsc::channel();
     let spawned = thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
             let _ = tx.send(measure(loops));
         });
-    let outcome = match spawned {
-        Err(e) => Err(ProbeError::Thread(e)),
-        Ok(_) => rx
-            .recv_timeout(timeout)
-            .unwrap_or(Err(ProbeError::Timeout(timeout))),
-    };
-    ProbeResult {
-        outcome,
-        took: start.elapsed(),
+    PendingProbe {
+        start: Instant::now(),
+        timeout,
+        rx: spawned.map(|_| rx).map_err(ProbeError::Thread),
+    }
+}
+
+impl PendingProbe {
+    /// Waits for the result, up to the timeout counted from the start.
+    pub fn finish(self) -> ProbeResult {
+        let outcome = self.rx.and_then(|rx| {
+            let left = self.timeout.saturating_sub(self.start.elapsed());
+            rx.recv_timeout(left)
+                .unwrap_or(Err(ProbeError::Timeout(self.timeout)))
+        });
+        ProbeResult {
+            outcome,
+            took: self.start.elapsed(),
+        }
     }
 }
 

@@ -72,9 +72,12 @@ const PROBE_LOOPS: u64 = 4_000;
 /// Warns (and goes on) when `/dev/kvm` runs guest kernel code far slower than hardware
 /// virtualization: there a Linux guest takes minutes to print anything, or never boots, and
 /// silence would look like a hang.
-fn check_kvm_speed() {
-    let p = kvm_probe::probe(PROBE_LOOPS, Duration::from_secs(2));
-    log::debug!("KVM probe: {p} (took {} us)", p.took.as_micros());
+fn report_kvm_speed(probe: kvm_probe::PendingProbe) {
+    let p = probe.finish();
+    log::debug!(
+        "KVM probe: {p} (took {} us, beside the set-up)",
+        p.took.as_micros()
+    );
     if p.is_hardware_speed() {
         return;
     }
@@ -159,9 +162,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         log::warn!("seccomp filters: {} (not the default, trap)", cfg.seccomp);
     }
     let kvm = open_kvm()?;
-    if cfg.kvm_probe {
-        check_kvm_speed();
-    }
+    // Beside the set-up (its own VM, on its own thread), reported before the guest starts.
+    let probe = cfg
+        .kvm_probe
+        .then(|| kvm_probe::start(PROBE_LOOPS, Duration::from_secs(2)));
     let mem = memory::create(cfg.memory_mib)?;
     let vm = create_vm(&kvm, &mem)?;
     let exit = Arc::new(VmExit::new().context("cannot create the exit event")?);
@@ -252,6 +256,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         .map_err(|e| anyhow!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     vcpu::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
+    if let Some(p) = probe {
+        report_kvm_speed(p);
+    }
     let mut threads = Vec::new();
     for id in 0..cfg.cpus {
         let fd = vm
