@@ -265,6 +265,8 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     // Re-reading /proc/self/smaps at exit: seek to 0, std sizes the read by
                     // fstat/statx and its position.
                     libc::SYS_lseek,
+                    // How much of guest RAM is resident, at exit (metrics.rs).
+                    libc::SYS_mincore,
                     libc::SYS_fstat,
                     libc::SYS_newfstatat,
                     libc::SYS_statx,
