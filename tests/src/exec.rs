@@ -37,6 +37,10 @@ pub enum StdioMode {
     /// [`ExecReport::stderr`] stays empty. The terminal starts in the default (cooked)
     /// mode with a 24x80 window, as a shell leaves it.
     Terminal,
+    /// An interactive session: the program gets the harness's own stdin and stderr (a person's
+    /// terminal, or on the nested path the outer machine's console, which QEMU connects to the
+    /// harness's stdin); stdout is a pipe as in `Null`, echoed and searched for marks.
+    Console,
 }
 
 impl StdioMode {
@@ -46,6 +50,7 @@ impl StdioMode {
             StdioMode::Null => "null",
             StdioMode::Pipes => "pipes",
             StdioMode::Terminal => "terminal",
+            StdioMode::Console => "console",
         }
     }
 
@@ -55,7 +60,8 @@ impl StdioMode {
             "null" => StdioMode::Null,
             "pipes" => StdioMode::Pipes,
             "terminal" => StdioMode::Terminal,
-            _ => bail!("unknown stdio mode {s:?}: expected null, pipes or terminal"),
+            "console" => StdioMode::Console,
+            _ => bail!("unknown stdio mode {s:?}: expected null, pipes, terminal or console"),
         })
     }
 }
@@ -144,8 +150,8 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
 
 /// The program's output streams as the harness reads them.
 enum Output {
-    /// stdout and stderr pipes.
-    Pipes(File, File),
+    /// stdout and stderr pipes (stderr not captured in [`StdioMode::Console`]).
+    Pipes(File, Option<File>),
     /// A pty master: everything the program writes to the terminal.
     Terminal(File),
 }
@@ -157,32 +163,30 @@ fn spawn(spec: &ExecSpec) -> Result<(Child, Output, Option<ChildStdin>)> {
     cmd.args(&spec.args);
     let cannot_start = || format!("cannot start {}", spec.program.display());
     match spec.stdio {
-        StdioMode::Null | StdioMode::Pipes => {
-            cmd.stdin(if spec.stdio == StdioMode::Pipes {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+        StdioMode::Null | StdioMode::Pipes | StdioMode::Console => {
+            cmd.stdin(match spec.stdio {
+                StdioMode::Pipes => Stdio::piped(),
+                StdioMode::Console => Stdio::inherit(),
+                _ => Stdio::null(),
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(if spec.stdio == StdioMode::Console {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            });
             let mut child = cmd.spawn().with_context(cannot_start)?;
             let out = child
                 .stdout
                 .take()
                 .context("child stdout was not captured")?;
-            let err = child
-                .stderr
-                .take()
-                .context("child stderr was not captured")?;
             let stdin = child.stdin.take();
-            Ok((
-                child,
-                Output::Pipes(
-                    File::from(OwnedFd::from(out)),
-                    File::from(OwnedFd::from(err)),
-                ),
-                stdin,
-            ))
+            let out = File::from(OwnedFd::from(out));
+            let output = match child.stderr.take() {
+                Some(err) => Output::Pipes(out, Some(File::from(OwnedFd::from(err)))),
+                None => Output::Pipes(out, None),
+            };
+            Ok((child, output, stdin))
         }
         StdioMode::Terminal => {
             let (master, slave) = open_pty()?;
@@ -291,7 +295,7 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
     let marks_found: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
     let exited = Arc::new(AtomicBool::new(false));
     let (out_src, err_src, idle_end) = match output {
-        Output::Pipes(out, err) => (out, Some(err), None),
+        Output::Pipes(out, err) => (out, err, None),
         Output::Terminal(master) => (master, None, Some(Arc::clone(&exited))),
     };
     let out_thread = {
