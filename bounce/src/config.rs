@@ -18,7 +18,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::convert::{ConvertCost, ConvertMode};
+use crate::convert::{ConvertCost, ConvertMode, CONVERT_SYNTAX};
+
+/// The largest block the page allocator hands out, `PAGE_SIZE << MAX_PAGE_ORDER` (4 MiB with
+/// 4 KiB pages, x86-64 and arm64 defaults): the largest dynamic pool (`swiotlb_dyn_alloc`) and
+/// atomic pool expansion (`atomic_pool_expand`).
+pub const MAX_ORDER_BYTES: u64 = 4 << 20;
 
 /// Which structure finds the pool that owns a bounce address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -42,6 +47,23 @@ pub enum SlotReuse {
     /// Freeing the most recently allocated run of an area moves the search index back to it,
     /// so a map/unmap loop reuses cache-hot slots. Not in Linux.
     Lifo,
+}
+
+/// Where a transient pool's memory comes from when memory is encrypted (`convert` other than
+/// `none`); unencrypted guests allocate it fresh, with nothing to convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AtomicPool {
+    /// Linux: dma-pool.c's atomic pools, sized by `dma_atomic_pool_init`'s default (128 KiB per
+    /// GiB of `guest_ram`, at least 128 KiB, at most 4 MiB).
+    #[default]
+    Auto,
+    /// Atomic pools of this many bytes each (Linux's `coherent_pool=` boot parameter).
+    Size(u64),
+    /// No atomic pools: a transient pool is allocated and converted on the I/O path, and
+    /// converted back on unmap. Not Linux (whose transient pools come from the atomic pools, or
+    /// fail without `CONFIG_DMA_COHERENT_POOL`); what converting per mapping would cost.
+    Off,
 }
 
 /// Everything that shapes the pools. Serde names match the `key=value` keys where they differ.
@@ -68,6 +90,14 @@ pub struct SwiotlbConfig {
     pub min_chunk: u64,
     /// Transient pools (exactly the request's size, on the I/O path) when no pool has room.
     pub transient: bool,
+    /// Encrypted memory: the atomic pools transient pools are carved from.
+    pub atomic_pool: AtomicPool,
+    /// Atomic pools, one per memory zone the guest has (dma-pool.c: DMA, DMA32, kernel);
+    /// 0 = from `guest_ram` as an x86-64 guest: DMA and DMA32, and the kernel (normal) zone when
+    /// RAM reaches above 4 GiB (past 3 GiB of RAM, below a 32-bit MMIO gap at 3 GiB).
+    pub atomic_zones: u8,
+    /// Guest RAM in bytes, for Linux's default sizes; 0 = unknown (the formulas' minimums).
+    pub guest_ram: u64,
     /// Idle time after which a dynamic chunk is converted back and released; `None` = never
     /// (Linux).
     #[serde(with = "opt_duration_ms")]
@@ -104,6 +134,9 @@ impl Default for SwiotlbConfig {
             chunk: 4 << 20,
             min_chunk: 1 << 20,
             transient: true,
+            atomic_pool: AtomicPool::Auto,
+            atomic_zones: 0,
+            guest_ram: 0,
             shrink: None,
             cap: 1 << 30,
             lookup: LookupKind::Tree,
@@ -216,6 +249,22 @@ impl SwiotlbConfig {
             "chunk" => self.chunk = size()?,
             "min-chunk" | "min_chunk" => self.min_chunk = size()?,
             "transient" => self.transient = boolean()?,
+            "atomic-pool" | "atomic_pool" => {
+                self.atomic_pool = match value {
+                    "auto" => AtomicPool::Auto,
+                    "off" => AtomicPool::Off,
+                    _ => AtomicPool::Size(
+                        parse_size(value).ok_or_else(|| bad("expected auto, off or a size"))?,
+                    ),
+                }
+            }
+            "atomic-zones" | "atomic_zones" => {
+                self.atomic_zones = match value {
+                    "auto" => 0,
+                    _ => u8::try_from(int()?).map_err(|_| bad("expected auto or 1..=3"))?,
+                }
+            }
+            "guest-ram" | "guest_ram" => self.guest_ram = size()?,
             "total-used" | "total_used" => self.total_used = boolean()?,
             "shrink" => {
                 self.shrink = match value {
@@ -238,11 +287,7 @@ impl SwiotlbConfig {
                     _ => return Err(bad("expected next or lifo")),
                 }
             }
-            "convert" => {
-                self.convert = value
-                    .parse()
-                    .map_err(|_| bad("expected none, snp, tdx or CALL_NS/PAGE_NS"))?
-            }
+            "convert" => self.convert = value.parse().map_err(|_| bad(CONVERT_SYNTAX))?,
             "convert-mode" | "convert_mode" => {
                 self.convert_mode = match value {
                     "account" => ConvertMode::Account,
@@ -301,7 +346,43 @@ impl SwiotlbConfig {
         if self.initial && self.size > self.cap {
             return inv("initial pool larger than the cap");
         }
+        if self.atomic_zones > 3 {
+            return inv("atomic-zones must be auto or 1..=3");
+        }
+        if self.atomic_pool == AtomicPool::Size(0) {
+            return inv("atomic-pool of size 0 (off turns it off)");
+        }
         Ok(())
+    }
+
+    /// Whether transient pools come from atomic pools (memory encrypted, atomic pools on).
+    pub fn uses_atomic_pools(&self) -> bool {
+        self.transient && self.convert.encrypted() && self.atomic_pool != AtomicPool::Off
+    }
+
+    /// Bytes of each atomic pool: `coherent_pool=`, or Linux's default (`dma_atomic_pool_init`,
+    /// kernel/dma/pool.c): 128 KiB per GiB of RAM, at most `MAX_ORDER_NR_PAGES` (4 MiB), at
+    /// least 128 KiB. (Linux divides `totalram_pages()`, a little less than the RAM given.)
+    pub fn atomic_pool_size(&self) -> u64 {
+        match self.atomic_pool {
+            AtomicPool::Size(b) => b,
+            AtomicPool::Auto | AtomicPool::Off => {
+                const SZ_128K: u64 = 128 << 10;
+                let pages = (self.guest_ram / self.page as u64) / ((1 << 30) / SZ_128K);
+                let pages = pages.min(MAX_ORDER_BYTES / self.page as u64);
+                (pages * self.page as u64).max(SZ_128K)
+            }
+        }
+    }
+
+    /// Atomic pools: `atomic_zones`, or 2 (DMA, DMA32) up to 3 GiB of RAM and 3 (and kernel)
+    /// beyond.
+    pub fn atomic_zones(&self) -> usize {
+        match self.atomic_zones {
+            0 if self.guest_ram > 3 << 30 => 3,
+            0 => 2,
+            n => n as usize,
+        }
     }
 
     /// Areas per pool: requested (or CPUs) rounded up to a power of two, then reduced so that
@@ -357,12 +438,22 @@ mod tests {
         assert_eq!(c.cap, 1 << 30);
         assert_eq!(c.convert, ConvertCost::Snp);
         assert_eq!(c.convert_mode, ConvertMode::Inject);
-        let custom: SwiotlbConfig = "convert=100/20,lookup=list".parse().unwrap();
+        let custom: SwiotlbConfig =
+            "convert=custom:to-shared=100/0/20/0/0:to-private=100/0/20/0/0,lookup=list"
+                .parse()
+                .unwrap();
+        let d = crate::DirCost {
+            call_ns: 100,
+            exit_ns: 0,
+            page_ns: 20,
+            pages_per_call: 0,
+            pages_per_exit: 0,
+        };
         assert_eq!(
             custom.convert,
             ConvertCost::Custom {
-                per_call_ns: 100,
-                per_page_ns: 20
+                to_shared: d,
+                to_private: d
             }
         );
         assert_eq!(custom.lookup, LookupKind::List);
@@ -399,6 +490,10 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(matches!(
+            "convert=100/20".parse::<SwiotlbConfig>(),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
             SwiotlbConfig::from_json_or_kv(r#"{"bogus": 0}"#),
             Err(ConfigError::Json(_))
         ));
@@ -406,8 +501,20 @@ mod tests {
 
     #[test]
     fn json_round_trip() {
-        let c: SwiotlbConfig = "shrink=250ms,convert=tdx".parse().unwrap();
-        let j = serde_json::to_string(&c).unwrap();
-        assert_eq!(SwiotlbConfig::from_json_or_kv(&j).unwrap(), c);
+        for kv in [
+            "shrink=250ms,convert=tdx",
+            "convert=custom:to-shared=1/2/3/4/5:to-private=6/7/8/9/10",
+        ] {
+            let c: SwiotlbConfig = kv.parse().unwrap();
+            let j = serde_json::to_string(&c).unwrap();
+            assert_eq!(SwiotlbConfig::from_json_or_kv(&j).unwrap(), c);
+        }
+        // JSON needs every figure too.
+        let partial = r#"{"convert": {"custom": {"to_shared": {"call_ns": 1},
+            "to_private": {"call_ns": 1}}}}"#;
+        assert!(matches!(
+            SwiotlbConfig::from_json_or_kv(partial),
+            Err(ConfigError::Json(_))
+        ));
     }
 }

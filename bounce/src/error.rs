@@ -32,6 +32,11 @@ pub enum DmaError {
         "no free bounce slots for {len:#x} bytes and shared memory is at its cap of {cap:#x} bytes"
     )]
     CapReached { len: usize, cap: u64 },
+    /// Every pool is full and no atomic pool (memory encrypted: kernel/dma/pool.c) can hold a
+    /// transient pool for the request (Linux: `swiotlb_alloc_tlb` finds no atomic memory and
+    /// the map fails, "swiotlb buffer is full").
+    #[error("no free bounce slots for {len:#x} bytes and the atomic DMA pools cannot hold a transient pool")]
+    AtomicPoolExhausted { len: usize },
     /// No pool owns this bounce address (never mapped, or its transient pool is gone).
     #[error("bounce address {addr:#x} belongs to no pool")]
     UnknownAddress { addr: u64 },

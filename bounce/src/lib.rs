@@ -22,13 +22,17 @@ mod spinlock;
 pub mod stats;
 pub mod swiotlb;
 pub mod trace;
+pub mod types;
 
-pub use config::{ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
-pub use convert::{ConvertCost, ConvertMode};
-pub use dma::{Dma, DmaBuffer, DmaDirection, DmaSource};
+pub use config::{AtomicPool, ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
+pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
+pub use dma::{Dma, DmaBuffer};
 pub use error::DmaError;
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
-pub use stats::{Failures, PoolStats, StatsSnapshot};
-pub use swiotlb::{Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
+pub use stats::{
+    ConversionCount, Conversions, ConversionsBy, Failures, Payer, PoolStats, StatsSnapshot,
+};
+pub use swiotlb::{AtomicPoolStats, Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};
+pub use types::{DmaDirection, DmaSource};

@@ -135,6 +135,7 @@ pub(crate) struct PoolSet {
     /// Non-transient pools, oldest first: the order allocations try them in.
     pub alloc_order: Vec<Arc<Pool>>,
     pub slots_total: usize,
+    /// Bytes of the pools not carved from the atomic pools.
     pub shared_bytes: u64,
 }
 
@@ -142,7 +143,9 @@ impl PoolSet {
     pub fn with(&self, p: Arc<Pool>) -> PoolSet {
         let mut s = self.clone();
         s.slots_total += p.nslots;
-        s.shared_bytes += p.bytes();
+        if !p.carved {
+            s.shared_bytes += p.bytes();
+        }
         let at = s.sorted.partition_point(|q| q.start < p.start);
         s.sorted.insert(
             at,
@@ -163,7 +166,9 @@ impl PoolSet {
         let mut s = self.clone();
         if let Some(p) = s.list.iter().find(|p| p.id == id).cloned() {
             s.slots_total -= p.nslots;
-            s.shared_bytes -= p.bytes();
+            if !p.carved {
+                s.shared_bytes -= p.bytes();
+            }
         }
         s.list.retain(|p| p.id != id);
         s.sorted.retain(|p| p.pool.id != id);

@@ -298,6 +298,9 @@ pub struct Pool {
     /// written by contending threads, it must not share a line with the read-mostly fields.
     lock_wait_ns: CachePadded<AtomicU64>,
     pub(crate) created: Instant,
+    /// A transient pool whose memory came from the atomic pools (shared already: not counted
+    /// again in the set's shared bytes, not converted back on release).
+    pub(crate) carved: bool,
 }
 
 impl Pool {
@@ -365,6 +368,7 @@ impl Pool {
             lifo,
             lock_wait_ns: CachePadded::new(AtomicU64::new(0)),
             created: Instant::now(),
+            carved: false,
         })
     }
 

@@ -8,8 +8,9 @@ use thiserror::Error;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
 
-use crate::dma::{Dma, DmaBuffer, DmaDirection, DmaSource};
+use crate::dma::{Dma, DmaBuffer};
 use crate::error::DmaError;
+use crate::types::{DmaDirection, DmaSource};
 
 /// One descriptor of a chain, as the driver wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
+use crate::convert::ConvertDirection as Direction;
+
 /// Hot-path counters of one shard (one per area index / queue).
 #[derive(Default)]
 pub(crate) struct Shard {
@@ -33,6 +35,8 @@ pub struct Failures {
     pub too_large: u64,
     pub no_space: u64,
     pub cap_reached: u64,
+    /// Maps whose transient pool found no room in the atomic pools.
+    pub atomic_pool_exhausted: u64,
     pub unknown_address: u64,
     pub not_mapped: u64,
     pub not_mapping_start: u64,
@@ -46,6 +50,7 @@ pub(crate) struct FailureCounters {
     pub too_large: AtomicU64,
     pub no_space: AtomicU64,
     pub cap_reached: AtomicU64,
+    pub atomic_pool_exhausted: AtomicU64,
     pub unknown_address: AtomicU64,
     pub not_mapped: AtomicU64,
     pub not_mapping_start: AtomicU64,
@@ -61,6 +66,7 @@ impl FailureCounters {
             TooLarge { .. } => &self.too_large,
             NoSpace { .. } => &self.no_space,
             CapReached { .. } => &self.cap_reached,
+            AtomicPoolExhausted { .. } => &self.atomic_pool_exhausted,
             UnknownAddress { .. } => &self.unknown_address,
             NotMapped { .. } => &self.not_mapped,
             NotMappingStart { .. } => &self.not_mapping_start,
@@ -77,6 +83,7 @@ impl FailureCounters {
             too_large: self.too_large.load(Relaxed),
             no_space: self.no_space.load(Relaxed),
             cap_reached: self.cap_reached.load(Relaxed),
+            atomic_pool_exhausted: self.atomic_pool_exhausted.load(Relaxed),
             unknown_address: self.unknown_address.load(Relaxed),
             not_mapped: self.not_mapped.load(Relaxed),
             not_mapping_start: self.not_mapping_start.load(Relaxed),
@@ -85,27 +92,141 @@ impl FailureCounters {
     }
 }
 
-/// Private<->shared conversions.
+/// Who pays for a conversion: the thread whose time it takes, and so whose delay an `inject`
+/// run adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payer {
+    /// A device thread mapping or unmapping (transient pools): in the guest, the vCPU whose
+    /// driver called `dma_map_*`/`dma_unmap_*`, i.e. the I/O path.
+    IoPath,
+    /// The growth worker (Linux: the `swiotlb_dyn_alloc` work item; with shrink, releases too).
+    Background,
+    /// Pool creation before the guest runs I/O (Linux: the boot-time pool).
+    Startup,
+}
+
+/// Conversions one payer made in one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionCount {
+    /// Guest requests (hypercalls: TDVMCALL<MapGPA>, a GHCB Page State Change request, a pKVM
+    /// share/unshare call).
+    pub calls: u64,
+    /// Exits to the VMM the calls cause (e.g. `KVM_HC_MAP_GPA_RANGE` exits to user space).
+    pub exits: u64,
+    pub pages: u64,
+    /// Modeled time (account and inject modes).
+    pub ns: u64,
+    /// Of which really spent delaying the payer's thread (inject mode).
+    pub injected_ns: u64,
+}
+
+impl ConversionCount {
+    fn add(&mut self, o: &ConversionCount) {
+        self.calls += o.calls;
+        self.exits += o.exits;
+        self.pages += o.pages;
+        self.ns += o.ns;
+        self.injected_ns += o.injected_ns;
+    }
+}
+
+/// One payer's conversions, by direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionsBy {
+    pub to_shared: ConversionCount,
+    pub to_private: ConversionCount,
+}
+
+/// Private<->shared conversions: totals, and by payer and direction.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversions {
     pub to_shared_calls: u64,
+    pub to_shared_exits: u64,
     pub to_shared_pages: u64,
     pub to_private_calls: u64,
+    pub to_private_exits: u64,
     pub to_private_pages: u64,
     /// Modeled time of all conversions (account and inject modes).
     pub modeled_ns: u64,
     /// Of which really spent delaying threads (inject mode).
     pub injected_ns: u64,
+    /// Paid on the I/O path (transient pools, made and released by device threads).
+    pub io_path: ConversionsBy,
+    /// Paid by the growth worker (extensions; with `shrink`, releases).
+    pub background: ConversionsBy,
+    /// Paid at start-up (the initial pool).
+    pub startup: ConversionsBy,
 }
 
 #[derive(Default)]
+pub(crate) struct CountCounters {
+    calls: AtomicU64,
+    exits: AtomicU64,
+    pages: AtomicU64,
+    ns: AtomicU64,
+    injected_ns: AtomicU64,
+}
+
+impl CountCounters {
+    fn snapshot(&self) -> ConversionCount {
+        ConversionCount {
+            calls: self.calls.load(Relaxed),
+            exits: self.exits.load(Relaxed),
+            pages: self.pages.load(Relaxed),
+            ns: self.ns.load(Relaxed),
+            injected_ns: self.injected_ns.load(Relaxed),
+        }
+    }
+}
+
+/// Conversion counters by payer (`Payer as usize`) and direction (`Direction as usize`).
+#[derive(Default)]
 pub(crate) struct ConversionCounters {
-    pub to_shared_calls: AtomicU64,
-    pub to_shared_pages: AtomicU64,
-    pub to_private_calls: AtomicU64,
-    pub to_private_pages: AtomicU64,
-    pub modeled_ns: AtomicU64,
-    pub injected_ns: AtomicU64,
+    by: [[CountCounters; 2]; 3],
+}
+
+impl ConversionCounters {
+    /// Counts one conversion of `pages` pages that made `calls` calls and `exits` exits and
+    /// cost `ns` modeled nanoseconds.
+    pub fn count(&self, payer: Payer, dir: Direction, calls: u64, exits: u64, pages: u64, ns: u64) {
+        let c = &self.by[payer as usize][dir as usize];
+        add(&c.calls, calls);
+        add(&c.exits, exits);
+        add(&c.pages, pages);
+        add(&c.ns, ns);
+    }
+
+    /// Counts time really spent delaying the payer's thread.
+    pub fn injected(&self, payer: Payer, dir: Direction, ns: u64) {
+        add(&self.by[payer as usize][dir as usize].injected_ns, ns);
+    }
+
+    fn snapshot(&self) -> Conversions {
+        let by = |p: Payer| ConversionsBy {
+            to_shared: self.by[p as usize][Direction::ToShared as usize].snapshot(),
+            to_private: self.by[p as usize][Direction::ToPrivate as usize].snapshot(),
+        };
+        let mut c = Conversions {
+            io_path: by(Payer::IoPath),
+            background: by(Payer::Background),
+            startup: by(Payer::Startup),
+            ..Default::default()
+        };
+        let (mut shared, mut private) = (ConversionCount::default(), ConversionCount::default());
+        for b in [c.io_path, c.background, c.startup] {
+            shared.add(&b.to_shared);
+            private.add(&b.to_private);
+        }
+        c.to_shared_calls = shared.calls;
+        c.to_shared_exits = shared.exits;
+        c.to_shared_pages = shared.pages;
+        c.to_private_calls = private.calls;
+        c.to_private_exits = private.exits;
+        c.to_private_pages = private.pages;
+        c.modeled_ns = shared.ns + private.ns;
+        c.injected_ns = shared.injected_ns + private.injected_ns;
+        c
+    }
 }
 
 /// Rare-event and global counters.
@@ -173,6 +294,8 @@ pub struct StatsSnapshot {
     /// Linux's `total_used` and `used_hiwater`); with it off, the sum of the live pools' marks
     /// (an upper bound).
     pub slots_used_hiwater: u64,
+    /// Shared (converted) memory: the pools, and the atomic pools (whose transient pools are
+    /// not counted twice).
     pub shared_bytes: u64,
     pub shared_bytes_hiwater: u64,
     pub pools_live: u64,
@@ -189,6 +312,8 @@ pub struct StatsSnapshot {
     pub bytes_to_guest: u64,
     pub failures: Failures,
     pub conversions: Conversions,
+    /// dma-pool.c's atomic pools, where an encrypted guest's transient pools come from.
+    pub atomic_pool: crate::AtomicPoolStats,
     pub extensions: u64,
     pub extension_failures: u64,
     pub shrinks: u64,
@@ -213,15 +338,7 @@ impl StatsSnapshot {
             self.lock_contended += s.lock_contended.load(Relaxed);
         }
         self.failures = g.failures.snapshot();
-        let c = &g.conv;
-        self.conversions = Conversions {
-            to_shared_calls: c.to_shared_calls.load(Relaxed),
-            to_shared_pages: c.to_shared_pages.load(Relaxed),
-            to_private_calls: c.to_private_calls.load(Relaxed),
-            to_private_pages: c.to_private_pages.load(Relaxed),
-            modeled_ns: c.modeled_ns.load(Relaxed),
-            injected_ns: c.injected_ns.load(Relaxed),
-        };
+        self.conversions = g.conv.snapshot();
         self.pools_created = g.pools_created.load(Relaxed);
         self.transient_created = g.transient_created.load(Relaxed);
         self.extensions = g.extensions.load(Relaxed);

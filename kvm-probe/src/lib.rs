@@ -83,22 +83,43 @@ impl fmt::Display for ProbeResult {
 /// Runs the probe with `loops` iterations (two instructions each), on its own thread, bounded
 /// by `timeout` even if KVM_RUN never returns.
 pub fn probe(loops: u64, timeout: Duration) -> ProbeResult {
-    let start = Instant::now();
+    start(loops, timeout).finish()
+}
+
+/// A probe running on its own thread, so the caller can go on with other work meanwhile.
+pub struct PendingProbe {
+    start: Instant,
+    timeout: Duration,
+    rx: Result<mpsc::Receiver<Result<f64, ProbeError>>, ProbeError>,
+}
+
+/// Starts the probe (see [`probe`]); [`PendingProbe::finish`] waits for it.
+pub fn start(loops: u64, timeout: Duration) -> PendingProbe {
     let (tx, rx) = mpsc::channel();
     let spawned = thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
             let _ = tx.send(measure(loops));
         });
-    let outcome = match spawned {
-        Err(e) => Err(ProbeError::Thread(e)),
-        Ok(_) => rx
-            .recv_timeout(timeout)
-            .unwrap_or(Err(ProbeError::Timeout(timeout))),
-    };
-    ProbeResult {
-        outcome,
-        took: start.elapsed(),
+    PendingProbe {
+        start: Instant::now(),
+        timeout,
+        rx: spawned.map(|_| rx).map_err(ProbeError::Thread),
+    }
+}
+
+impl PendingProbe {
+    /// Waits for the result, up to the timeout counted from the start.
+    pub fn finish(self) -> ProbeResult {
+        let outcome = self.rx.and_then(|rx| {
+            let left = self.timeout.saturating_sub(self.start.elapsed());
+            rx.recv_timeout(left)
+                .unwrap_or(Err(ProbeError::Timeout(self.timeout)))
+        });
+        ProbeResult {
+            outcome,
+            took: self.start.elapsed(),
+        }
     }
 }
 
@@ -149,64 +170,85 @@ impl Drop for GuestMem {
     }
 }
 
-/// One run of the loop with `loops` iterations; returns how long KVM_RUN took.
-fn run_once(kvm: &Kvm, loops: u64) -> Result<Duration, ProbeError> {
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| ProbeError::Kvm("KVM_CREATE_VM", e))?;
-    let mut mem = GuestMem::new(MEM_SIZE)?;
-    mem.write(CODE_ADDR as usize, &CODE);
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: mem.ptr as u64,
-        flags: 0,
-    };
-    // SAFETY: the region is backed by `mem`, which outlives `vm` (dropped after it below).
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| ProbeError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-    let mut vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| ProbeError::Kvm("KVM_CREATE_VCPU", e))?;
-    let mut sregs = vcpu
-        .get_sregs()
-        .map_err(|e| ProbeError::Kvm("KVM_GET_SREGS", e))?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs)
-        .map_err(|e| ProbeError::Kvm("KVM_SET_SREGS", e))?;
-    let mut regs = vcpu
-        .get_regs()
-        .map_err(|e| ProbeError::Kvm("KVM_GET_REGS", e))?;
-    regs.rip = CODE_ADDR;
-    regs.rflags = 2;
-    regs.rcx = loops;
-    vcpu.set_regs(&regs)
-        .map_err(|e| ProbeError::Kvm("KVM_SET_REGS", e))?;
-
-    let start = Instant::now();
-    let exit = vcpu.run();
-    let took = start.elapsed();
-    let result = match exit {
-        Ok(VcpuExit::Hlt) => Ok(took),
-        Ok(VcpuExit::InternalError) => Err(ProbeError::EmulationFailure),
-        Ok(other) => Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
-        Err(e) => Err(ProbeError::Kvm("KVM_RUN", e)),
-    };
-    drop(vcpu);
-    drop(vm);
-    drop(mem);
-    result
+/// The probe guest: one VM with one vCPU in real mode, its code in `mem`.
+struct ProbeVm {
+    vcpu: kvm_ioctls::VcpuFd,
+    _vm: kvm_ioctls::VmFd,
+    // Dropped after the VM that maps it (fields drop in order).
+    _mem: GuestMem,
 }
 
-/// ns per instruction of a `loops`-iteration run, after a short warm-up run (page faults, the
-/// first entry).
+impl ProbeVm {
+    fn new(kvm: &Kvm) -> Result<ProbeVm, ProbeError> {
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| ProbeError::Kvm("KVM_CREATE_VM", e))?;
+        let mut mem = GuestMem::new(MEM_SIZE)?;
+        mem.write(CODE_ADDR as usize, &CODE);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: mem.ptr as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is backed by `mem`, which `ProbeVm` drops after the VM.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| ProbeError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| ProbeError::Kvm("KVM_CREATE_VCPU", e))?;
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| ProbeError::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| ProbeError::Kvm("KVM_SET_SREGS", e))?;
+        Ok(ProbeVm {
+            vcpu,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+
+    /// One run of the loop with `loops` iterations; returns how long KVM_RUN took.
+    fn run(&mut self, loops: u64) -> Result<Duration, ProbeError> {
+        let mut regs = self
+            .vcpu
+            .get_regs()
+            .map_err(|e| ProbeError::Kvm("KVM_GET_REGS", e))?;
+        regs.rip = CODE_ADDR;
+        regs.rflags = 2;
+        regs.rcx = loops;
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(|e| ProbeError::Kvm("KVM_SET_REGS", e))?;
+        let start = Instant::now();
+        let exit = self.vcpu.run();
+        let took = start.elapsed();
+        match exit {
+            Ok(VcpuExit::Hlt) => Ok(took),
+            Ok(VcpuExit::InternalError) => Err(ProbeError::EmulationFailure),
+            Ok(other) => Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
+            Err(e) => Err(ProbeError::Kvm("KVM_RUN", e)),
+        }
+    }
+}
+
+/// ns per instruction: the difference between a `loops`-iteration run and one 1/8 as long,
+/// after a warm-up run (page faults, the first entry), all in one VM. The difference cancels
+/// the fixed cost of entering and leaving the guest, which under nested virtualization on an
+/// emulated CPU is hundreds of microseconds and would swamp a short loop.
 fn measure(loops: u64) -> Result<f64, ProbeError> {
     let kvm = Kvm::new().map_err(ProbeError::Open)?;
-    run_once(&kvm, (loops / 16).max(1))?;
-    let took = run_once(&kvm, loops)?;
-    Ok(took.as_nanos() as f64 / (2 * loops) as f64)
+    let mut vm = ProbeVm::new(&kvm)?;
+    let short = (loops / 8).max(1);
+    vm.run(short)?;
+    let t_short = vm.run(short)?;
+    let t_long = vm.run(loops)?;
+    let ns = t_long.saturating_sub(t_short).as_nanos() as f64;
+    Ok(ns / (2 * loops.saturating_sub(short).max(1)) as f64)
 }
 
 #[cfg(test)]

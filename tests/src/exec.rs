@@ -37,6 +37,10 @@ pub enum StdioMode {
     /// [`ExecReport::stderr`] stays empty. The terminal starts in the default (cooked)
     /// mode with a 24x80 window, as a shell leaves it.
     Terminal,
+    /// An interactive session: the program gets the harness's own stdin and stderr (a person's
+    /// terminal, or on the nested path the outer machine's console, which QEMU connects to the
+    /// harness's stdin); stdout is a pipe as in `Null`, echoed and searched for marks.
+    Console,
 }
 
 impl StdioMode {
@@ -46,6 +50,7 @@ impl StdioMode {
             StdioMode::Null => "null",
             StdioMode::Pipes => "pipes",
             StdioMode::Terminal => "terminal",
+            StdioMode::Console => "console",
         }
     }
 
@@ -55,7 +60,8 @@ impl StdioMode {
             "null" => StdioMode::Null,
             "pipes" => StdioMode::Pipes,
             "terminal" => StdioMode::Terminal,
-            _ => bail!("unknown stdio mode {s:?}: expected null, pipes or terminal"),
+            "console" => StdioMode::Console,
+            _ => bail!("unknown stdio mode {s:?}: expected null, pipes, terminal or console"),
         })
     }
 }
@@ -72,6 +78,9 @@ pub struct ExecSpec {
     pub echo_stdout: bool,
     /// The program's stdin, stdout and stderr.
     pub stdio: StdioMode,
+    /// Send this signal to the program when this string first appears on its stdout (as the
+    /// marks are timed); for tests of how a program stops.
+    pub signal_at_mark: Option<(String, i32)>,
 }
 
 /// What happened.
@@ -89,6 +98,9 @@ pub struct ExecReport {
     pub elapsed_ms: f64,
     /// Marker -> milliseconds from spawn to its first appearance on stdout.
     pub marks: BTreeMap<String, f64>,
+    /// Milliseconds from spawn to the signal of [`ExecSpec::signal_at_mark`], if sent.
+    #[serde(default)]
+    pub signalled_ms: Option<f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -138,8 +150,8 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
 
 /// The program's output streams as the harness reads them.
 enum Output {
-    /// stdout and stderr pipes.
-    Pipes(File, File),
+    /// stdout and stderr pipes (stderr not captured in [`StdioMode::Console`]).
+    Pipes(File, Option<File>),
     /// A pty master: everything the program writes to the terminal.
     Terminal(File),
 }
@@ -151,32 +163,30 @@ fn spawn(spec: &ExecSpec) -> Result<(Child, Output, Option<ChildStdin>)> {
     cmd.args(&spec.args);
     let cannot_start = || format!("cannot start {}", spec.program.display());
     match spec.stdio {
-        StdioMode::Null | StdioMode::Pipes => {
-            cmd.stdin(if spec.stdio == StdioMode::Pipes {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+        StdioMode::Null | StdioMode::Pipes | StdioMode::Console => {
+            cmd.stdin(match spec.stdio {
+                StdioMode::Pipes => Stdio::piped(),
+                StdioMode::Console => Stdio::inherit(),
+                _ => Stdio::null(),
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(if spec.stdio == StdioMode::Console {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            });
             let mut child = cmd.spawn().with_context(cannot_start)?;
             let out = child
                 .stdout
                 .take()
                 .context("child stdout was not captured")?;
-            let err = child
-                .stderr
-                .take()
-                .context("child stderr was not captured")?;
             let stdin = child.stdin.take();
-            Ok((
-                child,
-                Output::Pipes(
-                    File::from(OwnedFd::from(out)),
-                    File::from(OwnedFd::from(err)),
-                ),
-                stdin,
-            ))
+            let out = File::from(OwnedFd::from(out));
+            let output = match child.stderr.take() {
+                Some(err) => Output::Pipes(out, Some(File::from(OwnedFd::from(err)))),
+                None => Output::Pipes(out, None),
+            };
+            Ok((child, output, stdin))
         }
         StdioMode::Terminal => {
             let (master, slave) = open_pty()?;
@@ -285,11 +295,12 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
     let marks_found: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
     let exited = Arc::new(AtomicBool::new(false));
     let (out_src, err_src, idle_end) = match output {
-        Output::Pipes(out, err) => (out, Some(err), None),
+        Output::Pipes(out, err) => (out, err, None),
         Output::Terminal(master) => (master, None, Some(Arc::clone(&exited))),
     };
     let out_thread = {
-        let wanted = spec.marks.clone();
+        let mut wanted = spec.marks.clone();
+        wanted.extend(spec.signal_at_mark.iter().map(|(m, _)| m.clone()));
         let found = Arc::clone(&marks_found);
         let echo = spec.echo_stdout;
         thread::spawn(move || read_output(out_src, start, wanted, found, echo, idle_end))
@@ -303,9 +314,17 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
     });
 
     let mut timed_out = false;
+    let mut signalled_ms = None;
     let status = loop {
         if let Some(st) = child.try_wait().context("waiting for the child failed")? {
             break st;
+        }
+        if let (Some((mark, sig)), None) = (&spec.signal_at_mark, signalled_ms) {
+            if marks_found.lock().is_ok_and(|f| f.contains_key(mark)) {
+                // SAFETY: a signal to our own child, not yet reaped (try_wait said running).
+                unsafe { libc::kill(child.id() as libc::pid_t, *sig) };
+                signalled_ms = Some(ms(start.elapsed()));
+            }
         }
         if start.elapsed() >= spec.timeout {
             timed_out = true;
@@ -344,6 +363,7 @@ pub fn execute(spec: &ExecSpec) -> Result<ExecReport> {
         timed_out,
         elapsed_ms,
         marks,
+        signalled_ms,
     })
 }
 
@@ -367,6 +387,7 @@ mod tests {
             marks: vec!["MARK-B".into(), "never".into()],
             echo_stdout: false,
             stdio: StdioMode::Null,
+            signal_at_mark: None,
         })?;
         assert_eq!(rep.stdout, "one\nMARK-B\n");
         assert_eq!(rep.stderr, "err\n");
@@ -379,6 +400,32 @@ mod tests {
     }
 
     #[test]
+    fn signals_at_a_mark() -> Result<()> {
+        let rep = execute(&ExecSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "trap 'echo got-term; exit 7' TERM; echo READY; while :; do sleep 0.05; done"
+                    .into(),
+            ],
+            timeout: Duration::from_secs(20),
+            marks: vec![],
+            echo_stdout: false,
+            stdio: StdioMode::Null,
+            signal_at_mark: Some(("READY".into(), libc::SIGTERM)),
+        })?;
+        assert!(!rep.timed_out, "{rep:?}");
+        assert_eq!(rep.status, Some(7), "{rep:?}");
+        assert!(rep.stdout.contains("got-term"), "{rep:?}");
+        let sent = rep.signalled_ms.expect("signal sent");
+        assert!(
+            sent >= rep.marks["READY"] && sent <= rep.elapsed_ms,
+            "{rep:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn kills_at_timeout() -> Result<()> {
         let rep = execute(&ExecSpec {
             program: "/bin/sleep".into(),
@@ -387,6 +434,7 @@ mod tests {
             marks: vec![],
             echo_stdout: false,
             stdio: StdioMode::Null,
+            signal_at_mark: None,
         })?;
         assert!(rep.timed_out);
         assert_eq!(rep.status, None);
@@ -402,6 +450,7 @@ mod tests {
             marks: vec!["TTY-OK".into()],
             echo_stdout: false,
             stdio,
+            signal_at_mark: None,
         })
     }
 

@@ -118,6 +118,9 @@ pub struct Run {
     /// The program's stdin, stdout and stderr: set up by the same code (`exec.rs`) where
     /// the program runs, on the host or inside the outer machine.
     pub stdio: StdioMode,
+    /// Send this signal when this string first appears on stdout (timed where the program
+    /// runs, as the marks are; see [`Outcome::signalled`]).
+    pub signal_at_mark: Option<(String, i32)>,
 }
 
 impl Run {
@@ -132,6 +135,7 @@ impl Run {
             marks: vec![INIT_OK.to_string()],
             echo: false,
             stdio: StdioMode::Null,
+            signal_at_mark: None,
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Time from program start to each mark's first appearance on stdout.
     pub marks: BTreeMap<String, Duration>,
+    /// When the signal of [`Run::signal_at_mark`] was sent (from program start), if it was.
+    pub signalled: Option<Duration>,
     pub path: PathKind,
     /// Nested path only: outer machine boot time (host clock) and its console.
     pub outer: Option<nested::OuterInfo>,
@@ -332,6 +338,7 @@ impl Harness {
                     marks: run.marks.clone(),
                     echo_stdout: run.echo,
                     stdio: run.stdio,
+                    signal_at_mark: run.signal_at_mark.clone(),
                 });
                 let setup_output = bg.map(setup::DirectSetup::finish).unwrap_or_default();
                 log::debug!("direct run took {:?}", started.elapsed());
@@ -347,6 +354,7 @@ impl Harness {
                     marks: run.marks.clone(),
                     echo: run.echo,
                     stdio: run.stdio,
+                    signal_at_mark: run.signal_at_mark.clone(),
                     setup: setup.to_vec(),
                     disk_files,
                 })?;
@@ -366,6 +374,7 @@ impl Harness {
                 .into_iter()
                 .map(|(k, v)| (k, to_dur(v)))
                 .collect(),
+            signalled: report.signalled_ms.map(to_dur),
             path: self.path,
             outer,
             setup_output,
@@ -446,6 +455,7 @@ mod tests {
             timed_out: false,
             elapsed: Duration::ZERO,
             marks: BTreeMap::new(),
+            signalled: None,
             path: PathKind::Direct,
             outer: None,
             setup_output: String::new(),

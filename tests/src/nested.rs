@@ -325,6 +325,7 @@ pub struct NestedSpec {
     /// The program's stdin, stdout and stderr, set up by `harness-exec` inside the outer
     /// machine (a terminal there is a pty of the outer machine's devpts).
     pub stdio: StdioMode,
+    pub signal_at_mark: Option<(String, i32)>,
     /// Shell lines run in the outer machine before the program (see
     /// [`crate::Harness::run_with_setup`]).
     pub setup: Vec<String>,
@@ -461,8 +462,12 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
                 }
             }
         }
+        // The program sees the caller's RUST_LOG, as it would on the direct path.
+        let env = std::env::var("RUST_LOG")
+            .map(|v| format!("RUST_LOG={} ", shell_quote(v.as_bytes())))
+            .unwrap_or_default();
         let mut cmd = format!(
-            "{} --report /dev/ttyS1 --timeout-ms {}",
+            "{env}{} --report /dev/ttyS1 --timeout-ms {}",
             shell_quote(helper.as_os_str().as_bytes()),
             spec.timeout.as_millis()
         );
@@ -470,6 +475,12 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             cmd.push_str(" --echo");
         }
         cmd.push_str(&format!(" --stdio {}", spec.stdio.name()));
+        if let Some((mark, sig)) = &spec.signal_at_mark {
+            cmd.push_str(&format!(
+                " --signal-at-mark {sig} {}",
+                shell_quote(mark.as_bytes())
+            ));
+        }
         for m in &spec.marks {
             cmd.push_str(&format!(" --mark {}", shell_quote(m.as_bytes())));
         }
@@ -540,9 +551,15 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         qemu.arg("-drive")
             .arg(format!("file={},if=virtio,format=raw", d.display()));
     }
-    qemu.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    // An interactive session: what is typed reaches the outer console (QEMU puts a terminal in
+    // raw mode), where harness-exec hands it to the program as its stdin.
+    qemu.stdin(if spec.stdio == StdioMode::Console {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
 
     let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"))?;
     let limit = spec.timeout + OUTER_SLACK;
@@ -584,9 +601,13 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
                         }
                     }
                     if echoing {
+                        // Up to the end marker; without one, all but a tail that could be
+                        // its beginning (holding back more would stall an interactive prompt).
                         let end = find(&all[echoed_to..], b"@@MVH-END@@")
                             .map(|i| echoed_to + i)
-                            .unwrap_or_else(|| all.len().saturating_sub(b"@@MVH-END@@".len()));
+                            .unwrap_or_else(|| {
+                                all.len() - partial_marker_len(&all[echoed_to..], b"@@MVH-END@@")
+                            });
                         if end > echoed_to {
                             let mut so = std::io::stdout().lock();
                             let _ = so.write_all(&all[echoed_to..end]);
@@ -692,6 +713,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The length of the longest tail of `hay` that is a proper beginning of `marker`.
+fn partial_marker_len(hay: &[u8], marker: &[u8]) -> usize {
+    (1..marker.len().min(hay.len() + 1))
+        .rev()
+        .find(|&n| hay.ends_with(&marker[..n]))
+        .unwrap_or(0)
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     find(hay, needle).is_some()
 }
@@ -714,4 +743,19 @@ pub fn check_prerequisites() -> Result<()> {
     let kernel = find_outer_kernel()?;
     resolve_modules(&kernel)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_possible_marker_start_is_held_back() {
+        let m = b"@@MVH-END@@";
+        assert_eq!(partial_marker_len(b"/ # ", m), 0);
+        assert_eq!(partial_marker_len(b"text@", m), 1);
+        assert_eq!(partial_marker_len(b"text@@MVH-EN", m), 8);
+        assert_eq!(partial_marker_len(b"", m), 0);
+        assert_eq!(partial_marker_len(b"@@MVH-END@", m), 10);
+    }
 }

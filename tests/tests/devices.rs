@@ -239,7 +239,8 @@ fn bounce_pool_grows_under_load_without_failures() {
 }
 
 /// The pool model's slower paths, under the default seccomp filters like every test here:
-/// conversions injected as real sleeps (on the worker and the I/O thread), the worker's timed
+/// conversions injected as real sleeps (on the worker, and with `atomic-pool=off` on the I/O
+/// thread, which converts transient pools per mapping), the worker's timed
 /// waits for idle pools to release, DMA trace records written by the event loop, and
 /// virtio-rng beside the disk.
 #[test]
@@ -250,7 +251,7 @@ fn bounce_pool_with_injected_latency_shrink_and_trace() {
         "--rng",
         "--restricted-dma=256K",
         "--bounce",
-        "dynamic=on,threshold=50,chunk=1M,shrink=50ms,convert=snp,convert-mode=inject",
+        "dynamic=on,threshold=50,chunk=1M,shrink=50ms,convert=snp,convert-mode=inject,atomic-pool=off",
         "--dma-trace",
         &trace_arg,
     ]);

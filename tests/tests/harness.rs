@@ -49,6 +49,7 @@ fn runs_host_program_with_separate_streams_and_status() {
         marks: vec!["to-out".into()],
         echo: false,
         stdio: microvm_tests::StdioMode::Null,
+        signal_at_mark: None,
     };
     let out = h.run(&run).expect("run");
     assert_eq!(out.status, Some(7), "{}", out.describe());
@@ -87,6 +88,7 @@ fn disk_writes_land_in_the_host_image() {
         marks: vec![],
         echo: false,
         stdio: microvm_tests::StdioMode::Null,
+        signal_at_mark: None,
     };
     let out = h.run(&run).expect("run");
     let data = std::fs::read(&img).expect("read image back");
@@ -117,6 +119,7 @@ fn stdio_modes_reach_the_program() {
             marks: vec![],
             echo: false,
             stdio,
+            signal_at_mark: None,
         };
         h.run(&run).expect("run")
     };

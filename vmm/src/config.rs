@@ -265,6 +265,10 @@ impl VmConfig {
             if pool.areas == 0 {
                 pool.areas = u32::from(cfg.cpus);
             }
+            // The guest's RAM, for Linux's default atomic pool sizes (0: not given).
+            if pool.guest_ram == 0 {
+                pool.guest_ram = cfg.memory_mib << 20;
+            }
         }
         cfg.guest_swiotlb |= cli.guest_swiotlb;
         if cli.dma_trace.is_some() {

@@ -89,7 +89,9 @@ impl BusDevice for AcpiPm {
                         log::info!("guest powered off through ACPI");
                         self.exit.trigger(ExitReason::PowerOff);
                     } else {
-                        log::warn!("guest asked for unsupported ACPI sleep type {sleep_type}");
+                        devices::warn_limited!(
+                            "guest asked for unsupported ACPI sleep type {sleep_type}"
+                        );
                     }
                 }
             }
@@ -153,7 +155,7 @@ impl BusDevice for PvPanic {
             log::error!("guest panicked (reported through pvpanic)");
             self.exit.trigger(ExitReason::GuestPanic);
         } else if event & PVPANIC_CRASH_LOADED != 0 {
-            log::warn!("guest panicked and is starting its crash kernel (pvpanic)");
+            devices::warn_limited!("guest panicked and is starting its crash kernel (pvpanic)");
         }
     }
 }

@@ -41,25 +41,61 @@ fn host_memory_mib() -> Option<(u64, u64)> {
     ))
 }
 
-/// Guest RAM is mapped lazily, so an mmap far beyond the host's memory succeeds and the host
-/// runs out later, under the guest: refuse up front what RAM and swap together cannot back.
-fn check_host_can_back(mib: u64, host: Option<(u64, u64)>) -> Result<()> {
-    if let Some((ram, swap)) = host {
-        if mib > ram + swap {
-            bail!(
-                "--memory {mib} MiB is more than this host can back ({ram} MiB of RAM and {swap} \
-                 MiB of swap): give the guest less"
+/// Guest RAM is mapped lazily (`MAP_NORESERVE`): more than the host's RAM and swap can be
+/// given, as every VMM allows (memory overcommit), and is only a problem if the guest touches
+/// it all. Say so, once, rather than refuse.
+fn warn_if_overcommitted(mib: u64, host: Option<(u64, u64)>) -> bool {
+    match host {
+        Some((ram, swap)) if mib > ram + swap => {
+            log::warn!(
+                "--memory {mib} MiB is more than this host's {ram} MiB of RAM and {swap} MiB of \
+                 swap: fine while the guest leaves most of it untouched, but the host will \
+                 kill microvm (OOM) if the guest uses it all"
             );
+            true
         }
+        _ => false,
+    }
+}
+
+/// The guest-physical address space KVM can give a guest: the host CPU's physical address
+/// width (CPUID 0x80000008), 36 bits if it does not say.
+fn max_guest_phys_bits() -> u32 {
+    // `__cpuid` is safe since Rust 1.87 and unsafe before (the workspace allows 1.80).
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID has no side effects; leaf 0x80000008 exists on every x86-64 CPU.
+    let eax = unsafe { std::arch::x86_64::__cpuid(0x8000_0008) }.eax;
+    match eax & 0xff {
+        0 => 36,
+        bits => bits,
+    }
+}
+
+/// Refuses guest RAM that cannot be addressed (its top, past the MMIO gap, beyond the
+/// physical address width): a clear error instead of a failure deep in mmap or KVM.
+fn check_addressable(mib: u64, phys_bits: u32) -> Result<()> {
+    let ranges = ram_ranges(mib)?;
+    let top = ranges
+        .iter()
+        .map(|(a, len)| a.0 + *len as u64)
+        .max()
+        .unwrap_or(0);
+    if phys_bits < 64 && top > 1u64 << phys_bits {
+        bail!(
+            "--memory {mib} MiB does not fit in this host's {phys_bits}-bit guest physical \
+             address space (RAM would end at {top:#x}): give the guest less"
+        );
     }
     Ok(())
 }
 
 pub fn create(mib: u64) -> Result<GuestMemoryMmap> {
     let ranges = ram_ranges(mib)?;
-    check_host_can_back(mib, host_memory_mib())?;
-    GuestMemoryMmap::from_ranges(&ranges)
-        .with_context(|| format!("cannot allocate {mib} MiB of guest memory"))
+    check_addressable(mib, max_guest_phys_bits())?;
+    warn_if_overcommitted(mib, host_memory_mib());
+    GuestMemoryMmap::from_ranges(&ranges).with_context(|| {
+        format!("cannot map {mib} MiB of guest memory (the host refused the address space)")
+    })
 }
 
 #[cfg(test)]
@@ -76,16 +112,16 @@ mod tests {
     }
 
     #[test]
-    fn refuses_more_than_the_host_has() {
-        assert!(check_host_can_back(1024, Some((1024, 0))).is_ok());
-        assert!(check_host_can_back(1536, Some((1024, 512))).is_ok());
-        let e = check_host_can_back(2048, Some((1024, 512))).unwrap_err();
-        assert!(
-            e.to_string().contains("more than this host can back"),
-            "{e}"
-        );
-        assert!(check_host_can_back(1 << 40, None).is_ok());
+    fn overcommit_is_allowed_with_a_warning_and_unaddressable_ram_refused() {
+        assert!(!warn_if_overcommitted(1536, Some((1024, 512))));
+        assert!(warn_if_overcommitted(4096, Some((2048, 0))));
+        assert!(!warn_if_overcommitted(1 << 40, None));
         let (ram, _) = host_memory_mib().expect("/proc/meminfo");
         assert!(ram > 0);
+        assert!(check_addressable(4096, 36).is_ok());
+        // 64 GiB of RAM past the gap ends at 65 GiB: beyond 36 bits (64 GiB).
+        let e = check_addressable(64 << 10, 36).unwrap_err();
+        assert!(e.to_string().contains("36-bit"), "{e}");
+        assert!((36..=57).contains(&max_guest_phys_bits()));
     }
 }

@@ -32,36 +32,37 @@ pub fn log_memory_overhead(smaps: &mut Smaps, mem: &GuestMemoryMmap, dma: &Dma) 
         log::warn!("cannot read /proc/self/smaps: no memory overhead figure");
         return;
     };
-    let guest: Vec<(u64, u64)> = mem
+    // Guest RAM's resident pages from mincore, not from smaps: the kernel may merge a guest
+    // region's mapping with a neighbouring anonymous one, and smaps then has no line for it.
+    let guest_kib: u64 = mem
         .iter()
-        .map(|r| (r.as_ptr() as u64, r.as_ptr() as u64 + r.len()))
-        .collect();
-    let (mut total_kib, mut guest_kib) = (0u64, 0u64);
-    let mut in_guest = false;
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                in_guest = guest.iter().any(|&(s, e)| a >= s && b <= e);
-                continue;
-            }
-        }
-        if first == "Rss:" {
-            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            total_kib += kib;
-            if in_guest {
-                guest_kib += kib;
-            }
-        }
-    }
+        .map(|r| resident_kib(r.as_ptr(), r.len() as usize))
+        .sum();
+    let total_kib: u64 = smaps
+        .lines()
+        .filter_map(|l| l.strip_prefix("Rss:"))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
     let pools_kib = dma.stats().map_or(0, |s| s.shared_bytes >> 10);
     log::info!(
         "VMM resident memory beyond guest RAM: {} KiB, of which bounce pools {} KiB (guest RAM resident: {} KiB)",
-        total_kib - guest_kib,
+        total_kib.saturating_sub(guest_kib),
         pools_kib,
         guest_kib
     );
+}
+
+/// KiB of `[addr, addr + len)` (page-aligned, mapped) resident in memory.
+fn resident_kib(addr: *const u8, len: usize) -> u64 {
+    const PAGE: usize = 4096;
+    let mut vec = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: mincore reads the page tables of a mapping we own (a guest memory region, page-
+    // aligned, `len` bytes) and writes one byte per page into `vec`, which has that many.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    if rc != 0 {
+        return 0;
+    }
+    vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * (PAGE as u64 / 1024)
 }
 
 /// What `--restricted-dma` and `--dma-trace` produce: statistics and a trace to flush.

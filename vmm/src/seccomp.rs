@@ -10,8 +10,9 @@
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
 //!   nothing more, it only allocates, maps pools, sleeps and waits.
 //!
-//! Every thread also gets a common set: memory (never executable), locks, clocks, sleeps,
-//! `write` (logs, console, eventfds), `getrandom`, and what panics, signals and thread exit need.
+//! Every thread also gets a common set: memory (never executable; `madvise` and `mremap` only
+//! as glibc's malloc and thread exit use them), locks, clocks, sleeps, `write` (logs, console,
+//! eventfds), `getrandom`, and what panics, signals and thread exit need.
 //!
 //! No thread may open files, create sockets or threads, or exec: everything is opened during
 //! set-up. A forbidden call traps into [`SIGSYS`](install_sigsys_handler), which writes one line
@@ -132,13 +133,11 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
     always(
         rules,
         &[
-            // malloc (brk for the main arena, which other threads can fall back to; mmap,
-            // mremap, munmap, madvise for large blocks and per-thread arenas), bounce pools
-            // (mmap/munmap), thread exit (madvise of the stack, munmap of the signal stack).
+            // malloc (brk for the main arena, which other threads can fall back to; mmap and
+            // munmap for large blocks and per-thread arenas; mremap and madvise below), bounce
+            // pools (mmap/munmap), thread exit (munmap of the signal stack).
             libc::SYS_brk,
             libc::SYS_munmap,
-            libc::SYS_mremap,
-            libc::SYS_madvise,
             // std and parking_lot locks, condvars and channels; parking_lot's spin-wait and the
             // bounce pools' area spinlock yield.
             libc::SYS_futex,
@@ -181,6 +180,26 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
     };
     add(rules, libc::SYS_mmap, vec![no_exec()?]);
     add(rules, libc::SYS_mprotect, vec![no_exec()?]);
+    // madvise only with the advice glibc gives (std and the crates here call none themselves):
+    // MADV_DONTNEED when free() shrinks a thread arena's heap (shrink_heap) or malloc_trim
+    // runs, and when a thread exits (the unused part of its stack, advise_stack_range);
+    // MADV_HUGEPAGE from malloc under the glibc.malloc.hugetlb=1 tunable. Not the advice that
+    // acts beyond this process's view of its pages (MADV_HWPOISON and MADV_SOFT_OFFLINE as
+    // root, MADV_MERGEABLE, MADV_REMOVE on shared guest memory, MADV_PAGEOUT, ...).
+    one_of(
+        rules,
+        libc::SYS_madvise,
+        2,
+        &[libc::MADV_DONTNEED as u64, libc::MADV_HUGEPAGE as u64],
+    )?;
+    // mremap only as glibc's realloc of an mmapped block does (MREMAP_MAYMOVE), or in place:
+    // never onto a chosen address (MREMAP_FIXED) nor leaving the old mapping (DONTUNMAP).
+    one_of(
+        rules,
+        libc::SYS_mremap,
+        3,
+        &[0, libc::MREMAP_MAYMOVE as u64],
+    )?;
     one_of(
         rules,
         libc::SYS_rt_sigaction,
@@ -246,6 +265,8 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     // Re-reading /proc/self/smaps at exit: seek to 0, std sizes the read by
                     // fstat/statx and its position.
                     libc::SYS_lseek,
+                    // How much of guest RAM is resident, at exit (metrics.rs).
+                    libc::SYS_mincore,
                     libc::SYS_fstat,
                     libc::SYS_newfstatat,
                     libc::SYS_statx,
@@ -549,184 +570,4 @@ pub fn syscall_name(nr: i64) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KINDS: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Worker];
-
-    #[test]
-    fn every_filter_compiles_for_x86_64_in_every_mode() {
-        for kind in KINDS {
-            for mode in [SeccompMode::Trap, SeccompMode::Kill, SeccompMode::Log] {
-                let p = program(kind, mode).unwrap().expect("a program");
-                assert!(
-                    !p.is_empty() && p.len() < 4096,
-                    "{kind:?} {mode}: {}",
-                    p.len()
-                );
-            }
-            assert!(program(kind, SeccompMode::Off).unwrap().is_none());
-        }
-    }
-
-    #[test]
-    fn threads_get_only_what_they_need() {
-        let main = rules(ThreadKind::Main).unwrap();
-        let vcpu = rules(ThreadKind::Vcpu).unwrap();
-        let worker = rules(ThreadKind::Worker).unwrap();
-        for r in [&main, &vcpu, &worker] {
-            for nr in [
-                libc::SYS_openat,
-                libc::SYS_open,
-                libc::SYS_socket,
-                libc::SYS_clone,
-                libc::SYS_clone3,
-                libc::SYS_fork,
-                libc::SYS_execve,
-                libc::SYS_ptrace,
-                libc::SYS_kill,
-                libc::SYS_getppid,
-            ] {
-                assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
-            }
-        }
-        assert!(main.contains_key(&libc::SYS_pread64) && !vcpu.contains_key(&libc::SYS_pread64));
-        assert!(!worker.contains_key(&libc::SYS_ioctl));
-        assert!(!worker.contains_key(&libc::SYS_read));
-    }
-
-    #[test]
-    fn ioctl_numbers() {
-        assert_eq!(KVM_RUN(), 0xae80);
-        assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
-        assert_eq!(KVM_TRANSLATE(), 0xc018_ae85);
-        assert_eq!(devices::virtio::TUNSETOFFLOAD, 0x4004_54d0);
-    }
-
-    #[test]
-    fn names() {
-        assert_eq!(syscall_name(libc::SYS_read), "read");
-        assert_eq!(syscall_name(libc::SYS_socket), "socket");
-        assert_eq!(syscall_name(libc::SYS_getppid), "getppid");
-        assert_eq!(syscall_name(libc::SYS_getrandom), "getrandom");
-        assert_eq!(syscall_name(libc::SYS_statx), "statx");
-        assert_eq!(syscall_name(libc::SYS_rseq), "rseq");
-        assert_eq!(
-            syscall_name(libc::SYS_pidfd_send_signal),
-            "pidfd_send_signal"
-        );
-        assert_eq!(syscall_name(libc::SYS_clone3), "clone3");
-        assert_eq!(syscall_name(libc::SYS_futex_waitv), "futex_waitv");
-        assert_eq!(syscall_name(400), "unknown");
-        assert_eq!(syscall_name(-1), "unknown");
-        assert_eq!(NAMES_0.split_ascii_whitespace().count(), 335);
-    }
-
-    #[test]
-    fn report_line() {
-        let mut label = [0u8; LABEL_LEN];
-        label[..5].copy_from_slice(b"vcpu1");
-        let l = report(41, &label);
-        assert_eq!(
-            std::str::from_utf8(&l.buf[..l.len]).unwrap(),
-            "microvm: seccomp: thread vcpu1 made a forbidden system call 41 (socket); \
-             exiting with status 148\n"
-        );
-        let l = report(-7, &[0; LABEL_LEN]);
-        let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
-        assert!(
-            s.contains("thread ? made a forbidden system call -7 (unknown)"),
-            "{s}"
-        );
-    }
-
-    /// How a forked child that installed `kind`'s filter and called getppid ended, and what
-    /// it wrote to stderr.
-    fn violate_in_child(kind: ThreadKind, mode: SeccompMode) -> (libc::c_int, String) {
-        // Everything that allocates happens before fork: the child of a multi-threaded test
-        // process may only make async-signal-safe calls.
-        let filters = Filters::new(mode, None).unwrap();
-        let prog = match kind {
-            ThreadKind::Main => filters.main.clone(),
-            ThreadKind::Vcpu => filters.vcpu.clone(),
-            ThreadKind::Worker => filters.worker.clone(),
-        }
-        .unwrap();
-        let mut fds = [0; 2];
-        // SAFETY: pipe writes two fds into the array.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: the child only calls dup2, install_sigsys_handler (sigaction), a TLS store,
-        // apply_filter (prctl, seccomp), getppid and _exit: no allocation, no locks.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // SAFETY: as above; the child never returns into the test harness.
-            unsafe {
-                libc::dup2(fds[1], 2);
-                if mode == SeccompMode::Trap && install_sigsys_handler().is_err() {
-                    libc::_exit(90);
-                }
-                set_thread_label("test-thread");
-                if seccompiler::apply_filter(&prog).is_err() {
-                    libc::_exit(91);
-                }
-                libc::getppid();
-                libc::_exit(0);
-            }
-        }
-        // SAFETY: closing our copy of the write end, so the read below sees EOF.
-        unsafe { libc::close(fds[1]) };
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 512];
-        loop {
-            // SAFETY: reads into a stack buffer of the given size.
-            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n as usize]);
-        }
-        // SAFETY: our read end.
-        unsafe { libc::close(fds[0]) };
-        (status, String::from_utf8_lossy(&out).into_owned())
-    }
-
-    #[test]
-    fn a_forbidden_call_is_reported_and_exits_148() {
-        for kind in KINDS {
-            let (status, err) = violate_in_child(kind, SeccompMode::Trap);
-            assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
-                "{kind:?}: status {status:#x}, stderr {err:?}"
-            );
-            assert_eq!(
-                err,
-                format!(
-                    "microvm: seccomp: thread test-thread made a forbidden system call {} \
-                     (getppid); exiting with status 148\n",
-                    libc::SYS_getppid
-                ),
-                "{kind:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn kill_mode_kills_and_log_mode_lets_the_call_through() {
-        for kind in KINDS {
-            let (status, err) = violate_in_child(kind, SeccompMode::Kill);
-            assert!(
-                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
-                "{kind:?}: status {status:#x}, stderr {err:?}"
-            );
-            let (status, err) = violate_in_child(kind, SeccompMode::Log);
-            assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                "{kind:?}: status {status:#x}, stderr {err:?}"
-            );
-        }
-    }
-}
+mod tests;

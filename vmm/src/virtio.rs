@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 use bounce::{Dma, Swiotlb, SwiotlbConfig, TraceRecorder, WorkerStart};
 use devices::bus::Bus;
+use devices::virtio::block::BlockError;
 use devices::virtio::mmio::{MMIO_SIZE, NOTIFY_OFFSET};
 use devices::virtio::net::Tap;
 use devices::virtio::{
@@ -141,7 +142,13 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                     .map_or(u32::MAX, |p| p.max_mapping_size()),
             },
         )
-        .map_err(|e| anyhow!("cannot set up disk {}: {e}", disk.path.display()))?;
+        .map_err(|e| match e {
+            BlockError::Locked => anyhow!(
+                "disk image {} is in use by another process (locked)",
+                disk.path.display()
+            ),
+            e => anyhow!("cannot set up disk {}: {e}", disk.path.display()),
+        })?;
         devs.push(Box::new(block));
     }
     for (i, net) in cfg.nets.iter().enumerate() {

@@ -22,7 +22,7 @@ use crate::layout::*;
 use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
 use crate::metrics::Smaps;
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
-use crate::serial::{Console, IrqTrigger, SerialPort, StdinInput};
+use crate::serial::{Console, InputDrained, IrqTrigger, SerialPort, StdinInput};
 use crate::signals::Signals;
 use crate::vcpu::{self, Vcpu};
 use crate::{acpi, boot, cpu, memory, mptable, virtio};
@@ -67,14 +67,17 @@ fn open_kvm() -> Result<Kvm> {
 
 /// Iterations of the start-up probe loop: a few thousand instructions, microseconds with
 /// hardware virtualization, a few ms where `/dev/kvm` emulates ring-0 code.
-const PROBE_LOOPS: u64 = 2_000;
+const PROBE_LOOPS: u64 = 4_000;
 
 /// Warns (and goes on) when `/dev/kvm` runs guest kernel code far slower than hardware
 /// virtualization: there a Linux guest takes minutes to print anything, or never boots, and
 /// silence would look like a hang.
-fn check_kvm_speed() {
-    let p = kvm_probe::probe(PROBE_LOOPS, Duration::from_secs(2));
-    log::debug!("KVM probe: {p} (took {} us)", p.took.as_micros());
+fn report_kvm_speed(probe: kvm_probe::PendingProbe) {
+    let p = probe.finish();
+    log::debug!(
+        "KVM probe: {p} (took {} us, beside the set-up)",
+        p.took.as_micros()
+    );
     if p.is_hardware_speed() {
         return;
     }
@@ -159,9 +162,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         log::warn!("seccomp filters: {} (not the default, trap)", cfg.seccomp);
     }
     let kvm = open_kvm()?;
-    if cfg.kvm_probe {
-        check_kvm_speed();
-    }
+    // Beside the set-up (its own VM, on its own thread), reported before the guest starts.
+    let probe = cfg
+        .kvm_probe
+        .then(|| kvm_probe::start(PROBE_LOOPS, Duration::from_secs(2)));
     let mem = memory::create(cfg.memory_mib)?;
     let vm = create_vm(&kvm, &mem)?;
     let exit = Arc::new(VmExit::new().context("cannot create the exit event")?);
@@ -206,8 +210,11 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     let serial_irq = EventFd::new(0).context("cannot create the serial irqfd")?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(|e| anyhow!("cannot register the serial irqfd: {e}"))?;
-    let serial = Arc::new(Mutex::new(SerialPort(vm_superio::Serial::new(
+    let (drained, drained_watch) =
+        InputDrained::new().context("cannot create the console input event")?;
+    let serial = Arc::new(Mutex::new(SerialPort(vm_superio::Serial::with_events(
         IrqTrigger(serial_irq),
+        drained,
         Console,
     ))));
     let mut pio = Bus::default();
@@ -241,7 +248,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     let mmio = Arc::new(mmio);
 
     events.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
-    events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
+    events.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial, drained_watch))));
 
     // vCPUs: CPUID before MSRs, since KVM derives the valid MSRs from the guest CPUID.
     let supported = kvm
@@ -249,6 +256,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         .map_err(|e| anyhow!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     vcpu::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
+    if let Some(p) = probe {
+        report_kvm_speed(p);
+    }
     let mut threads = Vec::new();
     for id in 0..cfg.cpus {
         let fd = vm

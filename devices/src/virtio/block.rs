@@ -10,21 +10,26 @@
 //! request type needs, at most `seg_max` of them and each at most `size_max` bytes, and a sector
 //! range inside the disk computed with checked arithmetic. Failures get `VIRTIO_BLK_S_IOERR`
 //! (or `S_UNSUPP` for unknown requests and flags); a chain without a usable status byte is
-//! returned with used length 0.
+//! returned with used length 0. Discard and write zeroes fail beyond their advertised maximum
+//! sectors; a discard deallocates only the whole `discard_sector_alignment` granules it covers,
+//! write zeroes zeroes exactly the range asked for.
+//!
+//! Once a write or an `fdatasync` of the image has failed, every FLUSH fails until the driver
+//! resets the device: after a writeback error Linux may drop the dirty pages and report the
+//! error once, so a later `fdatasync` can succeed although data the driver was told is written
+//! never reached the disk ("fsyncgate").
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
-use std::os::unix::io::AsRawFd;
+use std::io;
 use std::sync::Arc;
 
 use bounce::{Chain, Desc, DmaBuffer, DmaError, DmaQueue};
+use image::Image;
 use thiserror::Error;
-use vm_memory::VolatileSlice;
-use vmm_sys_util::write_zeroes::{PunchHole, WriteZeroesAt};
 
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, VirtioDevice,
-    TYPE_BLOCK,
+    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
+    VirtioDevice, QUEUE_BUDGET, TYPE_BLOCK,
 };
 
 pub const SECTOR_SHIFT: u32 = 9;
@@ -101,6 +106,11 @@ pub enum BlockError {
     Metadata(io::Error),
     #[error("invalid queue configuration: {num_queues} queues of size {queue_size}")]
     QueueConfig { num_queues: u16, queue_size: u16 },
+    /// Another open of the image holds a conflicting lock: another VMM uses it.
+    #[error("the disk image is in use by another process (locked)")]
+    Locked,
+    #[error("cannot lock the disk image: {0}")]
+    Lock(io::Error),
 }
 
 /// Why a request failed; each maps to the status the spec asks for.
@@ -122,6 +132,8 @@ enum RequestError {
     NotSectorMultiple(u64),
     #[error("sectors {sector}+{bytes}B are outside the disk")]
     OutOfRange { sector: u64, bytes: u64 },
+    #[error("{num_sectors} sectors exceed the advertised maximum of {max}")]
+    TooManySectors { num_sectors: u32, max: u32 },
     #[error("write to a read-only disk")]
     ReadOnly,
     #[error("request has a data segment it must not have")]
@@ -130,6 +142,8 @@ enum RequestError {
     BadSegment,
     #[error("unsupported discard/write-zeroes flags {0:#x}")]
     UnsupportedFlags(u32),
+    #[error("an earlier write or fdatasync failed: the disk may lack data reported written")]
+    EarlierWriteFailed,
     #[error("DMA: {0}")]
     Dma(#[from] DmaError),
     #[error("I/O: {0}")]
@@ -147,7 +161,7 @@ impl RequestError {
 
 /// The backend: the image and the request limits.
 struct Disk {
-    file: File,
+    image: Image,
     /// Disk size in bytes (a whole number of sectors).
     size: u64,
     readonly: bool,
@@ -155,6 +169,8 @@ struct Disk {
     seg_max: u32,
     size_max: u32,
     discard: bool,
+    /// A write or fdatasync failed since the last reset: every FLUSH fails.
+    write_failed: bool,
 }
 
 /// virtio-blk device.
@@ -168,8 +184,10 @@ pub struct Block {
 }
 
 impl Block {
-    /// A block device on `file` (opened by the VMM, read-write unless `cfg.readonly`). The
-    /// capacity is the file size rounded down to whole sectors.
+    /// A block device on `file` (opened by the VMM, read-write unless `cfg.readonly`), which it
+    /// locks: exclusively if read-write, shared if read-only ([`BlockError::Locked`] if another
+    /// open of the image holds a conflicting lock). The capacity is the file size rounded down
+    /// to whole sectors.
     pub fn new(file: File, cfg: BlockConfig) -> Result<Self, BlockError> {
         let qs = cfg.queue_size;
         if cfg.num_queues == 0 || qs < 2 || !qs.is_power_of_two() || qs > 32768 {
@@ -178,10 +196,9 @@ impl Block {
                 queue_size: qs,
             });
         }
-        // Seek rather than metadata: a block device's metadata length is 0.
-        let len = (&file)
-            .seek(SeekFrom::End(0))
-            .map_err(BlockError::Metadata)?;
+        let image = Image::new(file);
+        image.lock(cfg.readonly)?;
+        let len = image.len().map_err(BlockError::Metadata)?;
         let size = len & !(SECTOR_SIZE - 1);
         let mut id = [0u8; ID_LEN];
         let serial = cfg.serial.as_bytes();
@@ -219,13 +236,14 @@ impl Block {
 
         Ok(Block {
             disk: Disk {
-                file,
+                image,
                 size,
                 readonly: cfg.readonly,
                 id,
                 seg_max,
                 size_max,
                 discard: !cfg.readonly,
+                write_failed: false,
             },
             max_sizes: vec![qs; usize::from(cfg.num_queues)],
             features,
@@ -283,7 +301,7 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
         let Block {
             disk,
             queues,
@@ -294,27 +312,46 @@ impl VirtioDevice for Block {
             return Err(DeviceError::NoSuchQueue(index));
         };
         if !virtio_queue::QueueT::ready(queue.queue()) {
-            log::warn!("virtio-blk: notification for queue {index}, which is not enabled");
-            return Ok(());
+            crate::warn_limited!(
+                "virtio-blk: notification for queue {index}, which is not enabled"
+            );
+            return Ok(QueueState::Drained);
         }
-        drain_queue(queue, interrupt, |q, chain| disk.process_chain(q, chain))
+        drain_queue(queue, interrupt, QUEUE_BUDGET, |q, chain| {
+            disk.process_chain(q, chain)
+        })
     }
 
     fn reset(&mut self) {
         self.queues.clear();
         self.interrupt = None;
+        self.disk.write_failed = false;
     }
 }
 
 impl Disk {
+    /// Passes on the result of a write or fdatasync of the image, remembering a failure.
+    fn durability(&mut self, what: &str, r: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &r {
+            if !self.write_failed {
+                crate::error_limited!(
+                    "virtio-blk: {what} of the image failed ({e}): every FLUSH fails until the \
+                     driver resets the device"
+                );
+            }
+            self.write_failed = true;
+        }
+        r
+    }
+
     /// Executes one request; returns the used length (bytes written to the driver's buffers).
-    fn process_chain(&self, q: &DmaQueue, chain: &Chain) -> u32 {
+    fn process_chain(&mut self, q: &DmaQueue, chain: &Chain) -> u32 {
         let Some((status_desc, rest)) = chain.descs.split_last() else {
-            log::warn!("virtio-blk: empty chain {}", chain.head);
+            crate::warn_limited!("virtio-blk: empty chain {}", chain.head);
             return 0;
         };
         if !status_desc.writable || status_desc.len == 0 {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio-blk: chain {} has no writable status byte; returned unused",
                 chain.head
             );
@@ -335,13 +372,18 @@ impl Disk {
         match wrote_status {
             Ok(()) => written.saturating_add(1),
             Err(e) => {
-                log::warn!("virtio-blk: chain {}: status byte: {e}", chain.head);
+                crate::warn_limited!("virtio-blk: chain {}: status byte: {e}", chain.head);
                 written
             }
         }
     }
 
-    fn execute(&self, q: &DmaQueue, descs: &[Desc], written: &mut u32) -> Result<(), RequestError> {
+    fn execute(
+        &mut self,
+        q: &DmaQueue,
+        descs: &[Desc],
+        written: &mut u32,
+    ) -> Result<(), RequestError> {
         let (hdr_desc, data) = descs.split_first().ok_or(RequestError::NoHeader)?;
         if hdr_desc.writable || hdr_desc.len != HEADER_LEN {
             return Err(RequestError::BadHeader(hdr_desc.len));
@@ -369,9 +411,13 @@ impl Disk {
                 if !data.is_empty() {
                     return Err(RequestError::UnexpectedData);
                 }
-                // The status byte says OK only once the data is on stable storage.
-                self.file.sync_data()?;
-                Ok(())
+                // The status byte says OK only once the data is on stable storage, and never
+                // again after a write or fdatasync failed (see the module's documentation).
+                if self.write_failed {
+                    return Err(RequestError::EarlierWriteFailed);
+                }
+                let r = self.image.sync_data();
+                Ok(self.durability("fdatasync", r)?)
             }
             VIRTIO_BLK_T_GET_ID => {
                 let [d] = data else {
@@ -428,7 +474,7 @@ impl Disk {
     ) -> Result<(), RequestError> {
         let mut offset = self.check_data(sector, data, true)?;
         for b in map_all(q, data)? {
-            pread_exact(&self.file, &b.slice(), offset)?;
+            self.image.read_at(&b.slice(), offset)?;
             offset += b.len() as u64;
             *written = written.saturating_add(b.len() as u32);
             b.unmap()?;
@@ -436,17 +482,18 @@ impl Disk {
         Ok(())
     }
 
-    fn write(&self, q: &DmaQueue, sector: u64, data: &[Desc]) -> Result<(), RequestError> {
+    fn write(&mut self, q: &DmaQueue, sector: u64, data: &[Desc]) -> Result<(), RequestError> {
         let mut offset = self.check_data(sector, data, false)?;
         for b in map_all(q, data)? {
-            pwrite_all(&self.file, &b.slice(), offset)?;
+            let r = self.image.write_at(&b.slice(), offset);
+            self.durability("write", r)?;
             offset += b.len() as u64;
             b.unmap()?;
         }
         Ok(())
     }
 
-    fn discard_or_zero(&self, q: &DmaQueue, t: u32, data: &[Desc]) -> Result<(), RequestError> {
+    fn discard_or_zero(&mut self, q: &DmaQueue, t: u32, data: &[Desc]) -> Result<(), RequestError> {
         // max_discard_seg = max_write_zeroes_seg = 1: exactly one 16-byte segment.
         let [d] = data else {
             return Err(RequestError::BadSegment);
@@ -476,7 +523,7 @@ impl Disk {
         }
         let bytes = u64::from(num_sectors) << SECTOR_SHIFT;
         if num_sectors > max {
-            return Err(RequestError::OutOfRange { sector, bytes });
+            return Err(RequestError::TooManySectors { num_sectors, max });
         }
         let offset = sector
             .checked_mul(SECTOR_SIZE)
@@ -485,37 +532,36 @@ impl Disk {
         if bytes == 0 {
             return Ok(());
         }
-        let unmap = t == VIRTIO_BLK_T_DISCARD || flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
-        if unmap {
-            if let Err(e) = punch_hole(&self.file, offset, bytes) {
-                if t == VIRTIO_BLK_T_DISCARD {
-                    return Err(e.into());
-                }
-                // Fall back to writing zeroes.
-                log::debug!("virtio-blk: punch hole failed ({e}); writing zeroes");
-                write_zeroes(&self.file, offset, bytes)?;
+        if t == VIRTIO_BLK_T_DISCARD {
+            // Only whole DISCARD_SECTOR_ALIGNMENT granules are deallocated. Linux splits its
+            // discards at that granularity but sends the unaligned head and tail of a range
+            // too (`blkdiscard -o 512`, ext4 with 1 KiB blocks): they are left as they are, as
+            // a discard is a hint the device MAY honour (§5.2.6.2), rather than failed (the
+            // guest would see I/O errors) or punched (the host filesystem zeroes partial
+            // blocks by writing them).
+            let align = u64::from(DISCARD_SECTOR_ALIGNMENT);
+            // Cannot overflow: both ends are sectors inside the disk.
+            let start = sector.next_multiple_of(align);
+            let end = (sector + u64::from(num_sectors)) / align * align;
+            if end <= start {
+                return Ok(());
             }
-        } else {
-            write_zeroes(&self.file, offset, bytes)?;
+            // A hint: a failure loses nothing the driver wrote.
+            let r = self
+                .image
+                .punch_hole(start << SECTOR_SHIFT, (end - start) << SECTOR_SHIFT);
+            return Ok(r?);
         }
-        Ok(())
+        let mut r = Err(io::Error::from(io::ErrorKind::Unsupported));
+        if flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+            r = self.image.punch_hole(offset, bytes);
+        }
+        if let Err(e) = r {
+            log::debug!("virtio-blk: punch hole: {e}; writing zeroes");
+            r = self.image.write_zeroes(offset, bytes);
+        }
+        Ok(self.durability("write zeroes", r)?)
     }
-}
-
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let mut f = file.try_clone()?;
-    f.punch_hole(offset, len)
-}
-
-/// `vmm-sys-util`'s helpers take `&mut File`; a dup of the fd serves.
-fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let mut f = file.try_clone()?;
-    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    f.write_all_zeroes_at(offset, len)
-}
-
-fn to_off(offset: u64) -> io::Result<libc::off64_t> {
-    libc::off64_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 /// Maps every data buffer of a request before any I/O, as a driver's `dma_map_sg` does: the
@@ -530,68 +576,7 @@ fn map_all<'q>(q: &'q DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer<'q>>, Req
         .collect()
 }
 
-/// Reads exactly `slice.len()` bytes of `file` at `offset` into `slice` (pread(2), no seek, no
-/// host copy).
-pub(crate) fn pread_exact(file: &File, slice: &VolatileSlice, offset: u64) -> io::Result<()> {
-    let guard = slice.ptr_guard_mut();
-    let base = guard.as_ptr();
-    let fd = file.as_raw_fd();
-    positional_loop(
-        slice.len(),
-        offset,
-        io::ErrorKind::UnexpectedEof,
-        |done, off| {
-            // SAFETY: `base` points to `slice.len()` bytes valid for writes for the lifetime of
-            // `slice` (a VolatileSlice invariant, held by `guard`); the kernel writes at most
-            // `len - done` bytes starting `done` bytes in. The fd is owned by `file`.
-            unsafe { libc::pread64(fd, base.add(done).cast(), slice.len() - done, off) }
-        },
-    )
-}
-
-/// Writes all of `slice` to `file` at `offset` (pwrite(2), no seek, no host copy).
-pub(crate) fn pwrite_all(file: &File, slice: &VolatileSlice, offset: u64) -> io::Result<()> {
-    let guard = slice.ptr_guard();
-    let base = guard.as_ptr();
-    let fd = file.as_raw_fd();
-    positional_loop(
-        slice.len(),
-        offset,
-        io::ErrorKind::WriteZero,
-        |done, off| {
-            // SAFETY: `base` points to `slice.len()` readable bytes for the lifetime of `slice`
-            // (held by `guard`); the kernel reads at most `len - done` bytes starting `done` bytes
-            // in. The fd is owned by `file`.
-            unsafe { libc::pwrite64(fd, base.add(done).cast(), slice.len() - done, off) }
-        },
-    )
-}
-
-/// Repeats a positional read or write (`op(done, file_offset)`, a syscall's return value)
-/// until `len` bytes are transferred: short transfers continue, EINTR retries, a transfer of
-/// 0 bytes is `at_zero`.
-fn positional_loop(
-    len: usize,
-    offset: u64,
-    at_zero: io::ErrorKind,
-    mut op: impl FnMut(usize, libc::off64_t) -> isize,
-) -> io::Result<()> {
-    let mut done = 0usize;
-    while done < len {
-        let off = to_off(offset + done as u64)?;
-        match op(done, off) {
-            r if r < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            0 => return Err(io::Error::from(at_zero)),
-            r => done += r as usize,
-        }
-    }
-    Ok(())
-}
+mod image;
 
 #[cfg(test)]
 mod tests;

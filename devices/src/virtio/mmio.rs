@@ -32,8 +32,8 @@ use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    feature, ActivateError, Interrupt, VirtioDevice, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_EVENT_IDX,
+    feature, ActivateError, Interrupt, QueueState, VirtioDevice, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::bus::BusDevice;
@@ -225,19 +225,19 @@ impl MmioTransport {
     /// Has the event loop re-evaluate the backend fd and (after activation) drain all queues.
     fn poke_event_loop(&self) {
         if let Err(e) = self.control_evt.write(1) {
-            log::error!("virtio-mmio: control eventfd write: {e}");
+            crate::error_limited!("virtio-mmio: control eventfd write: {e}");
         }
     }
 
     /// A device failure: DEVICE_NEEDS_RESET and a config interrupt, never a panic.
     fn device_failed(&mut self, what: &dyn std::fmt::Display) {
-        log::error!(
+        crate::error_limited!(
             "virtio-mmio type {}: {what}; setting DEVICE_NEEDS_RESET",
             self.device.device_type()
         );
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         if let Err(e) = self.interrupt.signal_config() {
-            log::error!("virtio-mmio: config interrupt: {e}");
+            crate::error_limited!("virtio-mmio: config interrupt: {e}");
         }
     }
 
@@ -249,7 +249,9 @@ impl MmioTransport {
         let old = self.status & !STATUS_DEVICE_NEEDS_RESET;
         let mut new = value & !STATUS_DEVICE_NEEDS_RESET;
         if old & !new != 0 {
-            log::warn!("virtio-mmio: driver cleared status bits ({old:#x} -> {new:#x}); ignored");
+            crate::warn_limited!(
+                "virtio-mmio: driver cleared status bits ({old:#x} -> {new:#x}); ignored"
+            );
             return;
         }
         let added = new & !old;
@@ -257,7 +259,7 @@ impl MmioTransport {
             let offered = self.device_features();
             let unknown = self.driver_features & !offered;
             if unknown != 0 || self.driver_features & feature(VIRTIO_F_VERSION_1) == 0 {
-                log::warn!(
+                crate::warn_limited!(
                     "virtio-mmio: FEATURES_OK refused (driver {:#x}, offered {offered:#x})",
                     self.driver_features
                 );
@@ -267,7 +269,7 @@ impl MmioTransport {
             }
         }
         if added & STATUS_DRIVER_OK != 0 && new & STATUS_FEATURES_OK == 0 {
-            log::warn!("virtio-mmio: DRIVER_OK without FEATURES_OK; ignored");
+            crate::warn_limited!("virtio-mmio: DRIVER_OK without FEATURES_OK; ignored");
             new &= !STATUS_DRIVER_OK;
         }
         self.status = new | (self.status & STATUS_DEVICE_NEEDS_RESET);
@@ -332,7 +334,7 @@ impl MmioTransport {
     /// Applies `f` to the selected queue's registers unless they are frozen.
     fn write_queue_reg(&mut self, name: &str, f: impl FnOnce(&mut QueueRegs)) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            log::warn!("virtio-mmio: {name} write after DRIVER_OK ignored");
+            crate::warn_limited!("virtio-mmio: {name} write after DRIVER_OK ignored");
             return;
         }
         let sel = self.queue_sel;
@@ -340,11 +342,11 @@ impl MmioTransport {
             .ok()
             .and_then(|i| self.queues.get_mut(i))
         else {
-            log::warn!("virtio-mmio: {name} write for nonexistent queue {sel} ignored");
+            crate::warn_limited!("virtio-mmio: {name} write for nonexistent queue {sel} ignored");
             return;
         };
         if regs.ready && name != "QueueReady" {
-            log::warn!("virtio-mmio: {name} write to ready queue {sel} ignored");
+            crate::warn_limited!("virtio-mmio: {name} write to ready queue {sel} ignored");
             return;
         }
         f(regs);
@@ -378,7 +380,7 @@ impl MmioTransport {
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
-                log::warn!("virtio-mmio: read of unknown register {offset:#x}");
+                crate::warn_limited!("virtio-mmio: read of unknown register {offset:#x}");
                 0
             }
         }
@@ -392,13 +394,17 @@ impl MmioTransport {
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             REG_DRIVER_FEATURES => {
                 if self.status & STATUS_FEATURES_OK != 0 {
-                    log::warn!("virtio-mmio: DriverFeatures write after FEATURES_OK ignored");
+                    crate::warn_limited!(
+                        "virtio-mmio: DriverFeatures write after FEATURES_OK ignored"
+                    );
                     return;
                 }
                 match self.driver_features_sel {
                     0 => self.driver_features = lo(self.driver_features),
                     1 => self.driver_features = hi(self.driver_features),
-                    s => log::warn!("virtio-mmio: DriverFeatures write with selector {s} ignored"),
+                    s => crate::warn_limited!(
+                        "virtio-mmio: DriverFeatures write with selector {s} ignored"
+                    ),
                 }
             }
             REG_QUEUE_SEL => self.queue_sel = v,
@@ -426,16 +432,18 @@ impl MmioTransport {
                 match usize::try_from(v).ok().and_then(|i| self.queue_evts.get(i)) {
                     Some(evt) => {
                         if let Err(e) = evt.write(1) {
-                            log::error!("virtio-mmio: queue eventfd write: {e}");
+                            crate::error_limited!("virtio-mmio: queue eventfd write: {e}");
                         }
                     }
-                    None => log::warn!("virtio-mmio: notify for nonexistent queue {v}"),
+                    None => crate::warn_limited!("virtio-mmio: notify for nonexistent queue {v}"),
                 }
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
             REG_STATUS => self.write_status(v),
             REG_SHM_SEL => {}
-            _ => log::warn!("virtio-mmio: write of {v:#x} to unknown register {offset:#x}"),
+            _ => {
+                crate::warn_limited!("virtio-mmio: write of {v:#x} to unknown register {offset:#x}")
+            }
         }
     }
 
@@ -451,13 +459,13 @@ impl MmioTransport {
         }
         if let Some((fd, _)) = self.registered_backend.take() {
             if let Err(e) = ops.remove(Events::empty_raw(fd)) {
-                log::error!("virtio-mmio: removing backend fd {fd}: {e:?}");
+                crate::error_limited!("virtio-mmio: removing backend fd {fd}: {e:?}");
             }
         }
         if let Some((fd, set)) = want {
             match ops.add(Events::with_data_raw(fd, TOKEN_BACKEND, set)) {
                 Ok(()) => self.registered_backend = Some((fd, set)),
-                Err(e) => log::error!("virtio-mmio: adding backend fd {fd}: {e:?}"),
+                Err(e) => crate::error_limited!("virtio-mmio: adding backend fd {fd}: {e:?}"),
             }
         }
     }
@@ -466,8 +474,16 @@ impl MmioTransport {
         if !self.is_active() {
             return;
         }
-        if let Err(e) = self.device.process_queue(index) {
-            self.device_failed(&e);
+        match self.device.process_queue(index) {
+            Ok(QueueState::Drained) => {}
+            // The budget ran out: signal the queue's eventfd ourselves, so the (level-triggered)
+            // event loop comes back to it after serving every other ready fd.
+            Ok(QueueState::MoreWork) => match self.queue_evts.get(index).map(|e| e.write(1)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => crate::error_limited!("virtio-mmio: queue eventfd write: {e}"),
+                None => crate::error_limited!("virtio-mmio: more work on unknown queue {index}"),
+            },
+            Err(e) => self.device_failed(&e),
         }
     }
 
@@ -490,7 +506,7 @@ impl MmioTransport {
             }
             i => {
                 let Some(evt) = usize::try_from(i).ok().and_then(|i| self.queue_evts.get(i)) else {
-                    log::warn!("virtio-mmio: event for unknown token {i}");
+                    crate::warn_limited!("virtio-mmio: event for unknown token {i}");
                     return;
                 };
                 let _ = evt.read();
@@ -509,7 +525,7 @@ impl BusDevice for MmioTransport {
         data.fill(0);
         match <&mut [u8; 4]>::try_from(data) {
             Ok(out) if offset & 3 == 0 => *out = self.read_reg(offset).to_le_bytes(),
-            _ => log::warn!("virtio-mmio: bad register read at {offset:#x}"),
+            _ => crate::warn_limited!("virtio-mmio: bad register read at {offset:#x}"),
         }
     }
 
@@ -520,7 +536,7 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(bytes) if offset & 3 == 0 => self.write_reg(offset, u32::from_le_bytes(bytes)),
-            _ => log::warn!("virtio-mmio: bad register write at {offset:#x}"),
+            _ => crate::warn_limited!("virtio-mmio: bad register write at {offset:#x}"),
         }
     }
 }

@@ -156,7 +156,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space (most devices have no writable fields).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::warn_limited!(
             "virtio type {}: ignored config write of {} bytes at {offset:#x}",
             self.device_type(),
             data.len()
@@ -169,8 +169,10 @@ pub trait VirtioDevice: Send {
         queues: Vec<DmaQueue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError>;
-    /// The driver notified queue `index`.
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError>;
+    /// The driver notified queue `index`. Serves at most [`QUEUE_BUDGET`] chains; with
+    /// [`QueueState::MoreWork`] the transport comes back to the queue by itself (the guest sees
+    /// notifications disabled and need not notify again).
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError>;
     /// The backend fd the device wants polled right now and for what (`None`: nothing, e.g. not
     /// active, or net RX back-pressure). The transport (un)registers it with the event loop.
     fn backend_interest(&self) -> Option<(RawFd, EventSet)> {
@@ -182,6 +184,23 @@ pub trait VirtioDevice: Send {
     }
     /// Back to the state after construction (queues dropped, not active).
     fn reset(&mut self);
+}
+
+/// Chains served per queue notification. A driver that refills a queue as fast as the device
+/// empties it would otherwise hold the single event-loop thread (every other device, the
+/// console, signals and the VM's exit) for as long as it likes. 256 is a full ring at microvm's
+/// queue size.
+pub const QUEUE_BUDGET: usize = 256;
+
+/// What [`VirtioDevice::process_queue`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// The ring was empty with driver notifications enabled: the next chain comes with a
+    /// notification.
+    Drained,
+    /// The budget ran out. Chains may be left and driver notifications may still be disabled:
+    /// the transport must process the queue again without waiting for the guest.
+    MoreWork,
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling what lies outside `config`.
@@ -196,47 +215,56 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// Drains `queue` with `handle` (which returns the used length of a chain), returning malformed chains with used length 0. Follows the
-/// disable/drain/enable pattern so a chain added while draining is not missed, and raises the
-/// used-ring interrupt if the driver wants one.
+/// Drains `queue` with `handle` (which returns the used length of a chain), returning malformed
+/// chains with used length 0, for at most `budget` chains. Follows the disable/drain/enable
+/// pattern so a chain added while draining is not missed, and raises the used-ring interrupt if
+/// the driver wants one (also when the budget runs out, so the driver can reuse what was served).
 pub(crate) fn drain_queue<F>(
     queue: &mut DmaQueue,
     interrupt: &Interrupt,
+    budget: usize,
     mut handle: F,
-) -> Result<(), DeviceError>
+) -> Result<QueueState, DeviceError>
 where
     F: FnMut(&DmaQueue, &bounce::Chain) -> u32,
 {
-    let mut used = false;
-    loop {
+    let mut used = 0usize;
+    let state = 'drain: loop {
         queue.disable_notification()?;
         loop {
+            if used >= budget {
+                break 'drain QueueState::MoreWork;
+            }
             match queue.pop() {
                 Ok(Some(chain)) => {
                     let len = handle(queue, &chain);
                     queue.add_used(chain.head, len)?;
-                    used = true;
                 }
                 Ok(None) => break,
                 Err(QueueError::MalformedChain { head }) => {
-                    log::warn!("malformed descriptor chain at head {head}: returned unused");
+                    crate::warn_limited!(
+                        "malformed descriptor chain at head {head}: returned unused"
+                    );
                     queue.add_used(head, 0)?;
-                    used = true;
                 }
                 Err(e) => return Err(e.into()),
             }
+            used += 1;
         }
         if !queue.enable_notification()? {
-            break;
+            break QueueState::Drained;
         }
-    }
-    if used && queue.needs_notification()? {
+    };
+    if used > 0 && queue.needs_notification()? {
         interrupt
             .signal_used_queue()
             .map_err(DeviceError::Interrupt)?;
     }
-    Ok(())
+    Ok(state)
 }
 
 #[cfg(test)]
 pub(crate) mod test_utils;
+
+#[cfg(test)]
+mod tests;

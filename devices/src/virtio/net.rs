@@ -12,6 +12,9 @@
 //!   `TUNSETOFFLOAD` with them at construction; after FEATURES_OK the tap gets exactly the
 //!   negotiated guest-side set. UFO is never offered (Linux taps no longer do it). No
 //!   MRG_RXBUF: with GUEST_TSO the driver must post 64 KiB chains ("big packets").
+//! * TX headers reach the host kernel (`virtio_net_hdr_to_skb`) only as far as the driver
+//!   negotiated them: [`hdr::sanitize_tx`] clears what the device must ignore and drops frames
+//!   asking for a checksum or segmentation offload that was not negotiated.
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -23,9 +26,10 @@ use event_manager::EventSet;
 pub use super::tap::Tap;
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN};
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, VirtioDevice,
-    TYPE_NET,
+    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
+    VirtioDevice, QUEUE_BUDGET, TYPE_NET,
 };
+pub use hdr::TxHeaderError;
 
 pub const VIRTIO_NET_F_CSUM: u32 = 0;
 pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
@@ -36,6 +40,8 @@ pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
 pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
 pub const VIRTIO_NET_F_STATUS: u32 = 16;
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+pub mod hdr;
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -74,6 +80,8 @@ pub struct Net {
     /// A frame is pending and the RX ring was empty: stop polling the tap.
     rx_starved: bool,
     tx_buf: Box<[u8]>,
+    /// The features the driver accepted (what TX headers may ask for).
+    acked: u64,
 }
 
 impl Net {
@@ -110,27 +118,38 @@ impl Net {
             rx_pending: None,
             rx_starved: false,
             tx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
+            acked: 0,
         })
     }
 
-    fn process_tx(&mut self) -> Result<(), DeviceError> {
+    fn process_tx(&mut self) -> Result<QueueState, DeviceError> {
         let Net {
             tap,
             queues,
             interrupt,
             tx_buf,
+            acked,
             ..
         } = self;
         let (Some(q), Some(irq)) = (queues.get_mut(TX), interrupt.as_ref()) else {
             return Err(DeviceError::NoSuchQueue(TX));
         };
-        drain_queue(q, irq, |q, chain| {
-            if let Some(len) = gather(q, chain, tx_buf) {
-                match tap.write_frame(&tx_buf[..len]) {
-                    Ok(_) => {}
-                    // A full tap drops the frame, as a NIC with a full wire would.
-                    Err(e) => log::debug!("virtio-net: tap write: {e}"),
-                }
+        drain_queue(q, irq, QUEUE_BUDGET, |q, chain| {
+            let Some(len) = gather(q, chain, tx_buf) else {
+                return 0;
+            };
+            // `gather` returns frames of VNET_HDR_LEN bytes or more.
+            let Some((header, _)) = tx_buf.split_first_chunk_mut::<VNET_HDR_LEN>() else {
+                return 0;
+            };
+            if let Err(e) = hdr::sanitize_tx(header, *acked) {
+                crate::warn_limited!("virtio-net: TX chain {}: frame dropped: {e}", chain.head);
+                return 0;
+            }
+            match tap.write_frame(&tx_buf[..len]) {
+                Ok(_) => {}
+                // A full tap drops the frame, as a NIC with a full wire would.
+                Err(e) => log::debug!("virtio-net: tap write: {e}"),
             }
             0
         })
@@ -186,7 +205,7 @@ impl Net {
                     break;
                 }
                 Err(QueueError::MalformedChain { head }) => {
-                    log::warn!("virtio-net: malformed RX chain at head {head}");
+                    crate::warn_limited!("virtio-net: malformed RX chain at head {head}");
                     q.add_used(head, 0)?;
                     used = true;
                 }
@@ -208,12 +227,12 @@ fn gather(q: &DmaQueue, chain: &Chain, buf: &mut [u8]) -> Option<usize> {
     let mut len = 0usize;
     for d in &chain.descs {
         if d.writable {
-            log::warn!("virtio-net: TX chain {} has a writable buffer", chain.head);
+            crate::warn_limited!("virtio-net: TX chain {} has a writable buffer", chain.head);
             return None;
         }
         let n = d.len as usize;
         let Some(dst) = len.checked_add(n).and_then(|end| buf.get_mut(len..end)) else {
-            log::warn!("virtio-net: TX frame over {MAX_FRAME_LEN} bytes dropped");
+            crate::warn_limited!("virtio-net: TX frame over {MAX_FRAME_LEN} bytes dropped");
             return None;
         };
         let r = q.map(d).and_then(|b| {
@@ -221,7 +240,7 @@ fn gather(q: &DmaQueue, chain: &Chain, buf: &mut [u8]) -> Option<usize> {
             b.unmap()
         });
         if let Err(e) = r {
-            log::warn!("virtio-net: TX chain {}: {e}", chain.head);
+            crate::warn_limited!("virtio-net: TX chain {}: {e}", chain.head);
             return None;
         }
         len += n;
@@ -237,7 +256,7 @@ fn scatter(q: &DmaQueue, chain: &Chain, frame: &mut [u8]) -> u32 {
     }
     let capacity: u64 = chain.descs.iter().map(|d| u64::from(d.len)).sum();
     if chain.descs.iter().any(|d| !d.writable) || capacity < frame.len() as u64 {
-        log::warn!(
+        crate::warn_limited!(
             "virtio-net: RX chain {} unusable for a {}-byte frame; frame dropped",
             chain.head,
             frame.len()
@@ -251,12 +270,12 @@ fn scatter(q: &DmaQueue, chain: &Chain, frame: &mut [u8]) -> u32 {
         }
         let n = (d.len as usize).min(frame.len() - off);
         let Ok(mut b) = q.map(d) else {
-            log::warn!("virtio-net: RX chain {}: unmappable buffer", chain.head);
+            crate::warn_limited!("virtio-net: RX chain {}: unmappable buffer", chain.head);
             return 0;
         };
         let r = b.write_at(0, &frame[off..off + n]).and_then(|()| b.unmap());
         if let Err(e) = r {
-            log::warn!("virtio-net: RX chain {}: {e}", chain.head);
+            crate::warn_limited!("virtio-net: RX chain {}: {e}", chain.head);
             return 0;
         }
         off += n;
@@ -278,6 +297,7 @@ impl VirtioDevice for Net {
     }
 
     fn ack_features(&mut self, features: u64) {
+        self.acked = features;
         let mut tun = 0;
         if features & feature(VIRTIO_NET_F_GUEST_CSUM) != 0 {
             tun |= TUN_F_CSUM;
@@ -290,7 +310,9 @@ impl VirtioDevice for Net {
         }
         if let Err(e) = self.tap.set_offload(tun) {
             // Full, checksummed frames are always valid for the driver.
-            log::error!("virtio-net: TUNSETOFFLOAD {tun:#x}: {e}; delivering plain frames");
+            crate::error_limited!(
+                "virtio-net: TUNSETOFFLOAD {tun:#x}: {e}; delivering plain frames"
+            );
         }
     }
 
@@ -322,9 +344,11 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
         match index {
-            RX => self.process_rx(),
+            // RX is bounded by RX_BURST per call, and what is left waits on the tap (polled,
+            // level-triggered) or on the driver's next RX buffers (a notification).
+            RX => self.process_rx().map(|()| QueueState::Drained),
             TX => self.process_tx(),
             i => Err(DeviceError::NoSuchQueue(i)),
         }
@@ -336,7 +360,7 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self, events: EventSet) -> Result<(), DeviceError> {
         if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            log::error!("virtio-net: tap error/hang-up");
+            crate::error_limited!("virtio-net: tap error/hang-up");
         }
         self.process_rx()
     }
@@ -346,8 +370,9 @@ impl VirtioDevice for Net {
         self.interrupt = None;
         self.rx_pending = None;
         self.rx_starved = false;
+        self.acked = 0;
         if let Err(e) = self.tap.set_offload(0) {
-            log::warn!("virtio-net: clearing tap offloads: {e}");
+            crate::warn_limited!("virtio-net: clearing tap offloads: {e}");
         }
     }
 }
@@ -432,6 +457,69 @@ mod tests {
         let n = r.peer.read(&mut got).unwrap();
         assert_eq!(&got[..n], &f[..]);
         assert!(r.peer.read(&mut got).is_err(), "only one frame sent");
+    }
+
+    /// Sends one TX frame (header + 64 bytes) through the device; returns what reached the tap,
+    /// if anything.
+    fn send(r: &mut Rig, header: [u8; VNET_HDR_LEN]) -> Option<Vec<u8>> {
+        use std::io::Read;
+        r.tx.write(0x10_0000, &header);
+        r.tx.write(0x10_1000, &[0x5a; 64]);
+        r.tx.add_chain(&[(0x10_0000, 12, false), (0x10_1000, 64, false)]);
+        r.net.process_queue(TX).unwrap();
+        assert_eq!(r.tx.used().last().map(|u| u.1), Some(0));
+        let mut got = vec![0u8; 4096];
+        let n = r.peer.read(&mut got).ok()?;
+        assert_eq!(&got[VNET_HDR_LEN..n], &[0x5a; 64], "frame intact");
+        got.truncate(VNET_HDR_LEN);
+        Some(got)
+    }
+
+    #[test]
+    fn tx_headers_carry_only_negotiated_offloads_to_the_tap() {
+        use hdr::*;
+        let mem = guest_mem();
+        let mut r = rig(&mem);
+        let h = |flags: u8, gso: u8, f: [u16; 5]| {
+            let mut b = [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            for (i, v) in f.into_iter().enumerate() {
+                b[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
+            }
+            b
+        };
+        let tso4 = |flags| h(flags, VIRTIO_NET_HDR_GSO_TCPV4, [66, 1448, 34, 16, 0xffff]);
+
+        // Nothing negotiated (a socket takes no offloads): flags, checksum and GSO fields and
+        // num_buffers reach the tap zeroed; a GSO frame is dropped, not sent.
+        assert_eq!(send(&mut r, h(0xff, 0, [0xffff; 5])), Some(vec![0; 12]));
+        assert_eq!(send(&mut r, tso4(VIRTIO_NET_HDR_F_NEEDS_CSUM)), None);
+
+        // The driver negotiated CSUM and HOST_TSO4 (not TSO6).
+        r.net
+            .ack_features(feature(VIRTIO_NET_F_CSUM) | feature(VIRTIO_NET_F_HOST_TSO4));
+        let want = h(1, VIRTIO_NET_HDR_GSO_TCPV4, [66, 1448, 34, 16, 0]);
+        assert_eq!(send(&mut r, tso4(0xff)), Some(want.to_vec()));
+        let tso6 = h(1, VIRTIO_NET_HDR_GSO_TCPV6, [86, 1428, 54, 16, 0]);
+        assert_eq!(send(&mut r, tso6), None);
+        assert_eq!(send(&mut r, tso4(0)), None, "GSO without NEEDS_CSUM");
+        let ecn = h(
+            1,
+            VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN,
+            [66, 1448, 34, 16, 0],
+        );
+        assert_eq!(send(&mut r, ecn), None);
+        let ufo = h(1, VIRTIO_NET_HDR_GSO_UDP, [42, 1472, 34, 6, 0]);
+        assert_eq!(send(&mut r, ufo), None);
+
+        // A reset forgets what was negotiated (the driver sets its queues up afresh).
+        r.net.reset();
+        r.rx = TestQueue::at(&mem, 0, 16);
+        r.tx = TestQueue::at(&mem, 0x8000, 16);
+        let (irq, _irqfd) = test_interrupt();
+        r.net
+            .activate(vec![r.rx.dma_queue(), r.tx.dma_queue()], irq)
+            .unwrap();
+        assert_eq!(send(&mut r, tso4(VIRTIO_NET_HDR_F_NEEDS_CSUM)), None);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use bounce::{Chain, DmaQueue};
 
-use super::{drain_queue, ActivateError, DeviceError, Interrupt, VirtioDevice, TYPE_RNG};
+use super::{
+    drain_queue, ActivateError, DeviceError, Interrupt, QueueState, VirtioDevice, QUEUE_BUDGET,
+    TYPE_RNG,
+};
 
 /// Queue size offered.
 pub const QUEUE_SIZE: u16 = 256;
@@ -46,22 +49,21 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Fills the chain's writable descriptors; returns the bytes written.
+/// Fills the chain's writable descriptors; returns the bytes written. Driver-readable
+/// descriptors are skipped, with one (rate-limited) line per chain however many there are.
 fn fill_chain(q: &DmaQueue, chain: &Chain) -> u32 {
     let mut chunk = [0u8; CHUNK];
     let mut total = 0usize;
+    let mut skipped = 0usize;
     for d in &chain.descs {
         if !d.writable {
-            log::warn!(
-                "virtio-rng: chain {}: driver-readable descriptor skipped",
-                chain.head
-            );
+            skipped += 1;
             continue;
         }
         let mut b = match q.map(d) {
             Ok(b) => b,
             Err(e) => {
-                log::warn!("virtio-rng: chain {}: {e}", chain.head);
+                crate::warn_limited!("virtio-rng: chain {}: {e}", chain.head);
                 break;
             }
         };
@@ -71,23 +73,29 @@ fn fill_chain(q: &DmaQueue, chain: &Chain) -> u32 {
             let n = (want - off).min(CHUNK);
             let part = &mut chunk[..n];
             if let Err(e) = fill_random(part) {
-                log::error!("virtio-rng: getrandom: {e}");
+                crate::error_limited!("virtio-rng: getrandom: {e}");
                 break;
             }
             if let Err(e) = b.write_at(off, part) {
-                log::warn!("virtio-rng: chain {}: {e}", chain.head);
+                crate::warn_limited!("virtio-rng: chain {}: {e}", chain.head);
                 break;
             }
             off += n;
         }
         if let Err(e) = b.unmap() {
-            log::warn!("virtio-rng: chain {}: unmap: {e}", chain.head);
+            crate::warn_limited!("virtio-rng: chain {}: unmap: {e}", chain.head);
             break;
         }
         total += off;
         if off < want || total >= MAX_BYTES_PER_CHAIN {
             break;
         }
+    }
+    if skipped > 0 {
+        crate::warn_limited!(
+            "virtio-rng: chain {}: {skipped} driver-readable descriptors skipped",
+            chain.head
+        );
     }
     total as u32
 }
@@ -129,11 +137,11 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
         let (Some(q), Some(irq), 0) = (self.queue.as_mut(), self.interrupt.as_ref(), index) else {
             return Err(DeviceError::NoSuchQueue(index));
         };
-        drain_queue(q, irq, fill_chain)
+        drain_queue(q, irq, QUEUE_BUDGET, fill_chain)
     }
 
     fn reset(&mut self) {
@@ -178,5 +186,46 @@ mod tests {
         assert_eq!(used[1].1, 0);
         assert_eq!(used[2].1, 0);
         assert!(rng.process_queue(1).is_err());
+    }
+
+    #[test]
+    fn readable_descriptors_cannot_flood_the_log() {
+        use crate::log_limit::testing::{capture, freeze_clock};
+        use crate::log_limit::LINES_PER_INTERVAL;
+        const INDIRECT: u16 = 4;
+        const NEXT: u16 = 1;
+        const TABLE: u64 = 0x10_0000;
+        // The largest indirect table a chain can have: 65,535 driver-readable descriptors.
+        let n = u16::MAX;
+        let mut table = Vec::with_capacity(usize::from(n) * 16);
+        for i in 0..n {
+            table.extend_from_slice(&0x30_0000u64.to_le_bytes());
+            table.extend_from_slice(&8u32.to_le_bytes());
+            let flags = if i + 1 < n { NEXT } else { 0 };
+            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&i.wrapping_add(1).to_le_bytes());
+        }
+        let mem = guest_mem();
+        let mut t = TestQueue::new(&mem, 32);
+        t.write(TABLE, &table);
+        let chains = 20;
+        for _ in 0..chains {
+            let head = t.add_chain(&[(TABLE, table.len() as u32, false)]);
+            t.set_desc(head, TABLE, table.len() as u32, INDIRECT, 0);
+        }
+        let mut rng = Rng::new();
+        let (irq, _irqfd) = test_interrupt();
+        rng.activate(vec![t.dma_queue()], irq).unwrap();
+        freeze_clock();
+        let lines = capture(|| {
+            rng.process_queue(0).unwrap();
+        });
+        assert_eq!(t.used().len(), chains);
+        assert!(t.used().iter().all(|&(_, len)| len == 0));
+        // Unlimited, this was 20 x 65,535 lines; even one per chain would be 20.
+        assert!(lines.len() <= LINES_PER_INTERVAL as usize, "{lines:?}");
+        assert!(lines[0]
+            .1
+            .contains("65535 driver-readable descriptors skipped"));
     }
 }

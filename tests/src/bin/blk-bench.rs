@@ -178,6 +178,7 @@ fn real_main() -> Result<()> {
         marks: vec![],
         echo: false,
         stdio: microvm_tests::StdioMode::Null,
+        signal_at_mark: None,
     };
     eprintln!(
         "blk-bench: {} path, fio {} s per job, pool {} {}",

@@ -167,6 +167,7 @@ fn real_main() -> Result<()> {
         marks: vec![],
         echo: false,
         stdio: microvm_tests::StdioMode::Null,
+        signal_at_mark: None,
     };
     let out = harness.run(&run)?;
     if let Some(outer) = &out.outer {

@@ -5,13 +5,18 @@
 //! Without `--kernel`, the resources/ kernel (bzImage) and initramfs are built if needed
 //! and used. File arguments of `--kernel`, `--initrd` and `--disk` are carried into the
 //! outer machine on the nested path (disks become /dev/vdX there).
-//! Environment: MICROVM_TEST_PATH=direct|nested, GUEST_RUN_TIMEOUT=SECONDS (default 300).
+//! When stdin is a terminal, it becomes the guest's console on either path (a shell with
+//! `microvm.exit=shell` is usable; on the nested path QEMU's escape key Ctrl-A is in between:
+//! Ctrl-A x ends everything, Ctrl-A Ctrl-A sends one Ctrl-A).
+//! Environment: MICROVM_TEST_PATH=direct|nested, GUEST_RUN_TIMEOUT=SECONDS (default 300, or
+//! 3600 for an interactive console).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use microvm_tests::{kernel_artifacts, Arg, Harness, Run};
+use microvm_tests::{kernel_artifacts, Arg, Harness, Run, StdioMode};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -26,11 +31,13 @@ fn main() {
 
 fn real_main() -> Result<i32> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    let interactive = std::io::stdin().is_terminal();
     let timeout = match std::env::var("GUEST_RUN_TIMEOUT") {
         Ok(v) => Duration::from_secs(
             v.parse()
                 .context("GUEST_RUN_TIMEOUT: not a number of seconds")?,
         ),
+        Err(_) if interactive => Duration::from_secs(3600),
         Err(_) => Duration::from_secs(300),
     };
     let mut args = Vec::new();
@@ -90,6 +97,15 @@ fn real_main() -> Result<i32> {
     run.disks = disks;
     run.timeout = timeout;
     run.echo = true;
+    if interactive {
+        run.stdio = StdioMode::Console;
+        if harness.path() == microvm_tests::PathKind::Nested {
+            println!(
+                "guest-run: starting the outer machine; this terminal is the guest's console \
+                 once microvm runs (Ctrl-A x ends everything, Ctrl-A Ctrl-A sends Ctrl-A)"
+            );
+        }
+    }
     let out = harness.run(&run)?;
     if !out.stderr.is_empty() {
         eprint!("{}", out.stderr);

@@ -26,6 +26,7 @@ fn real_main() -> Result<()> {
     let mut echo = false;
     let mut stdio = StdioMode::Null;
     let mut program = None;
+    let mut signal_at_mark = None;
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--report") => report = args.next(),
@@ -44,6 +45,15 @@ fn real_main() -> Result<()> {
                     .into_owned(),
             ),
             Some("--echo") => echo = true,
+            Some("--signal-at-mark") => {
+                let sig = args.next().context("--signal-at-mark needs SIGNAL MARK")?;
+                let sig: i32 = sig
+                    .to_string_lossy()
+                    .parse()
+                    .context("--signal-at-mark: the signal is not a number")?;
+                let mark = args.next().context("--signal-at-mark needs SIGNAL MARK")?;
+                signal_at_mark = Some((mark.to_string_lossy().into_owned(), sig));
+            }
             Some("--stdio") => {
                 let v = args.next().context("--stdio needs a value")?;
                 stdio = StdioMode::from_name(&v.to_string_lossy())?;
@@ -64,6 +74,7 @@ fn real_main() -> Result<()> {
         marks,
         echo_stdout: echo,
         stdio,
+        signal_at_mark,
     };
     println!("@@MVH-BEGIN@@");
     let result = execute(&spec);

@@ -5,6 +5,8 @@ use vmm_sys_util::tempfile::TempFile;
 use super::*;
 use crate::virtio::test_utils::*;
 
+mod durability;
+
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x11_0000;
 const DATA2: u64 = 0x18_0000;
@@ -191,6 +193,22 @@ fn discard_errors() {
             VIRTIO_BLK_T_WRITE_ZEROES,
             0,
             MAX_WRITE_ZEROES_SECTORS + 1,
+            0,
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (
+            VIRTIO_BLK_T_DISCARD,
+            0,
+            MAX_DISCARD_SECTORS + 1,
+            0,
+            VIRTIO_BLK_S_IOERR,
+        ),
+        (VIRTIO_BLK_T_DISCARD, 0, u32::MAX, 0, VIRTIO_BLK_S_IOERR),
+        // Misaligned and out of the disk: the range check still applies.
+        (
+            VIRTIO_BLK_T_DISCARD,
+            DISK_SECTORS - 3,
+            5,
             0,
             VIRTIO_BLK_S_IOERR,
         ),
@@ -609,4 +627,54 @@ fn request_bigger_than_the_bounce_pool_gets_ioerr_and_frees_its_slots() {
     assert!(stats.failures.no_space > 0, "{stats:?}");
     assert_eq!(stats.slots_used, 0, "mapped pieces were released");
     assert_eq!(stats.maps, stats.unmaps);
+}
+
+#[test]
+fn discard_deallocates_whole_granules_write_zeroes_the_exact_range() {
+    let mem = guest_mem();
+    let align = u64::from(DISCARD_SECTOR_ALIGNMENT);
+    assert_eq!(align, 8);
+    // (request, flags, first sector, sectors) -> the sectors that read as zero afterwards.
+    let cases: &[(u32, u32, u64, u32, std::ops::Range<u64>)] = &[
+        // Head and tail outside whole 4 KiB granules are left alone.
+        (VIRTIO_BLK_T_DISCARD, 0, 3, 18, 8..16),
+        (VIRTIO_BLK_T_DISCARD, 0, 8, 15, 8..16),
+        (VIRTIO_BLK_T_DISCARD, 0, 1, 6, 0..0),
+        (VIRTIO_BLK_T_DISCARD, 0, 16, 8, 16..24),
+        // Write zeroes has no alignment (discard_sector_alignment is discard's): exact.
+        (VIRTIO_BLK_T_WRITE_ZEROES, 0, 3, 18, 3..21),
+        (
+            VIRTIO_BLK_T_WRITE_ZEROES,
+            VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+            3,
+            18,
+            3..21,
+        ),
+    ];
+    for &(req, flags, sector, n, ref zeroed) in cases {
+        let (_t, f) = disk();
+        f.try_clone().unwrap().write_all(&[0xab; 64 * 512]).unwrap();
+        let mut t = TestQueue::new(&mem, 16);
+        hdr(&t, req, 0);
+        seg(&t, sector, n, flags);
+        let r = run(
+            BlockConfig::default(),
+            f.try_clone().unwrap(),
+            &mut t,
+            &[(HDR, 16, false), (DATA, 16, false), (STATUS, 1, true)],
+        );
+        assert_eq!(r, (1, VIRTIO_BLK_S_OK), "{req} {sector}+{n}");
+        let on_disk = disk_bytes(&f, 0, 64 * 512);
+        for (s, bytes) in on_disk.chunks(512).enumerate() {
+            let want = if zeroed.contains(&(s as u64)) {
+                0
+            } else {
+                0xab
+            };
+            assert!(
+                bytes.iter().all(|&b| b == want),
+                "{req} {sector}+{n}: sector {s}"
+            );
+        }
+    }
 }

@@ -60,9 +60,9 @@ fn negotiate(t: &mut MmioTransport, f: u64) -> bool {
 fn setup_queue(t: &mut MmioTransport, q: &TestQueue, size: u32) {
     w(t, REG_QUEUE_SEL, 0);
     w(t, REG_QUEUE_NUM, size);
-    let d = q.vq.desc_table_addr().0;
-    let a = q.vq.avail_addr().0;
-    let u = q.vq.used_addr().0;
+    let d = q.desc_addr().0;
+    let a = q.avail_addr().0;
+    let u = q.used_addr().0;
     w(t, REG_QUEUE_DESC_LOW, d as u32);
     w(t, REG_QUEUE_DESC_HIGH, (d >> 32) as u32);
     w(t, REG_QUEUE_DRIVER_LOW, a as u32);
@@ -234,7 +234,7 @@ fn device_failure_sets_needs_reset() {
     w(&mut t, REG_STATUS, ALL_OK);
     assert!(t.is_active());
     // The driver publishes an avail index 100 entries ahead of a 16-entry ring.
-    q.vq.avail().idx().store(100);
+    q.set_avail_idx(100);
     t.process_event(0, EventSet::IN);
     assert!(!t.is_active());
     assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
@@ -250,4 +250,119 @@ fn transport_is_send_for_the_event_loop_and_vcpu_threads() {
     fn send<T: Send>() {}
     send::<MmioTransport>();
     send::<Arc<Mutex<MmioTransport>>>();
+}
+
+#[test]
+fn register_floods_log_a_bounded_number_of_lines() {
+    use crate::log_limit::testing::{capture, freeze_clock};
+    use crate::log_limit::LINES_PER_INTERVAL;
+    let mem = guest_mem();
+    let (mut t, _irq) = transport(&mem, false);
+    freeze_clock();
+    let lines = capture(|| {
+        for i in 0..10_000 {
+            w(&mut t, 0x0f8, i); // unknown register
+            t.write(REG_STATUS, &[1, 2]); // bad width
+            w(&mut t, REG_QUEUE_NOTIFY, 7); // nonexistent queue
+        }
+    });
+    // Three call sites, 30,000 triggers.
+    assert!(
+        lines.len() <= 3 * LINES_PER_INTERVAL as usize,
+        "{}",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("unknown register 0xf8")),
+        "{lines:?}"
+    );
+}
+
+/// A device whose queue never runs dry: every call uses up its budget.
+struct Endless {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    active: bool,
+}
+
+impl VirtioDevice for Endless {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, _: Vec<DmaQueue>, _: Arc<Interrupt>) -> Result<(), ActivateError> {
+        self.active = true;
+        Ok(())
+    }
+    fn process_queue(&mut self, _: usize) -> Result<QueueState, super::super::DeviceError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(QueueState::MoreWork)
+    }
+    fn reset(&mut self) {
+        self.active = false;
+    }
+}
+
+#[test]
+fn a_queue_left_with_work_is_served_again_without_a_notification_and_others_still_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mem = guest_mem();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (irq, _irqfd) = test_interrupt();
+    let mut greedy = MmioTransport::new(
+        Box::new(Endless {
+            calls: calls.clone(),
+            active: false,
+        }),
+        Dma::direct(mem.clone()),
+        irq.irqfd().try_clone().unwrap(),
+        MmioOptions::default(),
+    )
+    .unwrap();
+    let gq = TestQueue::at(&mem, 0x8000, 16);
+    assert!(negotiate(&mut greedy, feature(VIRTIO_F_VERSION_1)));
+    setup_queue(&mut greedy, &gq, 16);
+    w(&mut greedy, REG_STATUS, ALL_OK);
+    assert!(greedy.is_active());
+
+    let (mut rng, _irq) = transport(&mem, false);
+    let mut q = TestQueue::new(&mem, 16);
+    assert!(negotiate(&mut rng, feature(VIRTIO_F_VERSION_1)));
+    setup_queue(&mut rng, &q, 16);
+    w(&mut rng, REG_STATUS, ALL_OK);
+
+    let greedy = Arc::new(Mutex::new(greedy));
+    let rng = Arc::new(Mutex::new(rng));
+    let mut em = EventManager::<Arc<Mutex<MmioTransport>>>::new().unwrap();
+    em.add_subscriber(greedy.clone());
+    em.add_subscriber(rng.clone());
+    // Activation: both control eventfds; the greedy queue is served once and left with work.
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // No guest notification from here on: the transport re-signalled its queue eventfd.
+    for round in 2..=5 {
+        if round == 3 {
+            // Meanwhile the other device's driver notifies; it is served in the same round.
+            q.add_chain(&[(0x10_0000, 32, true)]);
+            w(&mut rng.lock().unwrap(), REG_QUEUE_NOTIFY, 0);
+        }
+        em.run_with_timeout(0).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), round);
+        assert_eq!(q.used().len(), usize::from(round >= 3), "round {round}");
+    }
+    // A reset stops it: the pending re-signal finds the device inactive.
+    w(&mut greedy.lock().unwrap(), REG_STATUS, 0);
+    for _ in 0..3 {
+        em.run_with_timeout(0).unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
 }

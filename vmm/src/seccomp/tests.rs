@@ -1,0 +1,272 @@
+use super::*;
+
+const KINDS: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Worker];
+
+#[test]
+fn every_filter_compiles_for_x86_64_in_every_mode() {
+    for kind in KINDS {
+        for mode in [SeccompMode::Trap, SeccompMode::Kill, SeccompMode::Log] {
+            let p = program(kind, mode).unwrap().expect("a program");
+            assert!(
+                !p.is_empty() && p.len() < 4096,
+                "{kind:?} {mode}: {}",
+                p.len()
+            );
+        }
+        assert!(program(kind, SeccompMode::Off).unwrap().is_none());
+    }
+}
+
+#[test]
+fn threads_get_only_what_they_need() {
+    let main = rules(ThreadKind::Main).unwrap();
+    let vcpu = rules(ThreadKind::Vcpu).unwrap();
+    let worker = rules(ThreadKind::Worker).unwrap();
+    for r in [&main, &vcpu, &worker] {
+        for nr in [
+            libc::SYS_openat,
+            libc::SYS_open,
+            libc::SYS_socket,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_execve,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+            libc::SYS_getppid,
+        ] {
+            assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
+        }
+    }
+    assert!(main.contains_key(&libc::SYS_pread64) && !vcpu.contains_key(&libc::SYS_pread64));
+    assert!(!worker.contains_key(&libc::SYS_ioctl));
+    assert!(!worker.contains_key(&libc::SYS_read));
+}
+
+#[test]
+fn ioctl_numbers() {
+    assert_eq!(KVM_RUN(), 0xae80);
+    assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+    assert_eq!(KVM_TRANSLATE(), 0xc018_ae85);
+    assert_eq!(devices::virtio::TUNSETOFFLOAD, 0x4004_54d0);
+}
+
+#[test]
+fn names() {
+    assert_eq!(syscall_name(libc::SYS_read), "read");
+    assert_eq!(syscall_name(libc::SYS_socket), "socket");
+    assert_eq!(syscall_name(libc::SYS_getppid), "getppid");
+    assert_eq!(syscall_name(libc::SYS_getrandom), "getrandom");
+    assert_eq!(syscall_name(libc::SYS_statx), "statx");
+    assert_eq!(syscall_name(libc::SYS_rseq), "rseq");
+    assert_eq!(
+        syscall_name(libc::SYS_pidfd_send_signal),
+        "pidfd_send_signal"
+    );
+    assert_eq!(syscall_name(libc::SYS_clone3), "clone3");
+    assert_eq!(syscall_name(libc::SYS_futex_waitv), "futex_waitv");
+    assert_eq!(syscall_name(400), "unknown");
+    assert_eq!(syscall_name(-1), "unknown");
+    assert_eq!(NAMES_0.split_ascii_whitespace().count(), 335);
+}
+
+#[test]
+fn report_line() {
+    let mut label = [0u8; LABEL_LEN];
+    label[..5].copy_from_slice(b"vcpu1");
+    let l = report(41, &label);
+    assert_eq!(
+        std::str::from_utf8(&l.buf[..l.len]).unwrap(),
+        "microvm: seccomp: thread vcpu1 made a forbidden system call 41 (socket); \
+         exiting with status 148\n"
+    );
+    let l = report(-7, &[0; LABEL_LEN]);
+    let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
+    assert!(
+        s.contains("thread ? made a forbidden system call -7 (unknown)"),
+        "{s}"
+    );
+}
+
+/// How a forked child that installed `kind`'s filter and called getppid ended, and what
+/// it wrote to stderr.
+fn violate_in_child(kind: ThreadKind, mode: SeccompMode) -> (libc::c_int, String) {
+    fn getppid() {
+        // SAFETY: no arguments, no side effects.
+        unsafe { libc::getppid() };
+    }
+    in_child(kind, mode, getppid)
+}
+
+/// How a forked child that installed `kind`'s filter and then ran `calls` ended, and what
+/// it wrote to stderr. `calls` may only make raw system calls (the child of a
+/// multi-threaded process must not allocate or lock).
+fn in_child(kind: ThreadKind, mode: SeccompMode, calls: fn()) -> (libc::c_int, String) {
+    // Everything that allocates happens before fork: the child of a multi-threaded test
+    // process may only make async-signal-safe calls.
+    let filters = Filters::new(mode, None).unwrap();
+    let prog = match kind {
+        ThreadKind::Main => filters.main.clone(),
+        ThreadKind::Vcpu => filters.vcpu.clone(),
+        ThreadKind::Worker => filters.worker.clone(),
+    }
+    .unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child only calls dup2, install_sigsys_handler (sigaction), a TLS store,
+    // apply_filter (prctl, seccomp), `calls` (raw system calls) and _exit: no allocation, no
+    // locks.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: as above; the child never returns into the test harness.
+        unsafe {
+            libc::dup2(fds[1], 2);
+            if mode == SeccompMode::Trap && install_sigsys_handler().is_err() {
+                libc::_exit(90);
+            }
+            set_thread_label("test-thread");
+            if seccompiler::apply_filter(&prog).is_err() {
+                libc::_exit(91);
+            }
+            calls();
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end, so the read below sees EOF.
+    unsafe { libc::close(fds[1]) };
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: reads into a stack buffer of the given size.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    // SAFETY: our read end.
+    unsafe { libc::close(fds[0]) };
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn a_forbidden_call_is_reported_and_exits_148() {
+    for kind in KINDS {
+        let (status, err) = violate_in_child(kind, SeccompMode::Trap);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        assert_eq!(
+            err,
+            format!(
+                "microvm: seccomp: thread test-thread made a forbidden system call {} \
+                 (getppid); exiting with status 148\n",
+                libc::SYS_getppid
+            ),
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn kill_mode_kills_and_log_mode_lets_the_call_through() {
+    for kind in KINDS {
+        let (status, err) = violate_in_child(kind, SeccompMode::Kill);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        let (status, err) = violate_in_child(kind, SeccompMode::Log);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+    }
+}
+
+/// A fresh anonymous page (in the child: raw mmap), or exit 93.
+fn page() -> *mut libc::c_void {
+    // SAFETY: a new private anonymous mapping; nothing else refers to it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        // SAFETY: ends the forked child.
+        unsafe { libc::_exit(93) };
+    }
+    p
+}
+
+/// glibc's madvise and mremap calls pass (exit 94 otherwise), then MADV_MERGEABLE (KSM)
+/// must trap.
+fn glibc_memory_calls_then_madvise_mergeable() {
+    let p = page();
+    // SAFETY: advice and remapping of the child's own fresh page.
+    unsafe {
+        if libc::madvise(p, 4096, libc::MADV_DONTNEED) != 0
+            || libc::madvise(p, 4096, libc::MADV_HUGEPAGE) != 0 && errno() != libc::EINVAL
+        {
+            libc::_exit(94);
+        }
+        let q = libc::mremap(p, 4096, 8192, libc::MREMAP_MAYMOVE);
+        if q == libc::MAP_FAILED {
+            libc::_exit(94);
+        }
+        passed();
+        libc::madvise(q, 4096, libc::MADV_MERGEABLE);
+    }
+}
+
+/// mremap leaving the old mapping in place must trap.
+fn mremap_dontunmap() {
+    let p = page();
+    passed();
+    // SAFETY: remaps the child's own fresh page; the child exits right after.
+    unsafe {
+        libc::mremap(p, 4096, 4096, libc::MREMAP_MAYMOVE | libc::MREMAP_DONTUNMAP);
+    }
+}
+
+const PASSED: &str = "allowed calls passed\n";
+
+/// Tells the parent that the calls before the forbidden one went through.
+fn passed() {
+    // SAFETY: writes a static string to stderr (the parent's pipe).
+    unsafe { libc::write(2, PASSED.as_ptr().cast(), PASSED.len()) };
+}
+
+fn errno() -> libc::c_int {
+    // SAFETY: reads this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+#[test]
+fn memory_advice_and_remapping_only_as_glibc_uses_them() {
+    for kind in KINDS {
+        for (calls, name) in [
+            (glibc_memory_calls_then_madvise_mergeable as fn(), "madvise"),
+            (mremap_dontunmap, "mremap"),
+        ] {
+            let (status, err) = in_child(kind, SeccompMode::Trap, calls);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+                "{kind:?} {name}: status {status:#x}, stderr {err:?}"
+            );
+            assert!(err.starts_with(PASSED), "{kind:?} {name}: {err:?}");
+            assert!(err.contains(&format!("({name})")), "{kind:?}: {err:?}");
+        }
+    }
+}
