@@ -49,6 +49,20 @@ pub enum SlotReuse {
     Lifo,
 }
 
+/// The order in which an allocation tries the pools and their areas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolOrder {
+    /// Linux 6.12 `swiotlb_find_slots`: for each area offset from the mapping CPU's area
+    /// (`swiotlb_search_area`), every pool, newest first (the RCU list `add_mem_pool` adds to
+    /// at the head): a new chunk takes the load at once.
+    #[default]
+    Linux,
+    /// Every area of a pool before the next pool, oldest first: the initial pool fills first,
+    /// so dynamic chunks go idle and `shrink` can release them. Not Linux.
+    Oldest,
+}
+
 /// Where a transient pool's memory comes from when memory is encrypted (`convert` other than
 /// `none`); unencrypted guests allocate it fresh, with nothing to convert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -108,6 +122,9 @@ pub struct SwiotlbConfig {
     pub lookup: LookupKind,
     /// Slot reuse policy (Linux: next fit).
     pub reuse: SlotReuse,
+    /// Order of the pools and areas an allocation tries (Linux: each area offset across all
+    /// pools, newest first).
+    pub order: PoolOrder,
     /// Private<->shared conversion cost model.
     pub convert: ConvertCost,
     #[serde(rename = "convert_mode")]
@@ -141,6 +158,7 @@ impl Default for SwiotlbConfig {
             cap: 1 << 30,
             lookup: LookupKind::Tree,
             reuse: SlotReuse::Next,
+            order: PoolOrder::Linux,
             convert: ConvertCost::None,
             convert_mode: ConvertMode::Account,
             page: 4096,
@@ -285,6 +303,13 @@ impl SwiotlbConfig {
                     "next" => SlotReuse::Next,
                     "lifo" => SlotReuse::Lifo,
                     _ => return Err(bad("expected next or lifo")),
+                }
+            }
+            "order" => {
+                self.order = match value {
+                    "linux" => PoolOrder::Linux,
+                    "oldest" => PoolOrder::Oldest,
+                    _ => return Err(bad("expected linux or oldest")),
                 }
             }
             "convert" => self.convert = value.parse().map_err(|_| bad(CONVERT_SYNTAX))?,

@@ -24,7 +24,7 @@ pub mod swiotlb;
 pub mod trace;
 pub mod types;
 
-pub use config::{AtomicPool, ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
+pub use config::{AtomicPool, ConfigError, LookupKind, PoolOrder, SlotReuse, SwiotlbConfig};
 pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
 pub use dma::{Dma, DmaBuffer};
 pub use error::DmaError;

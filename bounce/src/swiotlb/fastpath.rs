@@ -13,7 +13,8 @@ use crate::pool::{MapAttrs, Pool, PoolKind, Request};
 use crate::stats::{add, Payer, Shard};
 use crate::types::DmaSource;
 
-fn hint(src: DmaSource) -> usize {
+/// The area hint of a source (Linux: the mapping CPU).
+pub(super) fn hint(src: DmaSource) -> usize {
     (src.device as usize).wrapping_mul(7) + src.queue as usize
 }
 
@@ -63,19 +64,30 @@ impl Shared {
         }
         let page = self.cfg.page as usize;
         let req = Request::new(orig, len, attrs, self.shift, page, copy_in);
-        let max = (self.seg << self.shift) - req.offset;
-        if len > max {
-            return Err(self.failed(DmaError::TooLarge { len, max }));
+        // Linux `swiotlb_find_slots`: an allocation (offset and round-up included) larger than
+        // a segment cannot be placed.
+        let seg_bytes = (self.seg << self.shift) as u64;
+        if req.size > seg_bytes {
+            let max = (seg_bytes & !attrs.alloc_align_mask).saturating_sub(req.offset as u64);
+            return Err(self.failed(DmaError::TooLarge {
+                len,
+                max: max as usize,
+            }));
         }
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
-        // Pools oldest first; the initial pool (the oldest, never retired) without a set load.
+        // The initial pool (never retired) without a set load, while it comes first (the only
+        // pool, or `order=oldest`): its areas from the source's (Linux: the CPU's) on.
+        let mut tried = false;
         if let Some(p) = self.initial.get() {
-            if let Some(i) = p.alloc(h, &req, shard) {
-                return Ok(self.allocated(p, i, &req));
+            if self.initial_first.load(Relaxed) {
+                if let Some(i) = p.alloc(h, &req, shard) {
+                    return Ok(self.allocated(p, i, &req));
+                }
+                tried = true;
             }
         }
-        self.alloc_beyond_initial(h, &req, attrs, shard)
+        self.alloc_beyond_initial(h, &req, tried, shard)
             .map_err(|e| self.failed(e))
     }
 

@@ -91,6 +91,10 @@ pub(crate) struct Shared {
     /// without loading the published set (the set is loaded when it is full, and on every
     /// unmap's lookup).
     initial: OnceLock<Arc<Pool>>,
+    /// Whether a map tries the initial pool first, without loading the set: always with
+    /// `order=oldest`; with `order=linux` while it is the only pool (Linux would try a newer
+    /// pool first). Written when the set is published.
+    initial_first: AtomicBool,
     /// `pools.slots_total`, for the growth threshold check without loading the set.
     slots_total: AtomicUsize,
     writer: Mutex<()>,
@@ -137,6 +141,7 @@ impl Swiotlb {
             seg: cfg.segment as usize,
             pools: Published::new(),
             initial: OnceLock::new(),
+            initial_first: AtomicBool::new(true),
             slots_total: AtomicUsize::new(0),
             writer: Mutex::new(()),
             next_id: AtomicU64::new(0),
@@ -380,4 +385,8 @@ impl Shared {
 }
 
 #[cfg(test)]
+mod linux_ref;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_linux;

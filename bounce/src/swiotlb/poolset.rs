@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Shared, POOL_ALIGN};
+use crate::config::PoolOrder;
 use crate::convert::ConvertDirection as Direction;
 use crate::convert::{delay, ConvertMode};
 use crate::error::DmaError;
+use crate::lookup::PoolSet;
 use crate::pool::{Pool, PoolKind};
 use crate::stats::{add, Payer};
 
@@ -128,9 +130,16 @@ impl Shared {
         }
         let _w = self.writer.lock();
         let set = self.pools.load().with(p.clone());
-        self.slots_total.store(set.slots_total, Relaxed);
-        self.pools.store(set);
+        self.store_set(set);
         p
+    }
+
+    /// Publishes `set` (the caller holds the writer lock) and what the fast path reads of it.
+    fn store_set(&self, set: PoolSet) {
+        self.slots_total.store(set.slots_total, Relaxed);
+        let first = self.cfg.order == PoolOrder::Oldest || set.alloc_order.len() <= 1;
+        self.initial_first.store(first, Relaxed);
+        self.pools.store(set);
     }
 
     /// Unpublishes a retired pool (its memory is already released) and converts it back to
@@ -143,8 +152,7 @@ impl Shared {
             // snapshot (which takes the writer lock) counts them exactly once.
             self.retired_counts.lock().add(&p.counts());
             let set = self.pools.load().without(p.id);
-            self.slots_total.store(set.slots_total, Relaxed);
-            self.pools.store(set);
+            self.store_set(set);
         }
         if p.carved {
             if let Some(a) = &self.atomic {
