@@ -4,13 +4,15 @@
 //! Sources for the defaults (Linux 6.6+, `kernel/dma/swiotlb.c`, `include/linux/swiotlb.h`):
 //! - `IO_TLB_SHIFT 11` -> 2 KiB slots; `IO_TLB_SEGSIZE 128` slots per segment;
 //! - `IO_TLB_DEFAULT_SIZE (64UL<<20)` -> 64 MiB default pool; `IO_TLB_MIN_SLABS` -> 1 MiB minimum;
-//! - `swiotlb_dyn_alloc` adds pools of at most `PAGE_SIZE << MAX_PAGE_ORDER` (4 MiB with 4 KiB
-//!   pages), halving on allocation failure down to `IO_TLB_MIN_SLABS`;
+//! - `swiotlb_dyn_alloc` adds pools of `default_nslabs` (the initial pool's size) capped at
+//!   `PAGE_SIZE << MAX_PAGE_ORDER` (4 MiB with 4 KiB pages), halving on allocation failure down
+//!   to `IO_TLB_MIN_SLABS` (1 MiB);
 //! - areas default to one per possible CPU rounded up to a power of two
 //!   (`swiotlb_adjust_nareas`), each at least one segment (`limit_nareas`);
 //! - Linux schedules growth only when every pool is full (`swiotlb_find_slots`), i.e. a
-//!   threshold of 100%, and never frees dynamic pools (shrink off). The 70% threshold knob comes
-//!   from Michael Kelley's 2024 throttling RFC (not merged).
+//!   threshold of 100% (`growth=linux`), and never frees dynamic pools (shrink off).
+//!   `growth=proposed` (background extension past a threshold below 100%, chunks that double
+//!   or equal the initial pool) is Christoph Hellwig's proposal, not merged.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -63,6 +65,37 @@ pub enum PoolOrder {
     Oldest,
 }
 
+/// When and by how much the worker grows the pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Growth {
+    /// Linux 6.6+ (`swiotlb_find_slots` -> `schedule_work(&mem->dyn_alloc)`): woken only when no
+    /// pool has room; adds `chunk` (default the initial pool's size capped at 4 MiB), halving
+    /// on failure down to `min_chunk` (`swiotlb_dyn_alloc`, `swiotlb_alloc_pool`).
+    #[default]
+    Linux,
+    /// Hellwig's proposal (not merged): woken once use passes `threshold` (default 70 %), in
+    /// the background, before the pools are full; adds `chunk` (default `double`: as much as
+    /// the pools hold, so they double), again while use stays past the threshold.
+    Proposed,
+}
+
+/// The size of one extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Chunk {
+    /// `growth=linux`: Linux's (`default_nslabs`, the initial pool's size, capped at
+    /// `PAGE_SIZE << MAX_PAGE_ORDER`); `growth=proposed`: `double`.
+    #[default]
+    Auto,
+    /// As much as all (non-transient) pools hold now: each extension doubles the pools.
+    Double,
+    /// The initial pool's size.
+    Initial,
+    /// This many bytes.
+    Size(u64),
+}
+
 /// Where a transient pool's memory comes from when memory is encrypted (`convert` other than
 /// `none`); unencrypted guests allocate it fresh, with nothing to convert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -96,10 +129,13 @@ pub struct SwiotlbConfig {
     pub areas: u32,
     /// Background extension by a worker thread.
     pub dynamic: bool,
-    /// Use (percent of all pool slots) at which the worker is woken. Linux: 100 (when full).
-    pub threshold: u8,
-    /// Bytes the worker adds per extension (halved on failure down to `min_chunk`). Linux: 4 MiB.
-    pub chunk: u64,
+    /// When and by how much the worker grows the pools.
+    pub growth: Growth,
+    /// Use (percent of the pools' slots) at which the worker is woken; `None`: the growth
+    /// policy's (Linux: 100, when full; proposed: 70).
+    pub threshold: Option<u8>,
+    /// Bytes the worker adds per extension (halved on failure down to `min_chunk`).
+    pub chunk: Chunk,
     /// Smallest extension. Linux: `IO_TLB_MIN_SLABS` = 1 MiB.
     pub min_chunk: u64,
     /// Transient pools (exactly the request's size, on the I/O path) when no pool has room.
@@ -147,8 +183,9 @@ impl Default for SwiotlbConfig {
             segment: 128,
             areas: 0,
             dynamic: true,
-            threshold: 100,
-            chunk: 4 << 20,
+            growth: Growth::Linux,
+            threshold: None,
+            chunk: Chunk::Auto,
             min_chunk: 1 << 20,
             transient: true,
             atomic_pool: AtomicPool::Auto,
@@ -257,14 +294,32 @@ impl SwiotlbConfig {
             "segment" => self.segment = u32::try_from(int()?).map_err(|_| bad("too large"))?,
             "areas" => self.areas = u32::try_from(int()?).map_err(|_| bad("too large"))?,
             "dynamic" | "grow" => self.dynamic = boolean()?,
+            "growth" => {
+                self.growth = match value {
+                    "linux" => Growth::Linux,
+                    "proposed" => Growth::Proposed,
+                    _ => return Err(bad("expected linux or proposed")),
+                }
+            }
+            "threshold" if value == "auto" => self.threshold = None,
             "threshold" => {
                 let t = int()?;
                 if !(1..=100).contains(&t) {
-                    return Err(bad("expected a percentage 1..=100"));
+                    return Err(bad("expected auto or a percentage 1..=100"));
                 }
-                self.threshold = t as u8;
+                self.threshold = Some(t as u8);
             }
-            "chunk" => self.chunk = size()?,
+            "chunk" => {
+                self.chunk = match value {
+                    "auto" => Chunk::Auto,
+                    "double" => Chunk::Double,
+                    "initial" => Chunk::Initial,
+                    _ => Chunk::Size(
+                        parse_size(value)
+                            .ok_or_else(|| bad("expected auto, double, initial or a size"))?,
+                    ),
+                }
+            }
             "min-chunk" | "min_chunk" => self.min_chunk = size()?,
             "transient" => self.transient = boolean()?,
             "atomic-pool" | "atomic_pool" => {
@@ -353,17 +408,17 @@ impl SwiotlbConfig {
         if (self.slot as u64) * (self.segment as u64) > 1 << 30 {
             return inv("slot x segment (the longest mapping) must be <= 1G");
         }
-        if !(1..=100).contains(&self.threshold) {
+        if self.threshold.is_some_and(|t| !(1..=100).contains(&t)) {
             return inv("threshold must be a percentage 1..=100");
         }
-        if !self.total_used && self.threshold < 100 {
-            return inv("a threshold below 100 needs total-used=on (the total it compares with)");
+        if self.growth == Growth::Linux && self.threshold() < 100 {
+            return inv("a threshold below 100 is growth=proposed (Linux grows only when full)");
         }
         if self.areas > 1024 {
             return inv("areas must be <= 1024");
         }
-        if self.min_chunk == 0 || self.chunk < self.min_chunk {
-            return inv("chunk must be >= min-chunk > 0");
+        if self.min_chunk == 0 || self.chunk == Chunk::Size(0) {
+            return inv("chunk and min-chunk must be > 0");
         }
         if self.initial && self.size == 0 {
             return inv("initial pool of size 0");
@@ -378,6 +433,20 @@ impl SwiotlbConfig {
             return inv("atomic-pool of size 0 (off turns it off)");
         }
         Ok(())
+    }
+
+    /// Use (percent) at which the worker grows the pools: `threshold`, or the growth policy's.
+    pub fn threshold(&self) -> u8 {
+        self.threshold.unwrap_or(match self.growth {
+            Growth::Linux => 100,
+            Growth::Proposed => 70,
+        })
+    }
+
+    /// Whether the areas carry marks that wake the worker to sum their use (a threshold below
+    /// 100 without the global used counter).
+    pub fn area_marks(&self) -> bool {
+        self.dynamic && !self.total_used && self.threshold() < 100
     }
 
     /// Whether transient pools come from atomic pools (memory encrypted, atomic pools on).
@@ -430,7 +499,7 @@ impl SwiotlbConfig {
 impl FromStr for SwiotlbConfig {
     type Err = ConfigError;
 
-    /// `size=64M,slot=2K,segment=128,areas=4,threshold=70,chunk=4M,transient=on,shrink=5s,
+    /// `size=64M,slot=2K,segment=128,areas=4,growth=proposed,threshold=70,chunk=4M,transient=on,shrink=5s,
     /// cap=1G,lookup=tree,convert=snp,convert-mode=inject`; an empty string gives the defaults.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut c = SwiotlbConfig::default();
@@ -451,14 +520,30 @@ mod tests {
 
     #[test]
     fn parses_the_documented_example() {
-        let c: SwiotlbConfig = "size=64M,slot=2K,segment=128,areas=4,threshold=70,chunk=4M,\
+        let c: SwiotlbConfig = "size=64M,slot=2K,segment=128,areas=4,growth=proposed,\
+             threshold=70,chunk=4M,\
              transient=on,shrink=5s,cap=1G,lookup=tree,convert=snp,convert-mode=inject"
             .parse()
             .unwrap();
         assert_eq!(c.size, 64 << 20);
         assert_eq!(c.slot, 2048);
         assert_eq!(c.areas, 4);
-        assert_eq!(c.threshold, 70);
+        assert_eq!(
+            (c.growth, c.threshold(), c.chunk),
+            (Growth::Proposed, 70, Chunk::Size(4 << 20))
+        );
+        let d = SwiotlbConfig::default();
+        assert_eq!(
+            (d.growth, d.threshold(), d.chunk),
+            (Growth::Linux, 100, Chunk::Auto)
+        );
+        let p: SwiotlbConfig = "growth=proposed,chunk=initial,total-used=off"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (p.threshold(), p.chunk, p.area_marks()),
+            (70, Chunk::Initial, true)
+        );
         assert_eq!(c.shrink, Some(Duration::from_secs(5)));
         assert_eq!(c.cap, 1 << 30);
         assert_eq!(c.convert, ConvertCost::Snp);
@@ -501,6 +586,14 @@ mod tests {
         assert!(matches!(
             "threshold=0".parse::<SwiotlbConfig>(),
             Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            "threshold=70".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            "growth=proposed,chunk=0".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
         ));
         assert!(matches!(
             "size=2G".parse::<SwiotlbConfig>(),

@@ -24,7 +24,9 @@ pub mod swiotlb;
 pub mod trace;
 pub mod types;
 
-pub use config::{AtomicPool, ConfigError, LookupKind, PoolOrder, SlotReuse, SwiotlbConfig};
+pub use config::{
+    AtomicPool, Chunk, ConfigError, Growth, LookupKind, PoolOrder, SlotReuse, SwiotlbConfig,
+};
 pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
 pub use dma::{Dma, DmaBuffer};
 pub use error::DmaError;

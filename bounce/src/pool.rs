@@ -7,6 +7,7 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aligned_vec::{AVec, ConstAlign, CACHELINE_ALIGN};
@@ -158,6 +159,9 @@ struct AreaInner {
     counts: AreaCounts,
     used: usize,
     hiwater: usize,
+    /// Use at which this area tells the growth worker to sum all areas (`growth=proposed`
+    /// without the global counter; set by `arm_marks`), `usize::MAX` when disarmed.
+    kick_at: usize,
     /// Per slot: free slots from here to the end of the segment; 0 = in use (Linux:
     /// `slots[i].list`). Kept apart from the metadata so the bounded free-run updates scan a
     /// dense array.
@@ -317,6 +321,40 @@ pub struct Pool {
     /// A transient pool whose memory came from the atomic pools (shared already: not counted
     /// again in the set's shared bytes, not converted back on release).
     pub(crate) carved: bool,
+    /// Told when an area's use reaches its mark (`arm_marks`).
+    pub(crate) marks: Option<Arc<dyn MarkCrossed>>,
+}
+
+/// What an area calls when its use reaches the mark the growth worker set (the worker then
+/// sums every area's use: `growth=proposed` without the global used counter).
+pub(crate) trait MarkCrossed: Send + Sync {
+    fn crossed(&self);
+}
+
+/// Locks every area of `pools` at once and sums their use exactly. If `arm` and `used * 100 <
+/// threshold * total`, arms each area's mark at its use plus `ceil(D / n)`, where `D` more
+/// slots would reach the threshold and `n` is the number of areas: the total cannot reach the
+/// threshold again before some area reaches its mark (if every area rose by less, the total
+/// rose by less than `D`). Returns (used, total) slots.
+pub(crate) fn arm_marks(pools: &[Arc<Pool>], threshold: u8, arm: bool) -> (usize, usize) {
+    let mut guards: Vec<_> = pools
+        .iter()
+        .flat_map(|p| p.areas.iter().map(|a| a.lock.lock()))
+        .collect();
+    let used: usize = guards.iter().map(|g| g.used).sum();
+    let total: usize = pools
+        .iter()
+        .filter(|p| !p.is_retired())
+        .map(|p| p.nslots)
+        .sum();
+    let goal = (threshold as usize * total).div_ceil(100);
+    if arm && used < goal && !guards.is_empty() {
+        let step = (goal - used).div_ceil(guards.len());
+        for g in &mut guards {
+            g.kick_at = g.used + step;
+        }
+    }
+    (used, total)
 }
 
 impl Pool {
@@ -358,6 +396,7 @@ impl Pool {
                         counts: AreaCounts::default(),
                         used: 0,
                         hiwater: 0,
+                        kick_at: usize::MAX,
                         list,
                         slots,
                     }),
@@ -385,6 +424,7 @@ impl Pool {
             lock_wait_ns: CachePadded::new(AtomicU64::new(0)),
             created: Instant::now(),
             carved: false,
+            marks: None,
         })
     }
 
@@ -539,7 +579,19 @@ impl Pool {
             area.hiwater.store(g.hiwater, Relaxed);
         }
         area.used.store(g.used, Relaxed);
+        if g.used >= g.kick_at {
+            g.kick_at = usize::MAX;
+            self.mark_crossed();
+        }
         Some(base + found)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mark_crossed(&self) {
+        if let Some(m) = &self.marks {
+            m.crossed();
+        }
     }
 
     /// Linux's loop over the free slots before area slot `at` in its segment (`list[at - 1] =

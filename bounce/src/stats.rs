@@ -240,6 +240,7 @@ pub(crate) struct Global {
     pub extension_failures: AtomicU64,
     pub shrinks: AtomicU64,
     pub worker_wakeups: AtomicU64,
+    pub threshold_checks: AtomicU64,
     /// Slots in use in all pools (Linux: `mem->total_used`) and its high-water mark.
     pub used: CachePadded<AtomicU64>,
     pub used_hiwater: AtomicU64,
@@ -318,6 +319,8 @@ pub struct StatsSnapshot {
     pub extension_failures: u64,
     pub shrinks: u64,
     pub worker_wakeups: u64,
+    /// Times the worker summed the pools' use against the growth threshold (`growth=proposed`).
+    pub threshold_checks: u64,
     pub lookups: u64,
     pub lookup_steps: u64,
     pub lock_wait_ns: u64,
@@ -345,6 +348,7 @@ impl StatsSnapshot {
         self.extension_failures = g.extension_failures.load(Relaxed);
         self.shrinks = g.shrinks.load(Relaxed);
         self.worker_wakeups = g.worker_wakeups.load(Relaxed);
+        self.threshold_checks = g.threshold_checks.load(Relaxed);
         self.slots_used_hiwater = g.used_hiwater.load(Relaxed);
         self.shared_bytes_hiwater = g.shared_bytes_hiwater.load(Relaxed);
     }

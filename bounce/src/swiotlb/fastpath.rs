@@ -115,12 +115,11 @@ impl Shared {
     pub(super) fn allocated(&self, p: &Pool, index: usize, req: &Request) -> Mapping {
         if self.cfg.total_used {
             let used = self.g.inc_used(req.nslots as u64);
-            if self.cfg.dynamic
-                && self.cfg.threshold < 100
+            if self.count_kick
                 && p.kind != PoolKind::Transient
-                && used * 100 >= self.cfg.threshold as u64 * self.slots_total.load(Relaxed) as u64
+                && used * 100 >= self.threshold as u64 * self.slots_total.load(Relaxed) as u64
             {
-                self.kick();
+                self.sig.kick(false);
             }
         }
         let addr = p.slot_addr(index) + req.offset as u64;

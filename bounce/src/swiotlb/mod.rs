@@ -1,9 +1,9 @@
-//! The set of pools and its growth policy (Linux 6.6 dynamic swiotlb, `CONFIG_SWIOTLB_DYNAMIC`):
-//! an initial pool converted once at start; when use crosses a threshold (Linux: when every pool
-//! is full) a background worker adds a chunk (`swiotlb_dyn_alloc`); when no pool has room the
-//! I/O path allocates a *transient* pool of exactly the request's size (`swiotlb_dyn_map`... in
-//! `swiotlb_find_slots`), freed and converted back on unmap; optionally, idle chunks are
-//! released (not in Linux); all under a cap on shared memory.
+//! The set of pools and its growth policy (Linux 6.6+ dynamic swiotlb, `CONFIG_SWIOTLB_DYNAMIC`):
+//! an initial pool converted once at start; a background worker adds chunks (`growth.rs`:
+//! Linux's `swiotlb_dyn_alloc` when every pool is full, or the proposal's growth past a
+//! threshold); when no pool has room the I/O path allocates a *transient* pool of exactly the
+//! request's size (`swiotlb_find_slots`), freed on unmap; optionally, idle chunks are released
+//! (not in Linux); all under a cap on shared memory.
 //!
 //! This module holds the pools' shared state and the public handle; the parts of the policy are
 //! its submodules: `fastpath` (the allocation and release every map and unmap runs), `transient`
@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::config::{ConfigError, SwiotlbConfig};
 use crate::error::DmaError;
@@ -27,7 +27,7 @@ use crate::stats::{add, Global, Payer, Shard, StatsSnapshot};
 use crate::types::DmaSource;
 pub use atomic::AtomicPoolStats;
 use atomic::AtomicPools;
-use growth::Ctl;
+use growth::Signal;
 
 mod atomic;
 mod fastpath;
@@ -106,13 +106,16 @@ pub(crate) struct Shared {
     shards: Box<[CachePadded<Shard>]>,
     g: Global,
     epoch: Instant,
-    kicked: AtomicBool,
+    /// The growth threshold in percent (`SwiotlbConfig::threshold`), and whether the map path
+    /// compares the global used counter with it.
+    threshold: u8,
+    count_kick: bool,
     /// Hot-path counters of pools that are gone.
     retired_counts: Mutex<AreaCounts>,
     /// dma-pool.c's atomic pools, when memory is encrypted and transient pools come from them.
     atomic: Option<AtomicPools>,
-    ctl: Mutex<Ctl>,
-    cv: Condvar,
+    /// Wakes the worker.
+    sig: Arc<Signal>,
 }
 
 /// The bounce pools of one VM (Linux: `struct io_tlb_mem`).
@@ -150,7 +153,8 @@ impl Swiotlb {
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             g: Global::default(),
             epoch: Instant::now(),
-            kicked: AtomicBool::new(false),
+            threshold: cfg.threshold(),
+            count_kick: cfg.dynamic && cfg.total_used && cfg.threshold() < 100,
             retired_counts: Mutex::new(AreaCounts::default()),
             atomic: cfg.uses_atomic_pools().then(|| {
                 AtomicPools::new(
@@ -160,12 +164,7 @@ impl Swiotlb {
                     crate::config::MAX_ORDER_BYTES,
                 )
             }),
-            ctl: Mutex::new(Ctl {
-                pending: false,
-                atomic: false,
-                shutdown: false,
-            }),
-            cv: Condvar::new(),
+            sig: Arc::new(Signal::new()),
             cfg,
         });
         if sh.cfg.initial {
@@ -368,8 +367,7 @@ impl Drop for Shared {
 
 impl Drop for Swiotlb {
     fn drop(&mut self) {
-        self.sh.ctl.lock().shutdown = true;
-        self.sh.cv.notify_all();
+        self.sh.sig.shutdown();
         if let Some(w) = self.worker.take() {
             if w.join().is_err() {
                 log::error!("swiotlb worker panicked");
@@ -388,5 +386,7 @@ impl Shared {
 mod linux_ref;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_growth;
 #[cfg(test)]
 mod tests_linux;

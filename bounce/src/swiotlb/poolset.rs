@@ -109,7 +109,7 @@ impl Shared {
         // Never reused: a stale bounce address can only ever name its own (gone) pool.
         let span = real.next_multiple_of(POOL_ALIGN) + POOL_ALIGN;
         let start = self.next_addr.fetch_add(span, Relaxed);
-        Pool::new(
+        let mut p = Pool::new(
             id,
             kind,
             start,
@@ -119,7 +119,11 @@ impl Shared {
             nareas,
             self.cfg.page as usize,
             lifo,
-        )
+        )?;
+        if kind != PoolKind::Transient && self.cfg.area_marks() {
+            p.marks = Some(self.sig.clone());
+        }
+        Some(p)
     }
 
     fn publish(&self, p: Pool) -> Arc<Pool> {
@@ -128,9 +132,14 @@ impl Shared {
         if p.kind == PoolKind::Transient {
             add(&self.g.transient_created, 1);
         }
-        let _w = self.writer.lock();
-        let set = self.pools.load().with(p.clone());
-        self.store_set(set);
+        {
+            let _w = self.writer.lock();
+            let set = self.pools.load().with(p.clone());
+            self.store_set(set);
+        }
+        if p.kind != PoolKind::Transient {
+            self.rearm_marks();
+        }
         p
     }
 
@@ -153,6 +162,9 @@ impl Shared {
             self.retired_counts.lock().add(&p.counts());
             let set = self.pools.load().without(p.id);
             self.store_set(set);
+        }
+        if p.kind != PoolKind::Transient {
+            self.rearm_marks();
         }
         if p.carved {
             if let Some(a) = &self.atomic {
