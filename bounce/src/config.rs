@@ -96,6 +96,25 @@ pub enum Chunk {
     Size(u64),
 }
 
+/// What a map does when no pool has room (see `swiotlb/exhaustion.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Exhaustion {
+    /// Fail (`DmaError::NoSpace`): no transient pool, no waiting.
+    Fail,
+    /// Linux: a transient pool of exactly the request's size (`swiotlb_find_slots`).
+    #[default]
+    Transient,
+    /// Michael Kelley's 2024 "swiotlb throttling" RFC (not merged): maps that may block
+    /// (`MapAttrs::may_block`, DMA_ATTR_MAY_BLOCK) past the high mark, or past the low mark
+    /// while a throttled mapping is live, are serialised by one semaphore released on unmap;
+    /// otherwise as `transient`.
+    Throttle,
+    /// Robin Murphy's proposal (not merged): a map that may block and finds no room waits (up
+    /// to `wait_timeout`) for space, then grows the pools synchronously; others as `transient`.
+    Wait,
+}
+
 /// Where a transient pool's memory comes from when memory is encrypted (`convert` other than
 /// `none`); unencrypted guests allocate it fresh, with nothing to convert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -138,8 +157,15 @@ pub struct SwiotlbConfig {
     pub chunk: Chunk,
     /// Smallest extension. Linux: `IO_TLB_MIN_SLABS` = 1 MiB.
     pub min_chunk: u64,
-    /// Transient pools (exactly the request's size, on the I/O path) when no pool has room.
-    pub transient: bool,
+    /// What a map does when no pool has room.
+    pub exhaustion: Exhaustion,
+    /// `exhaustion=throttle`: the high and low marks, percent of the pools' slots (Kelley's
+    /// RFC: 70 and 65).
+    pub throttle_high: u8,
+    pub throttle_low: u8,
+    /// `exhaustion=wait`: how long a map waits for space before it grows the pools itself.
+    #[serde(with = "duration_ms")]
+    pub wait_timeout: Duration,
     /// Encrypted memory: the atomic pools transient pools are carved from.
     pub atomic_pool: AtomicPool,
     /// Atomic pools, one per memory zone the guest has (dma-pool.c: DMA, DMA32, kernel);
@@ -187,7 +213,10 @@ impl Default for SwiotlbConfig {
             threshold: None,
             chunk: Chunk::Auto,
             min_chunk: 1 << 20,
-            transient: true,
+            exhaustion: Exhaustion::Transient,
+            throttle_high: 70,
+            throttle_low: 65,
+            wait_timeout: Duration::from_millis(10),
             atomic_pool: AtomicPool::Auto,
             atomic_zones: 0,
             guest_ram: 0,
@@ -201,6 +230,18 @@ impl Default for SwiotlbConfig {
             page: 4096,
             total_used: true,
         }
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 
@@ -287,6 +328,10 @@ impl SwiotlbConfig {
         let size = || parse_size(value).ok_or_else(|| bad("expected a size like 64M"));
         let boolean = || parse_bool(value).ok_or_else(|| bad("expected on/off"));
         let int = || value.parse::<u64>().map_err(|_| bad("expected an integer"));
+        let percent = || match value.parse::<u8>() {
+            Ok(p) if p <= 100 => Ok(p),
+            _ => Err(bad("expected a percentage 0..=100")),
+        };
         match key {
             "size" => self.size = size()?,
             "initial" => self.initial = boolean()?,
@@ -321,7 +366,29 @@ impl SwiotlbConfig {
                 }
             }
             "min-chunk" | "min_chunk" => self.min_chunk = size()?,
-            "transient" => self.transient = boolean()?,
+            // The older spelling: on = transient, off = fail.
+            "transient" => {
+                self.exhaustion = if boolean()? {
+                    Exhaustion::Transient
+                } else {
+                    Exhaustion::Fail
+                }
+            }
+            "exhaustion" => {
+                self.exhaustion = match value {
+                    "fail" => Exhaustion::Fail,
+                    "transient" => Exhaustion::Transient,
+                    "throttle" => Exhaustion::Throttle,
+                    "wait" => Exhaustion::Wait,
+                    _ => return Err(bad("expected fail, transient, throttle or wait")),
+                }
+            }
+            "throttle-high" | "throttle_high" => self.throttle_high = percent()?,
+            "throttle-low" | "throttle_low" => self.throttle_low = percent()?,
+            "wait-timeout" | "wait_timeout" => {
+                self.wait_timeout =
+                    parse_duration(value).ok_or_else(|| bad("expected a duration like 10ms"))?
+            }
             "atomic-pool" | "atomic_pool" => {
                 self.atomic_pool = match value {
                     "auto" => AtomicPool::Auto,
@@ -426,6 +493,9 @@ impl SwiotlbConfig {
         if self.initial && self.size > self.cap {
             return inv("initial pool larger than the cap");
         }
+        if self.throttle_low > self.throttle_high || self.throttle_high > 100 {
+            return inv("throttle marks must be 0 <= throttle-low <= throttle-high <= 100");
+        }
         if self.atomic_zones > 3 {
             return inv("atomic-zones must be auto or 1..=3");
         }
@@ -451,7 +521,9 @@ impl SwiotlbConfig {
 
     /// Whether transient pools come from atomic pools (memory encrypted, atomic pools on).
     pub fn uses_atomic_pools(&self) -> bool {
-        self.transient && self.convert.encrypted() && self.atomic_pool != AtomicPool::Off
+        self.exhaustion != Exhaustion::Fail
+            && self.convert.encrypted()
+            && self.atomic_pool != AtomicPool::Off
     }
 
     /// Bytes of each atomic pool: `coherent_pool=`, or Linux's default (`dma_atomic_pool_init`,

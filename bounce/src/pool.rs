@@ -187,6 +187,9 @@ pub struct MapAttrs {
     pub min_align_mask: u64,
     /// Alignment of the allocation itself (`alloc_align_mask`).
     pub alloc_align_mask: u64,
+    /// The caller can defer the request (Linux: `DMA_ATTR_MAY_BLOCK`, from Kelley's throttling
+    /// RFC): with `exhaustion=throttle` or `wait` the map may answer `DmaError::WouldBlock`.
+    pub may_block: bool,
 }
 
 /// Bytes between the start of the allocation and the bounce address: the original address's

@@ -71,7 +71,7 @@ impl FailureCounters {
             NotMapped { .. } => &self.not_mapped,
             NotMappingStart { .. } => &self.not_mapping_start,
             DoubleSync { .. } => &self.double_sync,
-            OutOfBuffer { .. } | ReadOnlyBuffer => return,
+            OutOfBuffer { .. } | ReadOnlyBuffer | WouldBlock { .. } => return,
         };
         add(c, 1);
     }
@@ -257,6 +257,27 @@ impl Global {
     }
 }
 
+/// The exhaustion policies' waits (`exhaustion=throttle|wait`; see `swiotlb::exhaustion`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockingStats {
+    /// Throttle decisions (Kelley's `high_throttle_count`, `low_throttle_count`): maps that may
+    /// block seen past the high mark, or past the low mark with the semaphore held.
+    pub throttled_high: u64,
+    pub throttled_low: u64,
+    /// `WouldBlock` answers: the semaphore was held; no pool had room (`wait`).
+    pub throttle_blocked: u64,
+    pub space_blocked: u64,
+    /// Wakers called.
+    pub wakeups: u64,
+    /// `wait`: retries past the timeout, which grew the pools on the I/O path, and those the
+    /// cap refused.
+    pub wait_timeouts: u64,
+    pub sync_growths: u64,
+    pub sync_growth_failures: u64,
+    /// Sources waiting now (for the semaphore or for space).
+    pub waiting: u64,
+}
+
 /// One pool's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
@@ -315,6 +336,8 @@ pub struct StatsSnapshot {
     pub conversions: Conversions,
     /// dma-pool.c's atomic pools, where an encrypted guest's transient pools come from.
     pub atomic_pool: crate::AtomicPoolStats,
+    /// Maps deferred by the exhaustion policy.
+    pub blocking: BlockingStats,
     pub extensions: u64,
     pub extension_failures: u64,
     pub shrinks: u64,

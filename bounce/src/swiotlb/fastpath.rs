@@ -76,6 +76,12 @@ impl Shared {
         }
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
+        // Maps that may block, with a policy that blocks (never for `Dma::map`'s attributes).
+        if attrs.may_block && self.blocking_policy {
+            return self
+                .alloc_blocking(src, &req, shard)
+                .map_err(|e| self.failed(e));
+        }
         // The initial pool (never retired) without a set load, while it comes first (the only
         // pool, or `order=oldest`): its areas from the source's (Linux: the CPU's) on.
         let mut tried = false;
@@ -87,7 +93,7 @@ impl Shared {
                 tried = true;
             }
         }
-        self.alloc_beyond_initial(h, &req, tried, shard)
+        self.alloc_beyond_initial(src, &req, tried, shard, false)
             .map_err(|e| self.failed(e))
     }
 
@@ -154,6 +160,10 @@ impl Shared {
                 }
                 if p.kind == PoolKind::Transient {
                     self.release_transient(p);
+                }
+                // A throttled mapping, or maps waiting for space (`exhaustion.rs`).
+                if self.slow_unmap.load(Relaxed) {
+                    self.after_unmap(addr);
                 }
                 Ok(Freed { orig, len })
             },

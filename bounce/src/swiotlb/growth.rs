@@ -21,13 +21,15 @@
 //! pools an allocation left low.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
 use super::Shared;
 use crate::config::{Chunk, Growth, MAX_ORDER_BYTES};
-use crate::pool::{arm_marks, MarkCrossed, PoolKind};
+use crate::error::DmaError;
+use crate::pool::{arm_marks, MarkCrossed, Pool, PoolKind};
 use crate::stats::{add, Payer};
 
 /// What the worker is asked to do (under `Signal::ctl`).
@@ -112,7 +114,9 @@ impl Shared {
             let (pending, full, atomic) = {
                 let mut ctl = self.sig.ctl.lock();
                 if !ctl.pending && !ctl.atomic && !ctl.shutdown {
-                    match tick {
+                    // Maps waiting for space (`exhaustion=wait`) are woken at their timeout.
+                    let deadline = self.wake_expired();
+                    match tick.into_iter().chain(deadline).min() {
                         Some(t) => {
                             self.sig.cv.wait_for(&mut ctl, t);
                         }
@@ -197,24 +201,31 @@ impl Shared {
         b.max(1)
     }
 
-    /// One extension (Linux `swiotlb_dyn_alloc` -> `swiotlb_alloc_pool`): a chunk, halving
-    /// while the cap refuses it, down to `min_chunk` (or the chunk, if smaller). Whether a pool
-    /// was added.
+    /// One extension by the worker (Linux `swiotlb_dyn_alloc`); whether a pool was added.
     pub(super) fn extend(&self) -> bool {
+        match self.add_chunk(Payer::Background) {
+            Ok(_) => {
+                add(&self.g.extensions, 1);
+                true
+            }
+            Err(e) => {
+                log::debug!("swiotlb: background extension failed: {e}");
+                add(&self.g.extension_failures, 1);
+                false
+            }
+        }
+    }
+
+    /// Adds a chunk (`swiotlb_alloc_pool`), paid by `payer`: halving while the cap refuses it,
+    /// down to `min_chunk` (or the chunk, if smaller).
+    pub(super) fn add_chunk(&self, payer: Payer) -> Result<Arc<Pool>, DmaError> {
         let mut size = self.chunk_bytes();
         let min = self.cfg.min_chunk.min(size);
         loop {
-            match self.add_pool(PoolKind::Dynamic, size, Payer::Background) {
-                Ok(_) => {
-                    add(&self.g.extensions, 1);
-                    return true;
-                }
+            match self.add_pool(PoolKind::Dynamic, size, payer) {
+                Ok(p) => return Ok(p),
                 Err(_) if size / 2 >= min => size /= 2,
-                Err(e) => {
-                    log::debug!("swiotlb: background extension failed: {e}");
-                    add(&self.g.extension_failures, 1);
-                    return false;
-                }
+                Err(e) => return Err(e),
             }
         }
     }

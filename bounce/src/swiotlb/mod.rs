@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::config::{ConfigError, SwiotlbConfig};
+use crate::config::{ConfigError, Exhaustion, SwiotlbConfig};
 use crate::error::DmaError;
 use crate::lookup::Published;
 use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind};
@@ -27,9 +27,11 @@ use crate::stats::{add, Global, Payer, Shard, StatsSnapshot};
 use crate::types::DmaSource;
 pub use atomic::AtomicPoolStats;
 use atomic::AtomicPools;
+use exhaustion::Blocking;
 use growth::Signal;
 
 mod atomic;
+mod exhaustion;
 mod fastpath;
 mod growth;
 mod poolset;
@@ -116,6 +118,12 @@ pub(crate) struct Shared {
     atomic: Option<AtomicPools>,
     /// Wakes the worker.
     sig: Arc<Signal>,
+    /// `exhaustion` is `throttle` or `wait`: maps that may block take `alloc_blocking`.
+    blocking_policy: bool,
+    /// An unmap has work beyond the release: a throttled mapping is live or maps wait for space.
+    slow_unmap: AtomicBool,
+    /// The throttle semaphore, waiters and wakers (`exhaustion.rs`).
+    blocking: Blocking,
 }
 
 /// The bounce pools of one VM (Linux: `struct io_tlb_mem`).
@@ -165,6 +173,9 @@ impl Swiotlb {
                 )
             }),
             sig: Arc::new(Signal::new()),
+            blocking_policy: matches!(cfg.exhaustion, Exhaustion::Throttle | Exhaustion::Wait),
+            slow_unmap: AtomicBool::new(false),
+            blocking: Blocking::default(),
             cfg,
         });
         if sh.cfg.initial {
@@ -183,7 +194,11 @@ impl Swiotlb {
                 ));
             }
         }
-        let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() || sh.atomic.is_some() {
+        let worker = if sh.cfg.dynamic
+            || sh.cfg.shrink.is_some()
+            || sh.atomic.is_some()
+            || sh.cfg.exhaustion == Exhaustion::Wait
+        {
             let s = sh.clone();
             let (started_tx, started) = std::sync::mpsc::sync_channel(1);
             let worker = std::thread::Builder::new()
@@ -243,6 +258,12 @@ impl Swiotlb {
         attrs: MapAttrs,
     ) -> Result<Mapping, DmaError> {
         self.sh.alloc_copying(src, orig, len, attrs, 0)
+    }
+
+    /// Registers the waker called when a map of `src` that answered `DmaError::WouldBlock`
+    /// may be retried (`None` removes it). See the `exhaustion` policies in the crate README.
+    pub fn set_waker(&self, src: DmaSource, waker: Option<Arc<dyn crate::DmaWaker>>) {
+        self.sh.set_waker(src, waker);
     }
 
     /// Releases the mapping at bounce address `addr` (no copy), finding its pool by address.
@@ -342,6 +363,7 @@ impl Swiotlb {
             s.slots_used_hiwater = s.pools.iter().map(|p| p.slots_used_hiwater).sum();
         }
         s.shared_bytes = set.shared_bytes;
+        s.blocking = self.sh.blocking.stats();
         if let Some(a) = &self.sh.atomic {
             s.atomic_pool = a.stats();
             s.shared_bytes += s.atomic_pool.bytes;
@@ -386,6 +408,8 @@ impl Shared {
 mod linux_ref;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_exhaustion;
 #[cfg(test)]
 mod tests_growth;
 #[cfg(test)]

@@ -139,6 +139,7 @@ impl Shared {
         }
         if p.kind != PoolKind::Transient {
             self.rearm_marks();
+            self.pool_added();
         }
         p
     }

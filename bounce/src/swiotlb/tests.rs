@@ -687,6 +687,7 @@ proptest! {
                     let attrs = MapAttrs {
                         min_align_mask: min_align as u64,
                         alloc_align_mask: alloc_align as u64,
+                        may_block: false,
                     };
                     let src = DmaSource { device: 1, queue };
                     match s.alloc(src, orig, len, attrs) {

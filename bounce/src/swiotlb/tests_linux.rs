@@ -111,7 +111,7 @@ proptest! {
             match o {
                 Op::Map { orig, len, min_align_mask, alloc_align_mask, device, queue } => {
                     let src = DmaSource { device, queue };
-                    let attrs = MapAttrs { min_align_mask, alloc_align_mask };
+                    let attrs = MapAttrs { min_align_mask, alloc_align_mask, may_block: false };
                     // Where `bounce` will put a pool it makes now (a transient one).
                     let next = s.sh.next_addr.load(Relaxed);
                     let got = s.alloc(src, orig, len, attrs).map(|m| m.addr);

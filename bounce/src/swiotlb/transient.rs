@@ -1,28 +1,28 @@
-//! When the initial pool has no room: the other pools (oldest first), then Linux's
-//! `swiotlb_find_slots` fall-back: wake the growth worker and allocate a *transient* pool of
+//! When the initial pool has no room: the pools in the configured order, then the exhaustion
+//! policy (`exhaustion.rs`); by default Linux's `swiotlb_find_slots` fall-back: wake the growth worker and allocate a *transient* pool of
 //! exactly the request's size on the I/O path: in an encrypted guest carved from dma-pool.c's
 //! atomic pools (`atomic.rs`), converting nothing.
 
 use std::sync::Arc;
 
+use super::fastpath::hint;
 use super::{Mapping, Shared};
-use crate::config::PoolOrder;
+use crate::config::{Exhaustion, PoolOrder};
 use crate::error::DmaError;
 use crate::pool::{PoolKind, Request};
 use crate::stats::{Payer, Shard};
+use crate::types::DmaSource;
 
 impl Shared {
     /// The pools in the configured order (`initial_tried`: the fast path already searched the
-    /// initial pool, which was the first to try), then Linux's fall-back.
-    #[inline(never)]
-    pub(super) fn alloc_beyond_initial(
+    /// initial pool, which was the first to try).
+    pub(super) fn search(
         &self,
         h: usize,
         req: &Request,
         initial_tried: bool,
         shard: &Shard,
-    ) -> Result<Mapping, DmaError> {
-        let len = req.len;
+    ) -> Option<Mapping> {
         let initial = self.initial.get();
         let set = self.pools.load();
         let pools = &set.alloc_order;
@@ -36,7 +36,7 @@ impl Shared {
                         let n = p.nareas();
                         if i < n {
                             if let Some(x) = p.alloc_in_area((h + i) & (n - 1), req, shard) {
-                                return Ok(self.allocated(p, x, req));
+                                return Some(self.allocated(p, x, req));
                             }
                         }
                     }
@@ -49,17 +49,37 @@ impl Shared {
                         continue;
                     }
                     if let Some(i) = p.alloc(h, req, shard) {
-                        return Ok(self.allocated(p, i, req));
+                        return Some(self.allocated(p, i, req));
                     }
                 }
             }
         }
-        drop(set);
+        None
+    }
+
+    /// The pools (see [`Shared::search`]), then what the exhaustion policy does when none has
+    /// room (`may_wait`: a map that may block, with `exhaustion=wait`).
+    #[inline(never)]
+    pub(super) fn alloc_beyond_initial(
+        &self,
+        src: DmaSource,
+        req: &Request,
+        initial_tried: bool,
+        shard: &Shard,
+        may_wait: bool,
+    ) -> Result<Mapping, DmaError> {
+        let len = req.len;
+        if let Some(m) = self.search(hint(src), req, initial_tried, shard) {
+            return Ok(m);
+        }
         // Every pool is full (Linux `swiotlb_find_slots`): schedule growth, and go transient.
         if self.cfg.dynamic {
             self.kick();
         }
-        if !self.cfg.transient {
+        if may_wait {
+            return self.wait_for_space(src, req, shard);
+        }
+        if self.cfg.exhaustion == Exhaustion::Fail {
             return Err(DmaError::NoSpace { len });
         }
         // Exactly the request's slots (Linux: `nr_slots(alloc_size)`), searched with the same
