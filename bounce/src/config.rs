@@ -4,13 +4,15 @@
 //! Sources for the defaults (Linux 6.6+, `kernel/dma/swiotlb.c`, `include/linux/swiotlb.h`):
 //! - `IO_TLB_SHIFT 11` -> 2 KiB slots; `IO_TLB_SEGSIZE 128` slots per segment;
 //! - `IO_TLB_DEFAULT_SIZE (64UL<<20)` -> 64 MiB default pool; `IO_TLB_MIN_SLABS` -> 1 MiB minimum;
-//! - `swiotlb_dyn_alloc` adds pools of at most `PAGE_SIZE << MAX_PAGE_ORDER` (4 MiB with 4 KiB
-//!   pages), halving on allocation failure down to `IO_TLB_MIN_SLABS`;
+//! - `swiotlb_dyn_alloc` adds pools of `default_nslabs` (the initial pool's size) capped at
+//!   `PAGE_SIZE << MAX_PAGE_ORDER` (4 MiB with 4 KiB pages), halving on allocation failure down
+//!   to `IO_TLB_MIN_SLABS` (1 MiB);
 //! - areas default to one per possible CPU rounded up to a power of two
 //!   (`swiotlb_adjust_nareas`), each at least one segment (`limit_nareas`);
 //! - Linux schedules growth only when every pool is full (`swiotlb_find_slots`), i.e. a
-//!   threshold of 100%, and never frees dynamic pools (shrink off). The 70% threshold knob comes
-//!   from Michael Kelley's 2024 throttling RFC (not merged).
+//!   threshold of 100% (`growth=linux`), and never frees dynamic pools (shrink off).
+//!   `growth=proposed` (background extension past a threshold below 100%, chunks that double
+//!   or equal the initial pool) is Christoph Hellwig's proposal, not merged.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -49,6 +51,70 @@ pub enum SlotReuse {
     Lifo,
 }
 
+/// The order in which an allocation tries the pools and their areas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolOrder {
+    /// Linux 6.12 `swiotlb_find_slots`: for each area offset from the mapping CPU's area
+    /// (`swiotlb_search_area`), every pool, newest first (the RCU list `add_mem_pool` adds to
+    /// at the head): a new chunk takes the load at once.
+    #[default]
+    Linux,
+    /// Every area of a pool before the next pool, oldest first: the initial pool fills first,
+    /// so dynamic chunks go idle and `shrink` can release them. Not Linux.
+    Oldest,
+}
+
+/// When and by how much the worker grows the pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Growth {
+    /// Linux 6.6+ (`swiotlb_find_slots` -> `schedule_work(&mem->dyn_alloc)`): woken only when no
+    /// pool has room; adds `chunk` (default the initial pool's size capped at 4 MiB), halving
+    /// on failure down to `min_chunk` (`swiotlb_dyn_alloc`, `swiotlb_alloc_pool`).
+    #[default]
+    Linux,
+    /// Hellwig's proposal (not merged): woken once use passes `threshold` (default 70 %), in
+    /// the background, before the pools are full; adds `chunk` (default `double`: as much as
+    /// the pools hold, so they double), again while use stays past the threshold.
+    Proposed,
+}
+
+/// The size of one extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Chunk {
+    /// `growth=linux`: Linux's (`default_nslabs`, the initial pool's size, capped at
+    /// `PAGE_SIZE << MAX_PAGE_ORDER`); `growth=proposed`: `double`.
+    #[default]
+    Auto,
+    /// As much as all (non-transient) pools hold now: each extension doubles the pools.
+    Double,
+    /// The initial pool's size.
+    Initial,
+    /// This many bytes.
+    Size(u64),
+}
+
+/// What a map does when no pool has room (see `swiotlb/exhaustion.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Exhaustion {
+    /// Fail (`DmaError::NoSpace`): no transient pool, no waiting.
+    Fail,
+    /// Linux: a transient pool of exactly the request's size (`swiotlb_find_slots`).
+    #[default]
+    Transient,
+    /// Michael Kelley's 2024 "swiotlb throttling" RFC (not merged): maps that may block
+    /// (`MapAttrs::may_block`, DMA_ATTR_MAY_BLOCK) past the high mark, or past the low mark
+    /// while a throttled mapping is live, are serialised by one semaphore released on unmap;
+    /// otherwise as `transient`.
+    Throttle,
+    /// Robin Murphy's proposal (not merged): a map that may block and finds no room waits (up
+    /// to `wait_timeout`) for space, then grows the pools synchronously; others as `transient`.
+    Wait,
+}
+
 /// Where a transient pool's memory comes from when memory is encrypted (`convert` other than
 /// `none`); unencrypted guests allocate it fresh, with nothing to convert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -82,14 +148,24 @@ pub struct SwiotlbConfig {
     pub areas: u32,
     /// Background extension by a worker thread.
     pub dynamic: bool,
-    /// Use (percent of all pool slots) at which the worker is woken. Linux: 100 (when full).
-    pub threshold: u8,
-    /// Bytes the worker adds per extension (halved on failure down to `min_chunk`). Linux: 4 MiB.
-    pub chunk: u64,
+    /// When and by how much the worker grows the pools.
+    pub growth: Growth,
+    /// Use (percent of the pools' slots) at which the worker is woken; `None`: the growth
+    /// policy's (Linux: 100, when full; proposed: 70).
+    pub threshold: Option<u8>,
+    /// Bytes the worker adds per extension (halved on failure down to `min_chunk`).
+    pub chunk: Chunk,
     /// Smallest extension. Linux: `IO_TLB_MIN_SLABS` = 1 MiB.
     pub min_chunk: u64,
-    /// Transient pools (exactly the request's size, on the I/O path) when no pool has room.
-    pub transient: bool,
+    /// What a map does when no pool has room.
+    pub exhaustion: Exhaustion,
+    /// `exhaustion=throttle`: the high and low marks, percent of the pools' slots (Kelley's
+    /// RFC: 70 and 65).
+    pub throttle_high: u8,
+    pub throttle_low: u8,
+    /// `exhaustion=wait`: how long a map waits for space before it grows the pools itself.
+    #[serde(with = "duration_ms")]
+    pub wait_timeout: Duration,
     /// Encrypted memory: the atomic pools transient pools are carved from.
     pub atomic_pool: AtomicPool,
     /// Atomic pools, one per memory zone the guest has (dma-pool.c: DMA, DMA32, kernel);
@@ -108,6 +184,9 @@ pub struct SwiotlbConfig {
     pub lookup: LookupKind,
     /// Slot reuse policy (Linux: next fit).
     pub reuse: SlotReuse,
+    /// Order of the pools and areas an allocation tries (Linux: each area offset across all
+    /// pools, newest first).
+    pub order: PoolOrder,
     /// Private<->shared conversion cost model.
     pub convert: ConvertCost,
     #[serde(rename = "convert_mode")]
@@ -130,10 +209,14 @@ impl Default for SwiotlbConfig {
             segment: 128,
             areas: 0,
             dynamic: true,
-            threshold: 100,
-            chunk: 4 << 20,
+            growth: Growth::Linux,
+            threshold: None,
+            chunk: Chunk::Auto,
             min_chunk: 1 << 20,
-            transient: true,
+            exhaustion: Exhaustion::Transient,
+            throttle_high: 70,
+            throttle_low: 65,
+            wait_timeout: Duration::from_millis(10),
             atomic_pool: AtomicPool::Auto,
             atomic_zones: 0,
             guest_ram: 0,
@@ -141,11 +224,24 @@ impl Default for SwiotlbConfig {
             cap: 1 << 30,
             lookup: LookupKind::Tree,
             reuse: SlotReuse::Next,
+            order: PoolOrder::Linux,
             convert: ConvertCost::None,
             convert_mode: ConvertMode::Account,
             page: 4096,
             total_used: true,
         }
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 
@@ -232,6 +328,10 @@ impl SwiotlbConfig {
         let size = || parse_size(value).ok_or_else(|| bad("expected a size like 64M"));
         let boolean = || parse_bool(value).ok_or_else(|| bad("expected on/off"));
         let int = || value.parse::<u64>().map_err(|_| bad("expected an integer"));
+        let percent = || match value.parse::<u8>() {
+            Ok(p) if p <= 100 => Ok(p),
+            _ => Err(bad("expected a percentage 0..=100")),
+        };
         match key {
             "size" => self.size = size()?,
             "initial" => self.initial = boolean()?,
@@ -239,16 +339,56 @@ impl SwiotlbConfig {
             "segment" => self.segment = u32::try_from(int()?).map_err(|_| bad("too large"))?,
             "areas" => self.areas = u32::try_from(int()?).map_err(|_| bad("too large"))?,
             "dynamic" | "grow" => self.dynamic = boolean()?,
+            "growth" => {
+                self.growth = match value {
+                    "linux" => Growth::Linux,
+                    "proposed" => Growth::Proposed,
+                    _ => return Err(bad("expected linux or proposed")),
+                }
+            }
+            "threshold" if value == "auto" => self.threshold = None,
             "threshold" => {
                 let t = int()?;
                 if !(1..=100).contains(&t) {
-                    return Err(bad("expected a percentage 1..=100"));
+                    return Err(bad("expected auto or a percentage 1..=100"));
                 }
-                self.threshold = t as u8;
+                self.threshold = Some(t as u8);
             }
-            "chunk" => self.chunk = size()?,
+            "chunk" => {
+                self.chunk = match value {
+                    "auto" => Chunk::Auto,
+                    "double" => Chunk::Double,
+                    "initial" => Chunk::Initial,
+                    _ => Chunk::Size(
+                        parse_size(value)
+                            .ok_or_else(|| bad("expected auto, double, initial or a size"))?,
+                    ),
+                }
+            }
             "min-chunk" | "min_chunk" => self.min_chunk = size()?,
-            "transient" => self.transient = boolean()?,
+            // The older spelling: on = transient, off = fail.
+            "transient" => {
+                self.exhaustion = if boolean()? {
+                    Exhaustion::Transient
+                } else {
+                    Exhaustion::Fail
+                }
+            }
+            "exhaustion" => {
+                self.exhaustion = match value {
+                    "fail" => Exhaustion::Fail,
+                    "transient" => Exhaustion::Transient,
+                    "throttle" => Exhaustion::Throttle,
+                    "wait" => Exhaustion::Wait,
+                    _ => return Err(bad("expected fail, transient, throttle or wait")),
+                }
+            }
+            "throttle-high" | "throttle_high" => self.throttle_high = percent()?,
+            "throttle-low" | "throttle_low" => self.throttle_low = percent()?,
+            "wait-timeout" | "wait_timeout" => {
+                self.wait_timeout =
+                    parse_duration(value).ok_or_else(|| bad("expected a duration like 10ms"))?
+            }
             "atomic-pool" | "atomic_pool" => {
                 self.atomic_pool = match value {
                     "auto" => AtomicPool::Auto,
@@ -285,6 +425,13 @@ impl SwiotlbConfig {
                     "next" => SlotReuse::Next,
                     "lifo" => SlotReuse::Lifo,
                     _ => return Err(bad("expected next or lifo")),
+                }
+            }
+            "order" => {
+                self.order = match value {
+                    "linux" => PoolOrder::Linux,
+                    "oldest" => PoolOrder::Oldest,
+                    _ => return Err(bad("expected linux or oldest")),
                 }
             }
             "convert" => self.convert = value.parse().map_err(|_| bad(CONVERT_SYNTAX))?,
@@ -328,23 +475,26 @@ impl SwiotlbConfig {
         if (self.slot as u64) * (self.segment as u64) > 1 << 30 {
             return inv("slot x segment (the longest mapping) must be <= 1G");
         }
-        if !(1..=100).contains(&self.threshold) {
+        if self.threshold.is_some_and(|t| !(1..=100).contains(&t)) {
             return inv("threshold must be a percentage 1..=100");
         }
-        if !self.total_used && self.threshold < 100 {
-            return inv("a threshold below 100 needs total-used=on (the total it compares with)");
+        if self.growth == Growth::Linux && self.threshold() < 100 {
+            return inv("a threshold below 100 is growth=proposed (Linux grows only when full)");
         }
         if self.areas > 1024 {
             return inv("areas must be <= 1024");
         }
-        if self.min_chunk == 0 || self.chunk < self.min_chunk {
-            return inv("chunk must be >= min-chunk > 0");
+        if self.min_chunk == 0 || self.chunk == Chunk::Size(0) {
+            return inv("chunk and min-chunk must be > 0");
         }
         if self.initial && self.size == 0 {
             return inv("initial pool of size 0");
         }
         if self.initial && self.size > self.cap {
             return inv("initial pool larger than the cap");
+        }
+        if self.throttle_low > self.throttle_high || self.throttle_high > 100 {
+            return inv("throttle marks must be 0 <= throttle-low <= throttle-high <= 100");
         }
         if self.atomic_zones > 3 {
             return inv("atomic-zones must be auto or 1..=3");
@@ -355,9 +505,25 @@ impl SwiotlbConfig {
         Ok(())
     }
 
+    /// Use (percent) at which the worker grows the pools: `threshold`, or the growth policy's.
+    pub fn threshold(&self) -> u8 {
+        self.threshold.unwrap_or(match self.growth {
+            Growth::Linux => 100,
+            Growth::Proposed => 70,
+        })
+    }
+
+    /// Whether the areas carry marks that wake the worker to sum their use (a threshold below
+    /// 100 without the global used counter).
+    pub fn area_marks(&self) -> bool {
+        self.dynamic && !self.total_used && self.threshold() < 100
+    }
+
     /// Whether transient pools come from atomic pools (memory encrypted, atomic pools on).
     pub fn uses_atomic_pools(&self) -> bool {
-        self.transient && self.convert.encrypted() && self.atomic_pool != AtomicPool::Off
+        self.exhaustion != Exhaustion::Fail
+            && self.convert.encrypted()
+            && self.atomic_pool != AtomicPool::Off
     }
 
     /// Bytes of each atomic pool: `coherent_pool=`, or Linux's default (`dma_atomic_pool_init`,
@@ -405,7 +571,7 @@ impl SwiotlbConfig {
 impl FromStr for SwiotlbConfig {
     type Err = ConfigError;
 
-    /// `size=64M,slot=2K,segment=128,areas=4,threshold=70,chunk=4M,transient=on,shrink=5s,
+    /// `size=64M,slot=2K,segment=128,areas=4,growth=proposed,threshold=70,chunk=4M,transient=on,shrink=5s,
     /// cap=1G,lookup=tree,convert=snp,convert-mode=inject`; an empty string gives the defaults.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut c = SwiotlbConfig::default();
@@ -426,14 +592,30 @@ mod tests {
 
     #[test]
     fn parses_the_documented_example() {
-        let c: SwiotlbConfig = "size=64M,slot=2K,segment=128,areas=4,threshold=70,chunk=4M,\
+        let c: SwiotlbConfig = "size=64M,slot=2K,segment=128,areas=4,growth=proposed,\
+             threshold=70,chunk=4M,\
              transient=on,shrink=5s,cap=1G,lookup=tree,convert=snp,convert-mode=inject"
             .parse()
             .unwrap();
         assert_eq!(c.size, 64 << 20);
         assert_eq!(c.slot, 2048);
         assert_eq!(c.areas, 4);
-        assert_eq!(c.threshold, 70);
+        assert_eq!(
+            (c.growth, c.threshold(), c.chunk),
+            (Growth::Proposed, 70, Chunk::Size(4 << 20))
+        );
+        let d = SwiotlbConfig::default();
+        assert_eq!(
+            (d.growth, d.threshold(), d.chunk),
+            (Growth::Linux, 100, Chunk::Auto)
+        );
+        let p: SwiotlbConfig = "growth=proposed,chunk=initial,total-used=off"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (p.threshold(), p.chunk, p.area_marks()),
+            (70, Chunk::Initial, true)
+        );
         assert_eq!(c.shrink, Some(Duration::from_secs(5)));
         assert_eq!(c.cap, 1 << 30);
         assert_eq!(c.convert, ConvertCost::Snp);
@@ -476,6 +658,14 @@ mod tests {
         assert!(matches!(
             "threshold=0".parse::<SwiotlbConfig>(),
             Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            "threshold=70".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            "growth=proposed,chunk=0".parse::<SwiotlbConfig>(),
+            Err(ConfigError::Invalid(_))
         ));
         assert!(matches!(
             "size=2G".parse::<SwiotlbConfig>(),

@@ -82,6 +82,14 @@ impl Dma {
         self.inner.swiotlb.as_ref()
     }
 
+    /// Registers the waker of `src` (see [`Swiotlb::set_waker`]); nothing for a direct handle,
+    /// whose maps never wait.
+    pub fn set_waker(&self, src: DmaSource, waker: Option<Arc<dyn crate::DmaWaker>>) {
+        if let Some(s) = &self.inner.swiotlb {
+            s.set_waker(src, waker);
+        }
+    }
+
     /// Bounce statistics (`None` for a direct handle). `snap.to_json()` prints them.
     pub fn stats(&self) -> Option<StatsSnapshot> {
         self.inner.swiotlb.as_ref().map(|s| s.stats())

@@ -37,6 +37,12 @@ pub enum DmaError {
     /// the map fails, "swiotlb buffer is full").
     #[error("no free bounce slots for {len:#x} bytes and the atomic DMA pools cannot hold a transient pool")]
     AtomicPoolExhausted { len: usize },
+    /// The map may block (`MapAttrs::may_block`) and must wait: the caller defers the request
+    /// and retries it when the waker registered for its source fires (`Dma::set_waker`; see
+    /// the `swiotlb` module's exhaustion policies). Not a failure: nothing was mapped, nothing
+    /// needs undoing, and the wait is already registered.
+    #[error("DMA mapping of {len:#x} bytes must wait ({cause}); retry when woken")]
+    WouldBlock { len: usize, cause: BlockCause },
     /// No pool owns this bounce address (never mapped, or its transient pool is gone).
     #[error("bounce address {addr:#x} belongs to no pool")]
     UnknownAddress { addr: u64 },
@@ -50,4 +56,25 @@ pub enum DmaError {
     /// does.
     #[error("DMA buffer at guest address {addr:#x} synced twice for the {owner}")]
     DoubleSync { addr: u64, owner: &'static str },
+}
+
+/// Why a map must wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockCause {
+    /// `exhaustion=throttle`: use is past the high mark (or the low mark while a throttled
+    /// mapping is live) and another throttled mapping holds the semaphore; woken when it is
+    /// unmapped (the semaphore is then handed to the first waiter).
+    Throttled,
+    /// `exhaustion=wait`: no pool has room; woken by the next unmap or pool growth, or when the
+    /// wait timeout has passed (the retry then grows the pools synchronously).
+    NoSpace,
+}
+
+impl std::fmt::Display for BlockCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockCause::Throttled => "throttled",
+            BlockCause::NoSpace => "waiting for space",
+        })
+    }
 }

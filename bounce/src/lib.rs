@@ -16,6 +16,7 @@ pub mod convert;
 pub mod dma;
 pub mod error;
 mod lookup;
+pub mod notify;
 pub mod pool;
 pub mod queue;
 mod spinlock;
@@ -24,14 +25,19 @@ pub mod swiotlb;
 pub mod trace;
 pub mod types;
 
-pub use config::{AtomicPool, ConfigError, LookupKind, SlotReuse, SwiotlbConfig};
+pub use config::{
+    AtomicPool, Chunk, ConfigError, Exhaustion, Growth, LookupKind, PoolOrder, SlotReuse,
+    SwiotlbConfig,
+};
 pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
 pub use dma::{Dma, DmaBuffer};
-pub use error::DmaError;
+pub use error::{BlockCause, DmaError};
+pub use notify::{DmaWaker, EventNotifier};
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
 pub use stats::{
-    ConversionCount, Conversions, ConversionsBy, Failures, Payer, PoolStats, StatsSnapshot,
+    BlockingStats, ConversionCount, Conversions, ConversionsBy, Failures, Payer, PoolStats,
+    StatsSnapshot,
 };
 pub use swiotlb::{AtomicPoolStats, Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
 pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};

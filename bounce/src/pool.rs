@@ -7,6 +7,7 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aligned_vec::{AVec, ConstAlign, CACHELINE_ALIGN};
@@ -99,11 +100,14 @@ struct Slot {
     /// First slot of a mapping.
     head: bool,
     /// Head only: slots of the run before the head (Linux: `pad_slots`).
-    pad: u32,
+    pad: u16,
+    /// Head only: slots of the whole run, padding and `alloc_align_mask` round-up included
+    /// (Linux keeps `alloc_size` per slot and derives it: `nr_slots(alloc_size + offset)`).
+    nslots: u16,
     /// Head only: offset of the bounce address inside the head slot (`min_align_mask` bits).
     offset: u32,
-    /// Head only: mapping size including padding and `offset`.
-    size: u32,
+    /// Head only: the mapping's length (Linux: the caller's `mapping_size`).
+    len: u32,
     /// Head only: original (guest) address.
     orig: u64,
 }
@@ -155,6 +159,9 @@ struct AreaInner {
     counts: AreaCounts,
     used: usize,
     hiwater: usize,
+    /// Use at which this area tells the growth worker to sum all areas (`growth=proposed`
+    /// without the global counter; set by `arm_marks`), `usize::MAX` when disarmed.
+    kick_at: usize,
     /// Per slot: free slots from here to the end of the segment; 0 = in use (Linux:
     /// `slots[i].list`). Kept apart from the metadata so the bounded free-run updates scan a
     /// dense array.
@@ -180,6 +187,9 @@ pub struct MapAttrs {
     pub min_align_mask: u64,
     /// Alignment of the allocation itself (`alloc_align_mask`).
     pub alloc_align_mask: u64,
+    /// The caller can defer the request (Linux: `DMA_ATTR_MAY_BLOCK`, from Kelley's throttling
+    /// RFC): with `exhaustion=throttle` or `wait` the map may answer `DmaError::WouldBlock`.
+    pub may_block: bool,
 }
 
 /// Bytes between the start of the allocation and the bounce address: the original address's
@@ -188,13 +198,17 @@ pub(crate) fn align_offset(orig: u64, attrs: MapAttrs, slot_mask: u64) -> usize 
     (orig & attrs.min_align_mask & (attrs.alloc_align_mask | slot_mask)) as usize
 }
 
-/// One allocation request, with Linux's alignment rules (6.9+ `swiotlb_search_pool_area`)
-/// worked out once rather than in every area tried.
+/// One allocation request, with Linux's rules (6.12 `swiotlb_tbl_map_single` for the offset
+/// and size, `swiotlb_search_pool_area` for the alignment) worked out once rather than in
+/// every area tried.
 pub(crate) struct Request {
     pub orig: u64,
     pub len: usize,
     /// Bytes between the start of the allocation and the bounce address.
     pub offset: usize,
+    /// Bytes allocated: `offset + len` rounded up to `alloc_align_mask + 1` (Linux's `size`,
+    /// the `alloc_size` it searches with); `u64::MAX` if that overflows.
+    pub size: u64,
     pub nslots: usize,
     /// The allocation's start must be aligned to this mask (at least a slot).
     alloc_align_mask: u64,
@@ -216,22 +230,30 @@ impl Request {
         copy_in: u64,
     ) -> Self {
         let slot_mask = (1u64 << shift) - 1;
-        // Linux 6.9+ `swiotlb_align_offset(dev, alloc_align_mask, orig)`: the kept bits may reach
-        // past the slot (up to the allocation alignment); whole slots of it become `pad_slots`.
+        // `swiotlb_tbl_map_single`: offset = swiotlb_align_offset(dev, alloc_align_mask, orig)
+        // (the kept bits may reach past the slot, up to the allocation alignment; whole slots
+        // of it become `pad_slots`), size = ALIGN(mapping_size + offset, alloc_align_mask + 1).
         let offset = align_offset(orig, attrs, slot_mask);
-        let mut iotlb_align_mask = attrs.min_align_mask;
-        let mut alloc_align_mask = attrs.alloc_align_mask;
-        if alloc_align_mask == 0 && iotlb_align_mask & !slot_mask == 0 && len >= page {
-            // Historically, allocations >= PAGE_SIZE are page aligned.
+        let mask = attrs.alloc_align_mask;
+        let size = ((offset + len) as u64)
+            .checked_add(mask)
+            .map_or(u64::MAX, |s| s & !mask);
+        // `swiotlb_search_pool_area`: mappings of a page or more are page aligned when neither
+        // mask is given ("historically, swiotlb allocations >= PAGE_SIZE were guaranteed to be
+        // page-aligned"); then at least slot aligned, and the `min_align_mask` bits the offset
+        // already keeps are not matched again.
+        let mut alloc_align_mask = mask;
+        if alloc_align_mask == 0 && attrs.min_align_mask == 0 && size >= page as u64 {
             alloc_align_mask = page as u64 - 1;
         }
         alloc_align_mask |= slot_mask;
-        iotlb_align_mask &= !alloc_align_mask;
+        let iotlb_align_mask = attrs.min_align_mask & !alloc_align_mask;
         Request {
             orig,
             len,
             offset,
-            nslots: (offset + len).div_ceil(1 << shift),
+            size,
+            nslots: size.div_ceil(1 << shift) as usize,
             alloc_align_mask,
             iotlb_align_mask,
             stride: ((alloc_align_mask.max(iotlb_align_mask) >> shift) + 1) as usize,
@@ -266,10 +288,11 @@ fn mapping_head(
     Ok(head)
 }
 
-/// Linux `wrap_area_index` (no division on the hot path).
+/// Linux `wrap_area_index`: past the end of the area, the search goes on at its start (slot
+/// 0, not `i - n`: with a stride above one the two differ).
 fn wrap(i: usize, n: usize) -> usize {
     if i >= n {
-        i % n
+        0
     } else {
         i
     }
@@ -301,6 +324,40 @@ pub struct Pool {
     /// A transient pool whose memory came from the atomic pools (shared already: not counted
     /// again in the set's shared bytes, not converted back on release).
     pub(crate) carved: bool,
+    /// Told when an area's use reaches its mark (`arm_marks`).
+    pub(crate) marks: Option<Arc<dyn MarkCrossed>>,
+}
+
+/// What an area calls when its use reaches the mark the growth worker set (the worker then
+/// sums every area's use: `growth=proposed` without the global used counter).
+pub(crate) trait MarkCrossed: Send + Sync {
+    fn crossed(&self);
+}
+
+/// Locks every area of `pools` at once and sums their use exactly. If `arm` and `used * 100 <
+/// threshold * total`, arms each area's mark at its use plus `ceil(D / n)`, where `D` more
+/// slots would reach the threshold and `n` is the number of areas: the total cannot reach the
+/// threshold again before some area reaches its mark (if every area rose by less, the total
+/// rose by less than `D`). Returns (used, total) slots.
+pub(crate) fn arm_marks(pools: &[Arc<Pool>], threshold: u8, arm: bool) -> (usize, usize) {
+    let mut guards: Vec<_> = pools
+        .iter()
+        .flat_map(|p| p.areas.iter().map(|a| a.lock.lock()))
+        .collect();
+    let used: usize = guards.iter().map(|g| g.used).sum();
+    let total: usize = pools
+        .iter()
+        .filter(|p| !p.is_retired())
+        .map(|p| p.nslots)
+        .sum();
+    let goal = (threshold as usize * total).div_ceil(100);
+    if arm && used < goal && !guards.is_empty() {
+        let step = (goal - used).div_ceil(guards.len());
+        for g in &mut guards {
+            g.kick_at = g.used + step;
+        }
+    }
+    (used, total)
 }
 
 impl Pool {
@@ -342,6 +399,7 @@ impl Pool {
                         counts: AreaCounts::default(),
                         used: 0,
                         hiwater: 0,
+                        kick_at: usize::MAX,
                         list,
                         slots,
                     }),
@@ -369,6 +427,7 @@ impl Pool {
             lock_wait_ns: CachePadded::new(AtomicU64::new(0)),
             created: Instant::now(),
             carved: false,
+            marks: None,
         })
     }
 
@@ -460,8 +519,14 @@ impl Pool {
         None
     }
 
+    /// Areas of the pool (a power of two).
+    pub(crate) fn nareas(&self) -> usize {
+        self.areas.len()
+    }
+
+    /// Linux `swiotlb_search_pool_area`: the first fitting run from area `a`'s search index.
     #[inline(always)]
-    fn alloc_in_area(&self, a: usize, req: &Request, shard: &Shard) -> Option<usize> {
+    pub(crate) fn alloc_in_area(&self, a: usize, req: &Request, shard: &Shard) -> Option<usize> {
         let nslots = req.nslots;
         let area = &self.areas[a];
         if area.used.load(Relaxed) + nslots > self.area_nslots {
@@ -500,9 +565,10 @@ impl Pool {
         let pad = req.offset >> self.shift;
         g.slots[found + pad] = Slot {
             head: true,
-            pad: pad as u32,
+            pad: pad as u16,
+            nslots: nslots as u16,
             offset: (req.offset & ((1 << self.shift) - 1)) as u32,
-            size: (req.offset + req.len) as u32,
+            len: req.len as u32,
             orig: req.orig,
         };
         // Free slots before the run, in the same segment, now end at the run.
@@ -516,7 +582,19 @@ impl Pool {
             area.hiwater.store(g.hiwater, Relaxed);
         }
         area.used.store(g.used, Relaxed);
+        if g.used >= g.kick_at {
+            g.kick_at = usize::MAX;
+            self.mark_crossed();
+        }
         Some(base + found)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mark_crossed(&self) {
+        if let Some(m) = &self.marks {
+            m.crossed();
+        }
     }
 
     /// Linux's loop over the free slots before area slot `at` in its segment (`list[at - 1] =
@@ -560,7 +638,7 @@ impl Pool {
         // Linux: `index -= mem->slots[index].pad_slots`.
         let li = li - head.pad as usize;
         let index = base + li;
-        let nslots = (head.size as usize).div_ceil(1 << self.shift);
+        let nslots = head.nslots as usize;
         let g = &mut *g;
         // Only a head's metadata is ever read, and a new head writes all of it.
         g.slots[li + head.pad as usize].head = false;
@@ -588,8 +666,7 @@ impl Pool {
         if now_ns != 0 {
             area.last_free_ns.store(now_ns, Relaxed); // Only pools that can shrink pass a time.
         }
-        let full_offset = ((head.pad as usize) << self.shift) + head.offset as usize;
-        Ok((nslots, head.orig, head.size as usize - full_offset))
+        Ok((nslots, head.orig, head.len as usize))
     }
 
     /// Original address and length of the live mapping at `addr`, if any (for address-based
@@ -601,7 +678,7 @@ impl Pool {
     ) -> Result<(u64, usize), crate::DmaError> {
         let (g, _, li, in_slot) = self.lock_slot(addr, shard)?;
         let s = mapping_head(&g, li, in_slot, addr)?;
-        Ok((s.orig, (s.size - (s.pad << self.shift) - s.offset) as usize))
+        Ok((s.orig, s.len as usize))
     }
 
     /// Locks the area holding bounce address `addr` (inside this pool); returns its guard, the
@@ -650,6 +727,15 @@ impl Pool {
     #[cfg(test)]
     pub(crate) fn memory_released(&self) -> bool {
         self.mem.released.load(Relaxed)
+    }
+
+    /// The free-run counts of every slot (Linux: `slots[i].list`; test helper).
+    #[cfg(test)]
+    pub(crate) fn free_runs(&self) -> Vec<u32> {
+        self.areas
+            .iter()
+            .flat_map(|a| a.lock.lock().list.iter().copied().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Every slot free and its free-run count as after init (test helper).

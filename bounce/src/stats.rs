@@ -71,7 +71,7 @@ impl FailureCounters {
             NotMapped { .. } => &self.not_mapped,
             NotMappingStart { .. } => &self.not_mapping_start,
             DoubleSync { .. } => &self.double_sync,
-            OutOfBuffer { .. } | ReadOnlyBuffer => return,
+            OutOfBuffer { .. } | ReadOnlyBuffer | WouldBlock { .. } => return,
         };
         add(c, 1);
     }
@@ -240,6 +240,7 @@ pub(crate) struct Global {
     pub extension_failures: AtomicU64,
     pub shrinks: AtomicU64,
     pub worker_wakeups: AtomicU64,
+    pub threshold_checks: AtomicU64,
     /// Slots in use in all pools (Linux: `mem->total_used`) and its high-water mark.
     pub used: CachePadded<AtomicU64>,
     pub used_hiwater: AtomicU64,
@@ -254,6 +255,27 @@ impl Global {
         }
         now
     }
+}
+
+/// The exhaustion policies' waits (`exhaustion=throttle|wait`; see `swiotlb::exhaustion`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockingStats {
+    /// Throttle decisions (Kelley's `high_throttle_count`, `low_throttle_count`): maps that may
+    /// block seen past the high mark, or past the low mark with the semaphore held.
+    pub throttled_high: u64,
+    pub throttled_low: u64,
+    /// `WouldBlock` answers: the semaphore was held; no pool had room (`wait`).
+    pub throttle_blocked: u64,
+    pub space_blocked: u64,
+    /// Wakers called.
+    pub wakeups: u64,
+    /// `wait`: retries past the timeout, which grew the pools on the I/O path, and those the
+    /// cap refused.
+    pub wait_timeouts: u64,
+    pub sync_growths: u64,
+    pub sync_growth_failures: u64,
+    /// Sources waiting now (for the semaphore or for space).
+    pub waiting: u64,
 }
 
 /// One pool's state.
@@ -314,10 +336,14 @@ pub struct StatsSnapshot {
     pub conversions: Conversions,
     /// dma-pool.c's atomic pools, where an encrypted guest's transient pools come from.
     pub atomic_pool: crate::AtomicPoolStats,
+    /// Maps deferred by the exhaustion policy.
+    pub blocking: BlockingStats,
     pub extensions: u64,
     pub extension_failures: u64,
     pub shrinks: u64,
     pub worker_wakeups: u64,
+    /// Times the worker summed the pools' use against the growth threshold (`growth=proposed`).
+    pub threshold_checks: u64,
     pub lookups: u64,
     pub lookup_steps: u64,
     pub lock_wait_ns: u64,
@@ -345,6 +371,7 @@ impl StatsSnapshot {
         self.extension_failures = g.extension_failures.load(Relaxed);
         self.shrinks = g.shrinks.load(Relaxed);
         self.worker_wakeups = g.worker_wakeups.load(Relaxed);
+        self.threshold_checks = g.threshold_checks.load(Relaxed);
         self.slots_used_hiwater = g.used_hiwater.load(Relaxed);
         self.shared_bytes_hiwater = g.shared_bytes_hiwater.load(Relaxed);
     }

@@ -25,7 +25,7 @@ impl DmaDirection {
 }
 
 /// Who maps: selects the pool area (so queues do not contend) and labels trace records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct DmaSource {
     pub device: u16,
     pub queue: u16,

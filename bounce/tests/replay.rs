@@ -66,6 +66,41 @@ fn record_then_replay() {
         assert_eq!(v["stats"]["syncs_for_cpu"], 40);
         assert_eq!(v["stats"]["slots_used"], 0);
     }
+    // Maps that may block, throttled past 10 %: deferred, retried when woken, all mapped.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bounce-replay"))
+        .arg(&path)
+        .args(["--may-block", "--json", "--config"])
+        .arg("size=256K,areas=1,exhaustion=throttle,throttle-high=10,throttle-low=5")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["deferred_maps"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        (&v["never_mapped"], &v["map_failures"]),
+        (&0.into(), &0.into())
+    );
+    assert_eq!(v["stats"]["maps"], 200);
+    assert_eq!(v["stats"]["unmaps"], 200);
+    assert!(v["stats"]["blocking"]["throttle_blocked"].as_u64().unwrap() > 0);
+    // A matrix: one table row per value.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bounce-replay"))
+        .arg(&path)
+        .args([
+            "--config",
+            "size=256K",
+            "--vary",
+            "exhaustion=fail|transient",
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| ---"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[1].starts_with("| fail |") && rows[2].starts_with("| transient |"));
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_bounce-replay"))
         .arg(&path)
         .args(["--config", "nonsense=1"])

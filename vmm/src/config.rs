@@ -50,8 +50,8 @@ pub struct Cli {
           default_missing_value = DEFAULT_RESTRICTED_DMA)]
     pub restricted_dma: Option<String>,
     /// Restricted-DMA pool model knobs as key=value,... (slot, segment, areas, dynamic,
-    /// threshold, chunk, transient, shrink, cap, lookup, convert, convert-mode, ...; see
-    /// bounce/README.md). Needs --restricted-dma.
+    /// growth, threshold, chunk, exhaustion, order, shrink, cap, lookup, convert, convert-mode,
+    /// ...; see bounce/README.md). Needs --restricted-dma.
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub bounce: Option<String>,
     /// Also make the guest bounce: offer VIRTIO_F_ACCESS_PLATFORM and add swiotlb=force to the

@@ -13,7 +13,8 @@ use crate::pool::{MapAttrs, Pool, PoolKind, Request};
 use crate::stats::{add, Payer, Shard};
 use crate::types::DmaSource;
 
-fn hint(src: DmaSource) -> usize {
+/// The area hint of a source (Linux: the mapping CPU).
+pub(super) fn hint(src: DmaSource) -> usize {
     (src.device as usize).wrapping_mul(7) + src.queue as usize
 }
 
@@ -63,19 +64,36 @@ impl Shared {
         }
         let page = self.cfg.page as usize;
         let req = Request::new(orig, len, attrs, self.shift, page, copy_in);
-        let max = (self.seg << self.shift) - req.offset;
-        if len > max {
-            return Err(self.failed(DmaError::TooLarge { len, max }));
+        // Linux `swiotlb_find_slots`: an allocation (offset and round-up included) larger than
+        // a segment cannot be placed.
+        let seg_bytes = (self.seg << self.shift) as u64;
+        if req.size > seg_bytes {
+            let max = (seg_bytes & !attrs.alloc_align_mask).saturating_sub(req.offset as u64);
+            return Err(self.failed(DmaError::TooLarge {
+                len,
+                max: max as usize,
+            }));
         }
         let h = hint(src);
         let shard = &self.shards[h % SHARDS];
-        // Pools oldest first; the initial pool (the oldest, never retired) without a set load.
+        // Maps that may block, with a policy that blocks (never for `Dma::map`'s attributes).
+        if attrs.may_block && self.blocking_policy {
+            return self
+                .alloc_blocking(src, &req, shard)
+                .map_err(|e| self.failed(e));
+        }
+        // The initial pool (never retired) without a set load, while it comes first (the only
+        // pool, or `order=oldest`): its areas from the source's (Linux: the CPU's) on.
+        let mut tried = false;
         if let Some(p) = self.initial.get() {
-            if let Some(i) = p.alloc(h, &req, shard) {
-                return Ok(self.allocated(p, i, &req));
+            if self.initial_first.load(Relaxed) {
+                if let Some(i) = p.alloc(h, &req, shard) {
+                    return Ok(self.allocated(p, i, &req));
+                }
+                tried = true;
             }
         }
-        self.alloc_beyond_initial(h, &req, attrs, shard)
+        self.alloc_beyond_initial(src, &req, tried, shard, false)
             .map_err(|e| self.failed(e))
     }
 
@@ -103,12 +121,11 @@ impl Shared {
     pub(super) fn allocated(&self, p: &Pool, index: usize, req: &Request) -> Mapping {
         if self.cfg.total_used {
             let used = self.g.inc_used(req.nslots as u64);
-            if self.cfg.dynamic
-                && self.cfg.threshold < 100
+            if self.count_kick
                 && p.kind != PoolKind::Transient
-                && used * 100 >= self.cfg.threshold as u64 * self.slots_total.load(Relaxed) as u64
+                && used * 100 >= self.threshold as u64 * self.slots_total.load(Relaxed) as u64
             {
-                self.kick();
+                self.sig.kick(false);
             }
         }
         let addr = p.slot_addr(index) + req.offset as u64;
@@ -143,6 +160,10 @@ impl Shared {
                 }
                 if p.kind == PoolKind::Transient {
                     self.release_transient(p);
+                }
+                // A throttled mapping, or maps waiting for space (`exhaustion.rs`).
+                if self.slow_unmap.load(Relaxed) {
+                    self.after_unmap(addr);
                 }
                 Ok(Freed { orig, len })
             },

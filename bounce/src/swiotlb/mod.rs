@@ -1,9 +1,9 @@
-//! The set of pools and its growth policy (Linux 6.6 dynamic swiotlb, `CONFIG_SWIOTLB_DYNAMIC`):
-//! an initial pool converted once at start; when use crosses a threshold (Linux: when every pool
-//! is full) a background worker adds a chunk (`swiotlb_dyn_alloc`); when no pool has room the
-//! I/O path allocates a *transient* pool of exactly the request's size (`swiotlb_dyn_map`... in
-//! `swiotlb_find_slots`), freed and converted back on unmap; optionally, idle chunks are
-//! released (not in Linux); all under a cap on shared memory.
+//! The set of pools and its growth policy (Linux 6.6+ dynamic swiotlb, `CONFIG_SWIOTLB_DYNAMIC`):
+//! an initial pool converted once at start; a background worker adds chunks (`growth.rs`:
+//! Linux's `swiotlb_dyn_alloc` when every pool is full, or the proposal's growth past a
+//! threshold); when no pool has room the I/O path allocates a *transient* pool of exactly the
+//! request's size (`swiotlb_find_slots`), freed on unmap; optionally, idle chunks are released
+//! (not in Linux); all under a cap on shared memory.
 //!
 //! This module holds the pools' shared state and the public handle; the parts of the policy are
 //! its submodules: `fastpath` (the allocation and release every map and unmap runs), `transient`
@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
-use crate::config::{ConfigError, SwiotlbConfig};
+use crate::config::{ConfigError, Exhaustion, SwiotlbConfig};
 use crate::error::DmaError;
 use crate::lookup::Published;
 use crate::pool::{AreaCounts, MapAttrs, Pool, PoolKind};
@@ -27,9 +27,11 @@ use crate::stats::{add, Global, Payer, Shard, StatsSnapshot};
 use crate::types::DmaSource;
 pub use atomic::AtomicPoolStats;
 use atomic::AtomicPools;
-use growth::Ctl;
+use exhaustion::Blocking;
+use growth::Signal;
 
 mod atomic;
+mod exhaustion;
 mod fastpath;
 mod growth;
 mod poolset;
@@ -91,6 +93,10 @@ pub(crate) struct Shared {
     /// without loading the published set (the set is loaded when it is full, and on every
     /// unmap's lookup).
     initial: OnceLock<Arc<Pool>>,
+    /// Whether a map tries the initial pool first, without loading the set: always with
+    /// `order=oldest`; with `order=linux` while it is the only pool (Linux would try a newer
+    /// pool first). Written when the set is published.
+    initial_first: AtomicBool,
     /// `pools.slots_total`, for the growth threshold check without loading the set.
     slots_total: AtomicUsize,
     writer: Mutex<()>,
@@ -102,13 +108,22 @@ pub(crate) struct Shared {
     shards: Box<[CachePadded<Shard>]>,
     g: Global,
     epoch: Instant,
-    kicked: AtomicBool,
+    /// The growth threshold in percent (`SwiotlbConfig::threshold`), and whether the map path
+    /// compares the global used counter with it.
+    threshold: u8,
+    count_kick: bool,
     /// Hot-path counters of pools that are gone.
     retired_counts: Mutex<AreaCounts>,
     /// dma-pool.c's atomic pools, when memory is encrypted and transient pools come from them.
     atomic: Option<AtomicPools>,
-    ctl: Mutex<Ctl>,
-    cv: Condvar,
+    /// Wakes the worker.
+    sig: Arc<Signal>,
+    /// `exhaustion` is `throttle` or `wait`: maps that may block take `alloc_blocking`.
+    blocking_policy: bool,
+    /// An unmap has work beyond the release: a throttled mapping is live or maps wait for space.
+    slow_unmap: AtomicBool,
+    /// The throttle semaphore, waiters and wakers (`exhaustion.rs`).
+    blocking: Blocking,
 }
 
 /// The bounce pools of one VM (Linux: `struct io_tlb_mem`).
@@ -137,6 +152,7 @@ impl Swiotlb {
             seg: cfg.segment as usize,
             pools: Published::new(),
             initial: OnceLock::new(),
+            initial_first: AtomicBool::new(true),
             slots_total: AtomicUsize::new(0),
             writer: Mutex::new(()),
             next_id: AtomicU64::new(0),
@@ -145,7 +161,8 @@ impl Swiotlb {
             shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             g: Global::default(),
             epoch: Instant::now(),
-            kicked: AtomicBool::new(false),
+            threshold: cfg.threshold(),
+            count_kick: cfg.dynamic && cfg.total_used && cfg.threshold() < 100,
             retired_counts: Mutex::new(AreaCounts::default()),
             atomic: cfg.uses_atomic_pools().then(|| {
                 AtomicPools::new(
@@ -155,12 +172,10 @@ impl Swiotlb {
                     crate::config::MAX_ORDER_BYTES,
                 )
             }),
-            ctl: Mutex::new(Ctl {
-                pending: false,
-                atomic: false,
-                shutdown: false,
-            }),
-            cv: Condvar::new(),
+            sig: Arc::new(Signal::new()),
+            blocking_policy: matches!(cfg.exhaustion, Exhaustion::Throttle | Exhaustion::Wait),
+            slow_unmap: AtomicBool::new(false),
+            blocking: Blocking::default(),
             cfg,
         });
         if sh.cfg.initial {
@@ -179,7 +194,11 @@ impl Swiotlb {
                 ));
             }
         }
-        let worker = if sh.cfg.dynamic || sh.cfg.shrink.is_some() || sh.atomic.is_some() {
+        let worker = if sh.cfg.dynamic
+            || sh.cfg.shrink.is_some()
+            || sh.atomic.is_some()
+            || sh.cfg.exhaustion == Exhaustion::Wait
+        {
             let s = sh.clone();
             let (started_tx, started) = std::sync::mpsc::sync_channel(1);
             let worker = std::thread::Builder::new()
@@ -239,6 +258,12 @@ impl Swiotlb {
         attrs: MapAttrs,
     ) -> Result<Mapping, DmaError> {
         self.sh.alloc_copying(src, orig, len, attrs, 0)
+    }
+
+    /// Registers the waker called when a map of `src` that answered `DmaError::WouldBlock`
+    /// may be retried (`None` removes it). See the `exhaustion` policies in the crate README.
+    pub fn set_waker(&self, src: DmaSource, waker: Option<Arc<dyn crate::DmaWaker>>) {
+        self.sh.set_waker(src, waker);
     }
 
     /// Releases the mapping at bounce address `addr` (no copy), finding its pool by address.
@@ -338,6 +363,7 @@ impl Swiotlb {
             s.slots_used_hiwater = s.pools.iter().map(|p| p.slots_used_hiwater).sum();
         }
         s.shared_bytes = set.shared_bytes;
+        s.blocking = self.sh.blocking.stats();
         if let Some(a) = &self.sh.atomic {
             s.atomic_pool = a.stats();
             s.shared_bytes += s.atomic_pool.bytes;
@@ -363,8 +389,7 @@ impl Drop for Shared {
 
 impl Drop for Swiotlb {
     fn drop(&mut self) {
-        self.sh.ctl.lock().shutdown = true;
-        self.sh.cv.notify_all();
+        self.sh.sig.shutdown();
         if let Some(w) = self.worker.take() {
             if w.join().is_err() {
                 log::error!("swiotlb worker panicked");
@@ -380,4 +405,12 @@ impl Shared {
 }
 
 #[cfg(test)]
+mod linux_ref;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_exhaustion;
+#[cfg(test)]
+mod tests_growth;
+#[cfg(test)]
+mod tests_linux;

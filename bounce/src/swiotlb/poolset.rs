@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Shared, POOL_ALIGN};
+use crate::config::PoolOrder;
 use crate::convert::ConvertDirection as Direction;
 use crate::convert::{delay, ConvertMode};
 use crate::error::DmaError;
+use crate::lookup::PoolSet;
 use crate::pool::{Pool, PoolKind};
 use crate::stats::{add, Payer};
 
@@ -107,7 +109,7 @@ impl Shared {
         // Never reused: a stale bounce address can only ever name its own (gone) pool.
         let span = real.next_multiple_of(POOL_ALIGN) + POOL_ALIGN;
         let start = self.next_addr.fetch_add(span, Relaxed);
-        Pool::new(
+        let mut p = Pool::new(
             id,
             kind,
             start,
@@ -117,7 +119,11 @@ impl Shared {
             nareas,
             self.cfg.page as usize,
             lifo,
-        )
+        )?;
+        if kind != PoolKind::Transient && self.cfg.area_marks() {
+            p.marks = Some(self.sig.clone());
+        }
+        Some(p)
     }
 
     fn publish(&self, p: Pool) -> Arc<Pool> {
@@ -126,11 +132,24 @@ impl Shared {
         if p.kind == PoolKind::Transient {
             add(&self.g.transient_created, 1);
         }
-        let _w = self.writer.lock();
-        let set = self.pools.load().with(p.clone());
-        self.slots_total.store(set.slots_total, Relaxed);
-        self.pools.store(set);
+        {
+            let _w = self.writer.lock();
+            let set = self.pools.load().with(p.clone());
+            self.store_set(set);
+        }
+        if p.kind != PoolKind::Transient {
+            self.rearm_marks();
+            self.pool_added();
+        }
         p
+    }
+
+    /// Publishes `set` (the caller holds the writer lock) and what the fast path reads of it.
+    fn store_set(&self, set: PoolSet) {
+        self.slots_total.store(set.slots_total, Relaxed);
+        let first = self.cfg.order == PoolOrder::Oldest || set.alloc_order.len() <= 1;
+        self.initial_first.store(first, Relaxed);
+        self.pools.store(set);
     }
 
     /// Unpublishes a retired pool (its memory is already released) and converts it back to
@@ -143,8 +162,10 @@ impl Shared {
             // snapshot (which takes the writer lock) counts them exactly once.
             self.retired_counts.lock().add(&p.counts());
             let set = self.pools.load().without(p.id);
-            self.slots_total.store(set.slots_total, Relaxed);
-            self.pools.store(set);
+            self.store_set(set);
+        }
+        if p.kind != PoolKind::Transient {
+            self.rearm_marks();
         }
         if p.carved {
             if let Some(a) = &self.atomic {

@@ -272,7 +272,7 @@ fn conversions_are_counted_by_payer_and_direction() {
 
 #[test]
 fn background_extension_and_shrink() {
-    let s = tlb("size=256K,areas=1,threshold=50,chunk=1M,shrink=20ms,transient=off,convert=tdx");
+    let s = tlb("size=256K,areas=1,growth=proposed,threshold=50,chunk=1M,shrink=20ms,transient=off,convert=tdx");
     let m: Vec<_> = (0..70)
         .map(|_| s.alloc(SRC, 0, 2048, MapAttrs::default()).unwrap())
         .collect();
@@ -546,7 +546,7 @@ fn list_and_tree_agree() {
 
 #[test]
 fn concurrent_map_unmap_while_growing_and_shrinking() {
-    let s = tlb("size=256K,areas=4,threshold=60,chunk=1M,shrink=5ms,transient=on");
+    let s = tlb("size=256K,areas=4,growth=proposed,threshold=60,chunk=1M,shrink=5ms,transient=on");
     std::thread::scope(|sc| {
         for q in 0..4u16 {
             let s = &s;
@@ -590,7 +590,7 @@ fn concurrent_map_unmap_while_growing_and_shrinking() {
 /// are often behind the mapping threads', and every unmap must still find its pool.
 #[test]
 fn unmapping_on_other_threads_while_pools_change() {
-    let s = tlb("size=256K,areas=2,threshold=50,chunk=1M,shrink=2ms,transient=on");
+    let s = tlb("size=256K,areas=2,growth=proposed,threshold=50,chunk=1M,shrink=2ms,transient=on");
     std::thread::scope(|sc| {
         for q in 0..2u16 {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(Mapping, u8)>(64);
@@ -687,6 +687,7 @@ proptest! {
                     let attrs = MapAttrs {
                         min_align_mask: min_align as u64,
                         alloc_align_mask: alloc_align as u64,
+                        may_block: false,
                     };
                     let src = DmaSource { device: 1, queue };
                     match s.alloc(src, orig, len, attrs) {
