@@ -223,7 +223,7 @@ fn bounce_pool_grows_under_load_without_failures() {
     let o = blk_integrity(&[
         "--restricted-dma=256K",
         "--bounce",
-        "dynamic=on,threshold=50,chunk=1M",
+        "dynamic=on,growth=proposed,threshold=50,chunk=1M",
     ]);
     let s = stats(&o);
     eprintln!("statistics: {s}");
@@ -251,7 +251,7 @@ fn bounce_pool_with_injected_latency_shrink_and_trace() {
         "--rng",
         "--restricted-dma=256K",
         "--bounce",
-        "dynamic=on,threshold=50,chunk=1M,shrink=50ms,convert=snp,convert-mode=inject,atomic-pool=off",
+        "dynamic=on,growth=proposed,threshold=50,chunk=1M,shrink=50ms,convert=snp,convert-mode=inject,atomic-pool=off",
         "--dma-trace",
         &trace_arg,
     ]);
