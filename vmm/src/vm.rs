@@ -83,13 +83,13 @@ fn report_kvm_speed(probe: kvm_probe::PendingProbe) {
     }
     if !p.is_emulated() {
         log::info!(
-            "KVM runs guest kernel code at {p} (hardware: ~1; nested virtualization?): guests \
-             boot, more slowly"
+            "KVM runs guest kernel code at {p} (hardware virtualization: ~1 ns, ~1x; nested \
+             virtualization?): guests boot, more slowly"
         );
     } else {
         log::warn!(
             "this host's KVM runs guest kernel code far slower than hardware virtualization \
-             ({p}; hardware: ~1): a Linux guest may take minutes to print anything, or never \
+             ({p}; hardware virtualization: ~1 ns, ~1x): a Linux guest may take minutes to print anything, or never \
              boot. Is this a VM without nested virtualization? Boot through the nested test \
              machine instead: `cargo run -p microvm-tests --bin guest-run -- ARGS` (README, \
              \"When something goes wrong\"; --no-kvm-probe skips this check)"
