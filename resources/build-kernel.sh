@@ -140,8 +140,15 @@ done < "$REQUIRED"
 [ "$missing" = 0 ] || die "final .config does not satisfy $FRAGMENT${OVERLAY:+ + $OVERLAY} (fix the fragment's dependencies)"
 log "config check passed ($(grep -cE '^(CONFIG_|# CONFIG_.* is not set$)' "$REQUIRED") options)"
 
-log "building bzImage and vmlinux with -j$JOBS (log: $BUILDLOG)"
+log "building bzImage and vmlinux with -j$JOBS (log: $BUILDLOG): about 3 minutes on 2 free cores, up to 10 on a busy machine; once per config, cached after"
+# A line every 30 s, so a long build is not mistaken for a hang.
+( while sleep 30; do
+    log "... still building: $(find "$WORK" -name '*.o' | wc -l) objects compiled, $(( $(date +%s) - START ))s so far"
+  done ) &
+TICKER=$!
+trap 'kill $TICKER 2>/dev/null || true' EXIT
 kmake -j"$JOBS" bzImage vmlinux
+kill $TICKER 2>/dev/null || true
 
 # The PVH entry point is an ELF note in vmlinux: check it is there.
 if command -v readelf >/dev/null; then
