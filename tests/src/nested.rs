@@ -590,6 +590,14 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
                 if let Ok(mut r) = ready.lock() {
                     if r.is_none() && contains(&all, b"@@MVH-OUTER-READY") {
                         *r = Some(start.elapsed());
+                        if echo {
+                            // Progress for a person watching (guest-run, demo.sh); "\r\n"
+                            // because their terminal may be in raw mode by now.
+                            eprint!(
+                                "harness: outer machine up after {:.1?}; starting the program\r\n",
+                                start.elapsed()
+                            );
+                        }
                     }
                 }
                 if echo {
