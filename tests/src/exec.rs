@@ -108,7 +108,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// A pseudo-terminal pair (master, slave), both close-on-exec, with a 24x80 window.
-fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
+pub fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
     let mut master: libc::c_int = -1;
     let mut slave: libc::c_int = -1;
     let ws = libc::winsize {

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -12,23 +12,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use microvm_tests::{kernel_artifacts, Harness};
-
-fn open_pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: out-pointers to locals; no name, termios or window size.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: two new descriptors nothing else owns.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
 
 /// Everything the terminal shows, as it arrives, on a channel.
 fn reader(master: File) -> mpsc::Receiver<Vec<u8>> {
@@ -74,7 +57,7 @@ fn wait_for(
 fn guest_run_on_a_terminal_gives_a_usable_guest_shell() {
     let h = Harness::detect().unwrap_or_else(|e| panic!("cannot boot guests here: {e:#}"));
     kernel_artifacts().unwrap_or_else(|e| panic!("cannot build the guest: {e:#}"));
-    let (master, slave) = open_pty();
+    let (master, slave) = microvm_tests::exec::open_pty().expect("openpty");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_guest-run"));
     cmd.args([
         "--cmdline",
