@@ -14,6 +14,7 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -110,6 +111,18 @@ pub(crate) fn version_key(v: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The module tree of kernel `version` booted from `vmlinuz`: `/lib/modules/<version>`, or, for
+/// a kernel package unpacked somewhere (`dpkg -x` then `depmod -b ROOT VERSION`),
+/// `ROOT/lib/modules/<version>` or `ROOT/usr/lib/modules/<version>` beside `ROOT/boot/vmlinuz-*`.
+fn modules_dir(vmlinuz: &Path, version: &str) -> Option<PathBuf> {
+    let mut dirs = vec![Path::new("/lib/modules").join(version)];
+    if let Some(root) = vmlinuz.parent().and_then(Path::parent) {
+        dirs.push(root.join("lib/modules").join(version));
+        dirs.push(root.join("usr/lib/modules").join(version));
+    }
+    dirs.into_iter().find(|d| d.join("modules.dep").is_file())
+}
+
 /// Find `/boot/vmlinuz-*-cloud-amd64` (or any `/boot/vmlinuz-*`) with its modules
 /// installed; `MICROVM_OUTER_KERNEL=/boot/vmlinuz-VER` chooses one.
 pub fn find_outer_kernel() -> Result<OuterKernel> {
@@ -134,8 +147,7 @@ pub fn find_outer_kernel() -> Result<OuterKernel> {
         let Some(version) = name.strip_prefix("vmlinuz-") else {
             continue;
         };
-        let modules = Path::new("/lib/modules").join(version);
-        if modules.join("modules.dep").is_file() {
+        if let Some(modules) = modules_dir(&c, version) {
             found.push(OuterKernel {
                 vmlinuz: c.clone(),
                 modules,
@@ -597,11 +609,14 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     let config = OuterConfig::from_env()?;
     let machine = config.describe(&qemu_version(&config.qemu)?, &kernel.version);
     let kernel_file = run_dir.join("ttyS2.log");
+    let qemu_log = run_dir.join("qemu-reset.log");
     let mut qemu = Command::new(&config.qemu);
     qemu.args(config.qemu_args())
         .args(["-m", "2048", "-nographic", "-no-reboot", "-net", "none"])
-        // Thread names ("CPU 0/TCG") for the report on a frozen machine.
-        .args(["-name", "outer,debug-threads=on"])
+        // Thread names ("CPU 0/TCG") for the report on a frozen machine; each CPU's state
+        // when it is reset (after a triple fault: where it was) for one that reset itself.
+        .args(["-name", "outer,debug-threads=on", "-d", "cpu_reset", "-D"])
+        .arg(&qemu_log)
         // ttyS0: user space's console; ttyS1: the heartbeat and harness-exec's report;
         // ttyS2: the kernel's console, its messages alone (see watch.rs).
         .args(["-serial", "mon:stdio"])
@@ -625,6 +640,17 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only prctl, which is async-signal-safe. QEMU dies with
+    // the thread that started it: a harness killed by a signal (a test runner's timeout, a
+    // ^C) does not leave the outer machine running on both cores after the lock is gone.
+    unsafe {
+        qemu.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 
     let what = format!(
         "outer machine ({machine}) running {}",
@@ -638,6 +664,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         attempt += 1;
         let _ = fs::remove_file(&report_file);
         let _ = fs::remove_file(&kernel_file);
+        let _ = fs::remove_file(&qemu_log);
         log::info!("starting outer machine: {qemu:?}");
         let a = run_outer(
             &mut qemu,
@@ -655,7 +682,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             // The program never started: the outer machine itself failed (QEMU TCG has
             // crashed here now and then). Retrying cannot hide a failure of the program;
             // the failed attempts are reported (OuterInfo::failed_attempts).
-            let failure = classify(a.stop.as_ref(), &a.kernel_log, &a.status);
+            let failure = classify_attempt(&a, &qemu_log, &kernel);
             let why = format!(
                 "outer machine attempt {attempt} failed before /run.sh ({failure}, after {:.1?}); retrying",
                 a.total
@@ -678,7 +705,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     let report = match report {
         Some(r) if !failed => r,
         _ => {
-            let failure = classify(a.stop.as_ref(), &a.kernel_log, &a.status);
+            let failure = classify_attempt(&a, &qemu_log, &kernel);
             let kernel_said = kernel_said.filter(|_| failure.kind() != "outer-panic");
             let detail = format!(
                 "{what}: {failure}{} after {:.1?} (outer boot {}; {} heartbeats{}). \
@@ -709,6 +736,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             );
             return Err(OuterError {
                 failure,
+                ran: a.total,
                 kernel_said,
                 console: a.console,
                 kernel_log: a.kernel_log,
@@ -738,6 +766,20 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             kernel_log: a.kernel_log,
         },
     ))
+}
+
+/// How an attempt that gave no report failed ([`watch::classify`]), RIPs named from the
+/// outer kernel's System.map beside its vmlinuz (the outer kernel runs with `nokaslr`).
+fn classify_attempt(a: &qemu::Attempt, qemu_log: &Path, kernel: &OuterKernel) -> OuterFailure {
+    let log = fs::read_to_string(qemu_log).unwrap_or_default();
+    let map = fs::read_to_string(
+        kernel
+            .vmlinuz
+            .with_file_name(format!("System.map-{}", kernel.version)),
+    )
+    .unwrap_or_default();
+    let symbol = |addr| watch::symbolize(&map, addr);
+    classify(a.stop.as_ref(), &a.kernel_log, &a.status, &log, &symbol)
 }
 
 /// The `@@MVH-OUTER-CPU ...@@` line the outer init prints (model, flags, XSAVE state).

@@ -178,7 +178,7 @@ fn nested_sh(
 #[test]
 fn outer_kernel_panic_is_reported_as_such() {
     use microvm_tests::nested::{OuterError, OuterFailure};
-    let (r, took) = nested_sh(
+    let (r, _) = nested_sh(
         "echo 1 >/proc/sys/kernel/sysrq; echo c >/proc/sysrq-trigger; sleep 600",
         600,
     );
@@ -194,9 +194,11 @@ fn outer_kernel_panic_is_reported_as_such() {
     }
     let msg = format!("{e:#}");
     assert!(msg.contains("outer kernel panicked"), "{msg}");
+    // The machine's own time (the wait for the nested lock is not the harness's doing).
     assert!(
-        took < std::time::Duration::from_secs(120),
-        "took {took:?}: {msg}"
+        oe.ran < std::time::Duration::from_secs(120),
+        "ran {:?}: {msg}",
+        oe.ran
     );
 }
 
@@ -208,7 +210,7 @@ fn outer_kernel_panic_is_reported_as_such() {
 fn frozen_outer_machine_is_reported_as_such() {
     use microvm_tests::nested::watch::FREEZE_AFTER;
     use microvm_tests::nested::{OuterError, OuterFailure};
-    let (r, took) = nested_sh("echo stopping-everything; kill -STOP -1; sleep 600", 600);
+    let (r, _) = nested_sh("echo stopping-everything; kill -STOP -1; sleep 600", 600);
     let e = r.expect_err("the outer machine froze: the run must fail");
     let oe = e
         .downcast_ref::<OuterError>()
@@ -221,8 +223,9 @@ fn frozen_outer_machine_is_reported_as_such() {
     let msg = format!("{e:#}");
     assert!(msg.contains("outer machine froze"), "{msg}");
     assert!(
-        took < FREEZE_AFTER + std::time::Duration::from_secs(90),
-        "took {took:?}: {msg}"
+        oe.ran < FREEZE_AFTER + std::time::Duration::from_secs(90),
+        "ran {:?}: {msg}",
+        oe.ran
     );
 }
 

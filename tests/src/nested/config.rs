@@ -31,8 +31,10 @@ pub const ENV_APPEND: &str = "MICROVM_OUTER_APPEND";
 /// the outer kernel ends the machine at once (reported as an outer kernel panic) instead of
 /// leaving it half alive; `panic=1` with QEMU's `-no-reboot` makes a panic end QEMU.
 /// The kernel's console is ttyS2, a file of kernel messages alone (user space writes to
-/// ttyS0; see the outer init).
-pub const BASE_CMDLINE: &str = "console=ttyS2 quiet loglevel=3 panic=1 oops=panic mitigations=off";
+/// ttyS0; see the outer init). `nokaslr`: the CPU states QEMU logs at a reset name their
+/// functions from `/boot/System.map-<version>`.
+pub const BASE_CMDLINE: &str =
+    "console=ttyS2 quiet loglevel=3 panic=1 oops=panic nokaslr mitigations=off";
 
 /// TCG's translation threads: one per vCPU (`multi`) or one for all (`single`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -189,6 +189,13 @@ pub enum OuterFailure {
     NoInit { after: Duration },
     /// Still alive at the run's time limit: killed.
     Overran { limit: Duration },
+    /// QEMU ended on its own (status 0) but the outer kernel never powered off: the machine
+    /// reset, which `-no-reboot` turns into QEMU's exit; `triple_fault` if QEMU logged one
+    /// (`-d cpu_reset`), with each CPU's state just before ([`reset_cpu_states`]).
+    Reset {
+        triple_fault: bool,
+        cpus: Vec<String>,
+    },
     /// QEMU ended on its own, without a panic on the console.
     Exited { status: String },
 }
@@ -201,6 +208,7 @@ impl OuterFailure {
             OuterFailure::Froze { .. } => "outer-freeze",
             OuterFailure::NoInit { .. } => "outer-no-init",
             OuterFailure::Overran { .. } => "outer-overrun",
+            OuterFailure::Reset { .. } => "outer-reset",
             OuterFailure::Exited { .. } => "qemu-exit",
         }
     }
@@ -232,6 +240,20 @@ impl fmt::Display for OuterFailure {
                  timeout plus the outer machine's slack)",
                 limit.as_secs_f64()
             ),
+            OuterFailure::Reset { triple_fault, cpus } => write!(
+                f,
+                "outer machine reset itself without its kernel powering off or panicking ({}){}",
+                if *triple_fault {
+                    "QEMU logged a triple fault"
+                } else {
+                    "no triple fault logged"
+                },
+                if cpus.is_empty() {
+                    String::new()
+                } else {
+                    format!("; before the reset: {}", cpus.join("; "))
+                }
+            ),
             OuterFailure::Exited { status } => write!(
                 f,
                 "QEMU exited ({status}) with no report from harness-exec and no panic on the \
@@ -241,9 +263,78 @@ impl fmt::Display for OuterFailure {
     }
 }
 
+/// QEMU's `-d cpu_reset` log line for a triple fault.
+const TRIPLE_FAULT: &str = "Triple fault";
+
+/// Each CPU's state (`CPU n: RIP=... CPL=n CR3=...`) in the `-d cpu_reset` dumps that follow
+/// the first triple fault in QEMU's log (or the last dumps, when it logged none): QEMU dumps a
+/// CPU's registers as it resets it, so these are where the CPUs were. `symbol` names a RIP.
+pub fn reset_cpu_states(qemu_log: &str, symbol: &dyn Fn(u64) -> Option<String>) -> Vec<String> {
+    let after = match qemu_log.find(TRIPLE_FAULT) {
+        Some(i) => &qemu_log[i..],
+        None => {
+            // The last round of resets: from the last "CPU Reset (CPU 0)".
+            let i = qemu_log.rfind("CPU Reset (CPU 0)").unwrap_or(0);
+            &qemu_log[i..]
+        }
+    };
+    let mut out = Vec::new();
+    for block in after.split("CPU Reset (CPU ").skip(1) {
+        let cpu = block.split(')').next().unwrap_or("?");
+        let field = |name: &str| -> Option<&str> {
+            let at = block.find(name)? + name.len();
+            block[at..].split_whitespace().next()
+        };
+        let Some(rip) = field("RIP=") else { continue };
+        let sym = u64::from_str_radix(rip, 16)
+            .ok()
+            .and_then(symbol)
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        out.push(format!(
+            "CPU {cpu}: RIP={rip}{sym} CPL={} CR0={} CR3={} CR4={}",
+            field("CPL=").unwrap_or("?"),
+            field("CR0=").unwrap_or("?"),
+            field("CR3=").unwrap_or("?"),
+            field("CR4=").unwrap_or("?")
+        ));
+    }
+    out
+}
+
+/// The function around `addr` in a System.map (`ADDRESS TYPE NAME` lines), as `name+0xoff`.
+pub fn symbolize(system_map: &str, addr: u64) -> Option<String> {
+    let mut best: Option<(u64, &str)> = None;
+    for line in system_map.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(a), Some(t), Some(name)) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        if !matches!(t, "t" | "T" | "w" | "W") {
+            continue;
+        }
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        if a <= addr && best.is_none_or(|(b, _)| a > b) {
+            best = Some((a, name));
+        }
+    }
+    let (a, name) = best?;
+    // Beyond 1 MiB past the nearest symbol it is not in the kernel's text.
+    (addr - a < 1 << 20).then(|| format!("{name}+{:#x}", addr - a))
+}
+
 /// How a run that gave no report failed: a panic on the kernel log wins over how the harness
-/// stopped it (a panicked machine also stops beating); `status` is QEMU's exit status.
-pub fn classify(stop: Option<&Stop>, kernel_log: &str, status: &str) -> OuterFailure {
+/// stopped it (a panicked machine also stops beating); `status` is QEMU's exit status, and
+/// `reset` the CPU states of [`reset_cpu_states`] when QEMU logged a reset.
+pub fn classify(
+    stop: Option<&Stop>,
+    kernel_log: &str,
+    status: &str,
+    qemu_log: &str,
+    symbol: &dyn Fn(u64) -> Option<String>,
+) -> OuterFailure {
     if kernel_panicked(kernel_log) || stop == Some(&Stop::Panicked) {
         return OuterFailure::KernelPanic {
             line: kernel_failure(kernel_log).unwrap_or_else(|| PANIC.to_string()),
@@ -261,9 +352,23 @@ pub fn classify(stop: Option<&Stop>, kernel_log: &str, status: &str) -> OuterFai
         },
         Some(Stop::NoInit { after }) => OuterFailure::NoInit { after: *after },
         Some(Stop::Overran { limit }) => OuterFailure::Overran { limit: *limit },
-        Some(Stop::Panicked) | None => OuterFailure::Exited {
+        Some(Stop::Panicked) => OuterFailure::Exited {
             status: status.to_string(),
         },
+        None => {
+            let powered_off = kernel_log.contains("reboot: Power down")
+                || kernel_log.contains("reboot: Restarting");
+            if status == "exit status: 0" && !powered_off {
+                OuterFailure::Reset {
+                    triple_fault: qemu_log.contains(TRIPLE_FAULT),
+                    cpus: reset_cpu_states(qemu_log, symbol),
+                }
+            } else {
+                OuterFailure::Exited {
+                    status: status.to_string(),
+                }
+            }
+        }
     }
 }
 
@@ -273,6 +378,8 @@ pub fn classify(stop: Option<&Stop>, kernel_log: &str, status: &str) -> OuterFai
 #[derive(Debug)]
 pub struct OuterError {
     pub failure: OuterFailure,
+    /// How long the outer machine ran (not counting the wait for the nested lock).
+    pub ran: Duration,
     /// A kernel failure line (BUG, oops) when the failure is not a panic.
     pub kernel_said: Option<String>,
     /// What the outer machine's user space wrote on its console (ttyS0).
@@ -393,6 +500,10 @@ mod tests {
         );
     }
 
+    fn none(_: u64) -> Option<String> {
+        None
+    }
+
     #[test]
     fn classification() {
         let panic_log = "[ 9.0] Kernel panic - not syncing: sysrq triggered crash\n";
@@ -403,7 +514,7 @@ mod tests {
             Some(Stop::NoInit { after: s(1) }),
         ] {
             assert_eq!(
-                classify(stop.as_ref(), panic_log, "exit status: 0").kind(),
+                classify(stop.as_ref(), panic_log, "exit status: 0", "", &none).kind(),
                 "outer-panic"
             );
         }
@@ -416,6 +527,8 @@ mod tests {
             Some(&froze),
             "[ 1.0] watchdog: BUG: soft lockup",
             "signal: 9",
+            "",
+            &none,
         );
         assert_eq!(f.kind(), "outer-freeze");
         assert_eq!(
@@ -423,11 +536,65 @@ mod tests {
             "outer machine froze: no heartbeat for 25 s (after 3) and no console output for 26 s"
         );
         assert_eq!(
-            classify(Some(&Stop::Overran { limit: s(300) }), "", "signal: 9").kind(),
+            classify(
+                Some(&Stop::Overran { limit: s(300) }),
+                "",
+                "signal: 9",
+                "",
+                &none
+            )
+            .kind(),
             "outer-overrun"
         );
-        let e = classify(None, "", "exit status: 1");
+        let e = classify(None, "", "exit status: 1", "", &none);
         assert_eq!(e.kind(), "qemu-exit");
         assert!(e.to_string().contains("exit status: 1"), "{e}");
+        // Status 0 after the kernel powered off: QEMU ended normally, the report is missing.
+        let e = classify(
+            None,
+            "[ 5.1] reboot: Power down\n",
+            "exit status: 0",
+            "",
+            &none,
+        );
+        assert_eq!(e.kind(), "qemu-exit");
+        // Status 0 without: the machine reset.
+        let e = classify(None, "", "exit status: 0", RESET_LOG, &none);
+        assert_eq!(e.kind(), "outer-reset");
+        assert!(e.to_string().contains("QEMU logged a triple fault"), "{e}");
+    }
+
+    /// The shape of QEMU's `-d cpu_reset` log: a dump per CPU at start-up, then a triple
+    /// fault and the dumps of the reset it causes (registers trimmed).
+    const RESET_LOG: &str = "CPU Reset (CPU 0)\n\
+        RAX=0000000000000000 RBX=0000000000000000\n\
+        RIP=000000000000fff0 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n\
+        CR0=60000010 CR2=0000000000000000 CR3=0000000000000000 CR4=00000000\n\
+        Triple fault\n\
+        CPU Reset (CPU 0)\n\
+        RAX=0000000000000001 RBX=ffff888003c1a000\n\
+        RIP=ffffffff81c0124a RFL=00010046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\n\
+        CR0=80050033 CR2=fffffe0000001ff8 CR3=0000000102a0e000 CR4=00350ef0\n\
+        CPU Reset (CPU 1)\n\
+        RIP=ffffffff81b3f5e0 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\
+        CR0=80050033 CR2=00007f0000000000 CR3=0000000004c10000 CR4=00350ef0\n";
+
+    #[test]
+    fn cpu_states_at_a_triple_fault() {
+        let map = "ffffffff81000000 T _stext\nffffffff81b3f5c0 T default_idle\n\
+                   ffffffff81c01200 T asm_exc_page_fault\nffffffff81c01300 d some_data\n";
+        let sym = |a| symbolize(map, a);
+        assert_eq!(
+            reset_cpu_states(RESET_LOG, &sym),
+            [
+                "CPU 0: RIP=ffffffff81c0124a (asm_exc_page_fault+0x4a) CPL=0 CR0=80050033 \
+                 CR3=0000000102a0e000 CR4=00350ef0",
+                "CPU 1: RIP=ffffffff81b3f5e0 (default_idle+0x20) CPL=0 CR0=80050033 \
+                 CR3=0000000004c10000 CR4=00350ef0"
+            ]
+        );
+        // Far from any text symbol: no name.
+        assert_eq!(symbolize(map, 0xffffffff90000000), None);
+        assert_eq!(symbolize(map, 0x1000), None);
     }
 }
