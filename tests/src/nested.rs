@@ -811,6 +811,9 @@ pub fn check_prerequisites() -> Result<String> {
     }
     let kernel = find_outer_kernel()?;
     resolve_modules(&kernel)?;
+    if let Some(w) = config::qemu_warning(&version) {
+        eprintln!("harness: warning: {w}");
+    }
     Ok(config.describe(&version, &kernel.version))
 }
 

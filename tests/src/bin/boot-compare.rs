@@ -31,8 +31,11 @@ use microvm_tests::nested::{OuterConfig, OuterError};
 use microvm_tests::{kernel_artifacts, microvm_binary, Arg, Harness, Program, Run, INIT_OK};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 microvm.test=boot";
+/// The firmware `-M microvm` loads, where Debian's QEMU 7.2 (/usr/share/qemu) and 10.0
+/// (/usr/share/seabios for SeaBIOS's images) keep it; the ones present are carried.
 const QEMU_FILES: &[&str] = &[
     "/usr/share/qemu/bios-microvm.bin",
+    "/usr/share/seabios/bios-microvm.bin",
     "/usr/share/qemu/qboot.rom",
     "/usr/share/qemu/linuxboot_dma.bin",
     "/usr/share/qemu/linuxboot.bin",

@@ -158,6 +158,21 @@ pub fn qemu_version(qemu: &Path) -> Result<String> {
         .with_context(|| format!("{} --version printed no version", qemu.display()))
 }
 
+/// A warning for an outer QEMU known to be unstable here: below 10, as measured with
+/// bookworm's 7.2 (tests/README.md, "The outer machine's QEMU"). The harness prints it.
+pub fn qemu_warning(version: &str) -> Option<String> {
+    let major: u32 = version.split('.').next()?.trim().parse().ok()?;
+    (major < 10).then(|| {
+        format!(
+            "the outer machine's QEMU is {version}: with bookworm's 7.2 the outer machine \
+             froze within a few dozen 2-vCPU guest boots (and every nested guest warns \
+             \"XSAVE consistency problem\": its SVM lets XSETBV through); \
+             resources/install-deps.sh installs 10.0 from bookworm-backports \
+             (tests/README.md, \"The outer machine's QEMU\")"
+        )
+    })
+}
+
 fn parse_qemu_version(text: &str) -> Option<String> {
     let line = text.lines().find(|l| l.contains(" version "))?;
     let v = line[line.find(" version ")? + " version ".len()..].trim();
@@ -258,5 +273,17 @@ mod tests {
             Some("7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)")
         );
         assert_eq!(parse_qemu_version("nothing useful"), None);
+    }
+
+    #[test]
+    fn warns_about_old_qemu_only() {
+        let w = qemu_warning("7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)").expect("7.2 warns");
+        assert!(w.contains("install-deps.sh"), "{w}");
+        assert_eq!(
+            qemu_warning("10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"),
+            None
+        );
+        assert_eq!(qemu_warning("11.1.0"), None);
+        assert_eq!(qemu_warning("unknown"), None);
     }
 }
