@@ -612,7 +612,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     let qemu_log = run_dir.join("qemu-reset.log");
     let mut qemu = Command::new(&config.qemu);
     qemu.args(config.qemu_args())
-        .args(["-m", "2048", "-nographic", "-no-reboot", "-net", "none"])
+        .args(["-nographic", "-no-reboot", "-net", "none"])
         // Thread names ("CPU 0/TCG") for the report on a frozen machine; each CPU's state
         // when it is reset (after a triple fault: where it was) for one that reset itself.
         .args(["-name", "outer,debug-threads=on", "-d", "cpu_reset", "-D"])

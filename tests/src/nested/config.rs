@@ -7,6 +7,7 @@
 //! | `MICROVM_OUTER_CPU` | [`DEFAULT_CPU`] | QEMU's `-cpu` model and flags |
 //! | `MICROVM_OUTER_TCG_THREAD` | `multi` | `-accel tcg,thread=multi` or `single` |
 //! | `MICROVM_OUTER_SMP` | `2` | the outer machine's vCPUs |
+//! | `MICROVM_OUTER_MEMORY` | [`DEFAULT_MEMORY_MIB`] | the outer machine's RAM, MiB |
 //! | `MICROVM_OUTER_APPEND` | (none) | extra outer kernel command-line options |
 //! | `MICROVM_OUTER_KERNEL` | newest `/boot/vmlinuz-*-cloud-amd64` | the outer kernel ([`super::find_outer_kernel`]) |
 
@@ -20,11 +21,16 @@ use anyhow::{bail, Context, Result};
 pub const DEFAULT_CPU: &str = "EPYC,+svm,+npt";
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 pub const DEFAULT_SMP: u32 = 2;
+/// 5 GiB: microvm refuses a `--memory` beyond its host's RAM and swap, and a test boots a
+/// 4 GiB guest (RAM above the 32-bit MMIO gap). QEMU backs the outer RAM lazily, so only what
+/// the outer machine touches costs host memory.
+pub const DEFAULT_MEMORY_MIB: u32 = 5120;
 
 pub const ENV_QEMU: &str = "MICROVM_OUTER_QEMU";
 pub const ENV_CPU: &str = "MICROVM_OUTER_CPU";
 pub const ENV_TCG_THREAD: &str = "MICROVM_OUTER_TCG_THREAD";
 pub const ENV_SMP: &str = "MICROVM_OUTER_SMP";
+pub const ENV_MEMORY: &str = "MICROVM_OUTER_MEMORY";
 pub const ENV_APPEND: &str = "MICROVM_OUTER_APPEND";
 
 /// The outer kernel's command line before [`OuterConfig::append`]. `oops=panic`: an oops in
@@ -59,6 +65,7 @@ pub struct OuterConfig {
     pub cpu: String,
     pub tcg_thread: TcgThread,
     pub smp: u32,
+    pub memory_mib: u32,
     /// Extra kernel command-line options (after [`BASE_CMDLINE`], so they win).
     pub append: String,
 }
@@ -92,7 +99,15 @@ impl OuterConfig {
                 _ => bail!("{ENV_SMP}={v}: expected a number of vCPUs from 1 to 64"),
             },
         };
+        let memory_mib = match get(ENV_MEMORY) {
+            None => DEFAULT_MEMORY_MIB,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if n >= 512 => n,
+                _ => bail!("{ENV_MEMORY}={v}: expected MiB, at least 512"),
+            },
+        };
         Ok(OuterConfig {
+            memory_mib,
             qemu: PathBuf::from(get(ENV_QEMU).unwrap_or_else(|| DEFAULT_QEMU.to_string())),
             cpu,
             tcg_thread,
@@ -101,7 +116,7 @@ impl OuterConfig {
         })
     }
 
-    /// `-accel`, `-cpu` and `-smp` arguments.
+    /// `-accel`, `-cpu`, `-smp` and `-m` arguments.
     pub fn qemu_args(&self) -> Vec<String> {
         vec![
             "-accel".into(),
@@ -110,6 +125,8 @@ impl OuterConfig {
             self.cpu.clone(),
             "-smp".into(),
             self.smp.to_string(),
+            "-m".into(),
+            self.memory_mib.to_string(),
         ]
     }
 
@@ -125,11 +142,12 @@ impl OuterConfig {
     /// One line for reports: QEMU (version), accelerator, CPU, vCPUs, kernel, extra options.
     pub fn describe(&self, qemu_version: &str, kernel_version: &str) -> String {
         format!(
-            "QEMU {qemu_version} ({}), -accel tcg,thread={} -cpu {} -smp {}, outer kernel {kernel_version}{}",
+            "QEMU {qemu_version} ({}), -accel tcg,thread={} -cpu {} -smp {} -m {}, outer kernel {kernel_version}{}",
             self.qemu.display(),
             self.tcg_thread.name(),
             self.cpu,
             self.smp,
+            self.memory_mib,
             if self.append.is_empty() {
                 String::new()
             } else {
@@ -207,7 +225,9 @@ mod tests {
                 "-cpu",
                 DEFAULT_CPU,
                 "-smp",
-                "2"
+                "2",
+                "-m",
+                "5120"
             ]
         );
         assert_eq!(c.kernel_cmdline(), BASE_CMDLINE);
@@ -223,6 +243,7 @@ mod tests {
             (ENV_CPU, "EPYC,+svm,+npt,-xsave"),
             (ENV_TCG_THREAD, "single"),
             (ENV_SMP, "1"),
+            (ENV_MEMORY, "3072"),
             (ENV_APPEND, "loglevel=7 nokaslr"),
         ])?;
         assert_eq!(
@@ -233,7 +254,9 @@ mod tests {
                 "-cpu",
                 "EPYC,+svm,+npt,-xsave",
                 "-smp",
-                "1"
+                "1",
+                "-m",
+                "3072"
             ]
         );
         assert_eq!(
@@ -245,7 +268,10 @@ mod tests {
             d.contains("QEMU 10.0.2 (/opt/qemu10/bin/qemu-system-x86_64)"),
             "{d}"
         );
-        assert!(d.contains("-cpu EPYC,+svm,+npt,-xsave -smp 1"), "{d}");
+        assert!(
+            d.contains("-cpu EPYC,+svm,+npt,-xsave -smp 1 -m 3072"),
+            "{d}"
+        );
         assert!(d.contains("\"loglevel=7 nokaslr\""), "{d}");
         Ok(())
     }
@@ -256,6 +282,7 @@ mod tests {
             (ENV_TCG_THREAD, "many"),
             (ENV_SMP, "0"),
             (ENV_SMP, "two"),
+            (ENV_MEMORY, "256"),
             (ENV_CPU, "EPYC, +svm"),
         ] {
             let e = cfg(&[(k, v)]).expect_err("must be rejected");
