@@ -706,7 +706,8 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         Some(r) if !failed => r,
         _ => {
             let failure = classify_attempt(&a, &qemu_log, &kernel);
-            let kernel_said = kernel_said.filter(|_| failure.kind() != "outer-panic");
+            let kernel_said =
+                kernel_said.filter(|_| !matches!(failure, OuterFailure::KernelPanic { .. }));
             let detail = format!(
                 "{what}: {failure}{} after {:.1?} (outer boot {}; {} heartbeats{}). \
                  {}Outer console's last lines:\n{}\nOuter kernel's last messages:\n{}\nqemu stderr: {}",

@@ -216,7 +216,7 @@ fn frozen_outer_machine_is_reported_as_such() {
         .downcast_ref::<OuterError>()
         .unwrap_or_else(|| panic!("not an OuterError: {e:#}"));
     assert!(
-        matches!(oe.failure, OuterFailure::Froze { silent, .. } if silent >= FREEZE_AFTER),
+        matches!(oe.failure, OuterFailure::Froze(f) if f.silent >= FREEZE_AFTER),
         "expected a freeze, got {:?}: {e:#}",
         oe.failure
     );

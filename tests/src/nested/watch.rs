@@ -35,22 +35,29 @@ const FAILURE_SIGNS: &[&str] = &[
 ];
 const PANIC: &str = "Kernel panic - not syncing";
 
+/// A frozen machine: no heartbeat for `silent` (after `heartbeats` of them), its console
+/// silent for `console_silent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freeze {
+    pub heartbeats: u64,
+    pub silent: Duration,
+    pub console_silent: Duration,
+}
+
 /// Why the harness stopped an outer machine itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     /// Its kernel panicked and QEMU did not end within [`PANIC_GRACE`].
     Panicked,
-    /// No heartbeat for `silent` (after `heartbeats` of them), console silent for
-    /// `console_silent`.
-    Froze {
-        heartbeats: u64,
-        silent: Duration,
-        console_silent: Duration,
-    },
+    Froze(Freeze),
     /// No heartbeat at all within [`INIT_WITHIN`].
-    NoInit { after: Duration },
+    NoInit {
+        after: Duration,
+    },
     /// Alive (heartbeat going) at the run's time limit.
-    Overran { limit: Duration },
+    Overran {
+        limit: Duration,
+    },
 }
 
 /// What the harness knows while an outer machine runs; times are from QEMU's start.
@@ -102,11 +109,11 @@ impl Watch {
                 if (silent >= FREEZE_AFTER && console_silent >= FREEZE_AFTER)
                     || silent >= STALL_AFTER
                 {
-                    return Some(Stop::Froze {
+                    return Some(Stop::Froze(Freeze {
                         heartbeats: self.heartbeats,
                         silent,
                         console_silent,
-                    });
+                    }));
                 }
             }
         }
@@ -179,12 +186,8 @@ pub fn kernel_panicked(kernel_log: &str) -> bool {
 pub enum OuterFailure {
     /// The outer kernel panicked: its first failure line.
     KernelPanic { line: String },
-    /// Neither heartbeat nor console output (see [`Stop::Froze`]): killed.
-    Froze {
-        heartbeats: u64,
-        silent: Duration,
-        console_silent: Duration,
-    },
+    /// Neither heartbeat nor console output: killed.
+    Froze(Freeze),
     /// Its init never ran (no heartbeat): killed.
     NoInit { after: Duration },
     /// Still alive at the run's time limit: killed.
@@ -205,7 +208,7 @@ impl OuterFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             OuterFailure::KernelPanic { .. } => "outer-panic",
-            OuterFailure::Froze { .. } => "outer-freeze",
+            OuterFailure::Froze(_) => "outer-freeze",
             OuterFailure::NoInit { .. } => "outer-no-init",
             OuterFailure::Overran { .. } => "outer-overrun",
             OuterFailure::Reset { .. } => "outer-reset",
@@ -218,11 +221,11 @@ impl fmt::Display for OuterFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OuterFailure::KernelPanic { line } => write!(f, "outer kernel panicked: {line}"),
-            OuterFailure::Froze {
+            OuterFailure::Froze(Freeze {
                 heartbeats,
                 silent,
                 console_silent,
-            } => write!(
+            }) => write!(
                 f,
                 "outer machine froze: no heartbeat for {:.0} s (after {heartbeats}) and no console \
                  output for {:.0} s",
@@ -341,15 +344,7 @@ pub fn classify(
         };
     }
     match stop {
-        Some(Stop::Froze {
-            heartbeats,
-            silent,
-            console_silent,
-        }) => OuterFailure::Froze {
-            heartbeats: *heartbeats,
-            silent: *silent,
-            console_silent: *console_silent,
-        },
+        Some(Stop::Froze(freeze)) => OuterFailure::Froze(*freeze),
         Some(Stop::NoInit { after }) => OuterFailure::NoInit { after: *after },
         Some(Stop::Overran { limit }) => OuterFailure::Overran { limit: *limit },
         Some(Stop::Panicked) => OuterFailure::Exited {
@@ -431,11 +426,11 @@ mod tests {
         assert_eq!(w.check(s(39), LIMIT), None, "console silent 24 s");
         assert_eq!(
             w.check(s(40), LIMIT),
-            Some(Stop::Froze {
+            Some(Stop::Froze(Freeze {
                 heartbeats: 10,
                 silent: s(28),
                 console_silent: s(25)
-            })
+            }))
         );
     }
 
@@ -450,7 +445,7 @@ mod tests {
         w.console(s(98));
         assert!(matches!(
             w.check(s(98), LIMIT),
-            Some(Stop::Froze { silent, .. }) if silent == s(90)
+            Some(Stop::Froze(Freeze { silent, .. })) if silent == s(90)
         ));
     }
 
@@ -518,11 +513,11 @@ mod tests {
                 "outer-panic"
             );
         }
-        let froze = Stop::Froze {
+        let froze = Stop::Froze(Freeze {
             heartbeats: 3,
             silent: s(25),
             console_silent: s(26),
-        };
+        });
         let f = classify(
             Some(&froze),
             "[ 1.0] watchdog: BUG: soft lockup",
