@@ -5,8 +5,9 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
-    # the nested test machine (where /dev/kvm cannot run guests) and the boot comparison
-    qemu-system-x86 linux-image-cloud-amd64
+    # the nested test machine (where /dev/kvm cannot run guests; QEMU itself comes from
+    # bookworm-backports, below) and the boot comparison
+    linux-image-cloud-amd64
     # guest initramfs and disk tools carried into it
     busybox-static cpio xz-utils zstd e2fsprogs fio iproute2
     # guest kernel
@@ -21,6 +22,32 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# QEMU 10.0 from bookworm-backports, pinned, for the nested test machine: with bookworm's QEMU
+# 7.2 the outer machine froze within a few dozen 2-vCPU guest boots (and its SVM lets XSETBV
+# through unintercepted: every nested guest warned "XSAVE consistency problem"); 10.0 had no
+# freeze or outer panic in 468 measured boots (tests/README.md, "The outer machine's QEMU").
+# When backports moves past this version, measure the new one the same way and update the pin.
+QEMU_VERSION=1:10.0.2+ds-2+deb13u1~bpo12+1
+if [ "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" != "$QEMU_VERSION" ]; then
+    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        # The same archive host as the existing Debian source.
+        mirror=$( (grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}';
+                   awk '$1 == "deb" && $3 == "bookworm" {print $2}' /etc/apt/sources.list 2>/dev/null) |
+                  grep -E '/debian/?$' | head -n 1)
+        mirror=${mirror:-http://deb.debian.org/debian}
+        echo "install-deps: adding deb $mirror bookworm-backports main"
+        echo "deb $mirror bookworm-backports main" >/etc/apt/sources.list.d/bookworm-backports.list
+    fi
+    echo "install-deps: installing qemu-system-x86 $QEMU_VERSION from bookworm-backports"
+    apt-get update
+    apt-get install -y --no-install-recommends -t bookworm-backports \
+        "qemu-system-x86=$QEMU_VERSION" "qemu-system-common=$QEMU_VERSION" "qemu-system-data=$QEMU_VERSION" || {
+        echo "install-deps: qemu-system-x86 $QEMU_VERSION is not in bookworm-backports (any more?):" \
+             "apt-cache policy qemu-system-x86 lists what is; see QEMU_VERSION in $0"
+        exit 1
+    }
 fi
 
 command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Rust with rustup first"; exit 1; }

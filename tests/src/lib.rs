@@ -11,6 +11,7 @@
 //! `MICROVM_TEST_PATH=direct|nested` forces a path.
 
 pub mod artifacts;
+pub mod bootstat;
 pub mod cpio;
 pub mod exec;
 pub mod nested;
@@ -204,6 +205,8 @@ impl Outcome {
 pub struct Harness {
     path: PathKind,
     reason: String,
+    /// Nested path: the outer machine ([`nested::OuterConfig::describe`]).
+    outer: Option<String>,
 }
 
 static DETECTED: OnceLock<std::result::Result<Harness, String>> = OnceLock::new();
@@ -235,19 +238,28 @@ impl Harness {
                 (path, format!("probe: {p}"))
             }
         };
-        match path {
+        let outer = match path {
             PathKind::Direct => {
                 if !std::path::Path::new("/dev/kvm").exists() {
                     bail!("direct path chosen ({reason}) but /dev/kvm does not exist");
                 }
+                None
             }
-            PathKind::Nested => nested::check_prerequisites().with_context(|| {
+            PathKind::Nested => Some(nested::check_prerequisites().with_context(|| {
                 format!("nested path chosen ({reason}) but it cannot work on this machine")
-            })?,
-        }
-        let h = Harness { path, reason };
+            })?),
+        };
+        let h = Harness {
+            path,
+            reason,
+            outer,
+        };
         eprintln!("harness: path={} ({})", h.path, h.reason);
         log::info!("harness: path={} ({})", h.path, h.reason);
+        if let Some(m) = &h.outer {
+            eprintln!("harness: outer machine: {m}");
+            log::info!("harness: outer machine: {m}");
+        }
         Ok(h)
     }
 
@@ -256,6 +268,7 @@ impl Harness {
         Harness {
             path,
             reason: "chosen by the caller".into(),
+            outer: None,
         }
     }
 
@@ -266,6 +279,12 @@ impl Harness {
     /// Why this path was chosen (probe measurement or override).
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    /// Nested path (from [`Harness::detect`]): the outer machine it starts (QEMU version,
+    /// `-accel`, `-cpu`, `-smp`, outer kernel, extra command line).
+    pub fn outer_machine(&self) -> Option<&str> {
+        self.outer.as_deref()
     }
 
     /// Run a program on the chosen path.

@@ -14,11 +14,10 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -27,7 +26,15 @@ use crate::artifacts::{cache_dir, harness_exec_binary, repo_root};
 use crate::cpio::CpioWriter;
 use crate::exec::{ExecReport, StdioMode};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub mod config;
+mod qemu;
+pub mod watch;
+
+pub use config::{qemu_version, OuterConfig};
+use qemu::run_outer;
+use watch::{classify, kernel_failure, kernel_panicked};
+pub use watch::{OuterError, OuterFailure};
+
 const BUSYBOX: &str = "/bin/busybox";
 /// Modules loaded in the outer machine: (name, required).
 const OUTER_MODULES: &[(&str, bool)] = &[
@@ -48,19 +55,36 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# The kernel's console is ttyS2 (a file of kernel messages alone); user space writes to
+# ttyS0 (QEMU's stdout). ttyS2 shares IRQ 4 with ttyS0: once init lets go of it (here), it
+# is never opened again and the kernel writes it by polling, so ttyS0 keeps its interrupts.
+exec </dev/null >/dev/ttyS0 2>&1
 # ptys for programs run on a terminal (harness-exec --stdio terminal)
 mkdir -p /dev/pts
 mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 # /tmp stays on the initramfs root: carried files keep their host paths, which may be
 # under /tmp (a checkout in /tmp), and a tmpfs mounted there would hide them.
 mkdir -p /tmp /run
+# Heartbeat every second on ttyS1 (beside harness-exec's report), at the highest priority:
+# the harness declares the machine frozen when it stops.
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+sh -c 'n=0; while :; do n=$((n+1)); read -r up _ </proc/uptime; echo "@@MVH-HB $n $up@@"; sleep 1; done' \
+    </dev/null >/dev/ttyS1 2>&1 &
+echo $! >/run/heartbeat.pid
+renice -n -20 -p "$(cat /run/heartbeat.pid)" >/dev/null 2>&1
 for m in $(cat /modules.order); do
     insmod "/modules/$m" || echo "outer-init: insmod $m failed"
 done
 [ -c /dev/kvm ] || echo "outer-init: no /dev/kvm after loading the kvm modules"
+# What the outer kernel made of the CPU model (the nested guests get KVM's view of it).
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+flags=$(sed -n 's/^flags[[:space:]]*: //p' /proc/cpuinfo | head -n 1 | tr ' ' '\n' \
+    | grep -E '^(svm|npt|avx|avx2|xsave|xsaveopt|xsavec|xsaves)$' | tr '\n' ' ')
+xw=no; dmesg | grep -q 'XSAVE consistency problem' && xw=yes
+fpu=$(dmesg | sed -n 's/^\[[^]]*\] //; s/^x86\/fpu: //p' | tr '\n' ';')
+echo "@@MVH-OUTER-CPU $model | ${flags% } | xsave-warning=$xw | $fpu@@"
 # Byte-exact console: no \n -> \r\n on the outer serial ports.
 stty -F /dev/ttyS0 -opost 2>/dev/null
-stty -F /dev/ttyS1 raw -echo 2>/dev/null
 ip link set lo up 2>/dev/null
 if [ -x /run.sh ]; then
     /run.sh
@@ -87,6 +111,18 @@ pub(crate) fn version_key(v: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The module tree of kernel `version` booted from `vmlinuz`: `/lib/modules/<version>`, or, for
+/// a kernel package unpacked somewhere (`dpkg -x` then `depmod -b ROOT VERSION`),
+/// `ROOT/lib/modules/<version>` or `ROOT/usr/lib/modules/<version>` beside `ROOT/boot/vmlinuz-*`.
+fn modules_dir(vmlinuz: &Path, version: &str) -> Option<PathBuf> {
+    let mut dirs = vec![Path::new("/lib/modules").join(version)];
+    if let Some(root) = vmlinuz.parent().and_then(Path::parent) {
+        dirs.push(root.join("lib/modules").join(version));
+        dirs.push(root.join("usr/lib/modules").join(version));
+    }
+    dirs.into_iter().find(|d| d.join("modules.dep").is_file())
+}
+
 /// Find `/boot/vmlinuz-*-cloud-amd64` (or any `/boot/vmlinuz-*`) with its modules
 /// installed; `MICROVM_OUTER_KERNEL=/boot/vmlinuz-VER` chooses one.
 pub fn find_outer_kernel() -> Result<OuterKernel> {
@@ -111,8 +147,7 @@ pub fn find_outer_kernel() -> Result<OuterKernel> {
         let Some(version) = name.strip_prefix("vmlinuz-") else {
             continue;
         };
-        let modules = Path::new("/lib/modules").join(version);
-        if modules.join("modules.dep").is_file() {
+        if let Some(modules) = modules_dir(&c, version) {
             found.push(OuterKernel {
                 vmlinuz: c.clone(),
                 modules,
@@ -350,10 +385,24 @@ pub struct OuterInfo {
     pub boot: Duration,
     /// Host time from QEMU start to QEMU exit.
     pub total: Duration,
-    /// The outer machine's whole serial console.
+    /// What the outer machine's user space wrote on its console (ttyS0).
     pub console: String,
+    /// What the outer kernel wrote on its console (ttyS2).
+    pub kernel_log: String,
     /// What the setup lines printed (up to the program's exit).
     pub setup_output: String,
+    /// The machine: QEMU version, accelerator, CPU model, vCPUs, kernel
+    /// ([`OuterConfig::describe`]).
+    pub machine: String,
+    /// The CPU as the outer kernel saw it: model name, SVM/AVX/XSAVE flags, whether it
+    /// warned `XSAVE consistency problem`, its `x86/fpu:` lines.
+    pub cpu: Option<String>,
+    /// A BUG/oops line the outer kernel logged although the run finished.
+    pub kernel_said: Option<String>,
+    /// Outer machine boots that failed before /run.sh and were retried (their failures).
+    pub failed_attempts: Vec<String>,
+    /// Heartbeats the outer init sent (one a second).
+    pub heartbeats: u64,
 }
 
 fn shell_quote(s: &[u8]) -> String {
@@ -372,16 +421,41 @@ static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
 struct FileLock(fs::File);
 
 impl FileLock {
-    fn acquire(path: &Path) -> Result<FileLock> {
+    /// Wait for the lock (saying who holds it when it is taken), then write `who` into the
+    /// lock file for the next waiter.
+    fn acquire(path: &Path, who: &str) -> Result<FileLock> {
         use std::os::unix::io::AsRawFd;
-        let f = fs::OpenOptions::new()
+        let mut f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
         // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        let mut rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+            let holder = fs::read_to_string(path).unwrap_or_default();
+            let holder = holder.trim();
+            eprintln!(
+                "harness: waiting for the nested machine lock {} (held by {})",
+                path.display(),
+                if holder.is_empty() {
+                    "a run that did not say"
+                } else {
+                    holder
+                }
+            );
+            let waited = Instant::now();
+            // SAFETY: as above.
+            rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                eprintln!(
+                    "harness: got the nested machine lock after {:.1?}",
+                    waited.elapsed()
+                );
+            }
+        }
         if rc != 0 {
             bail!(
                 "flock {} failed: {}",
@@ -389,6 +463,16 @@ impl FileLock {
                 std::io::Error::last_os_error()
             );
         }
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let _ = f.set_len(0);
+        let _ = writeln!(
+            f,
+            "pid {} since unix time {since}: {who}",
+            std::process::id()
+        );
         Ok(FileLock(f))
     }
 }
@@ -396,6 +480,7 @@ impl FileLock {
 impl Drop for FileLock {
     fn drop(&mut self) {
         use std::os::unix::io::AsRawFd;
+        let _ = self.0.set_len(0);
         // SAFETY: unlocking our own descriptor.
         unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
@@ -521,29 +606,30 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {}", initrd.display(), e.error()))?;
     }
 
-    let mut qemu = Command::new(QEMU);
-    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt"])
-        .args([
-            "-smp",
-            "2",
-            "-m",
-            "2048",
-            "-nographic",
-            "-no-reboot",
-            "-net",
-            "none",
-        ])
+    let config = OuterConfig::from_env()?;
+    let machine = config.describe(&qemu_version(&config.qemu)?, &kernel.version);
+    let kernel_file = run_dir.join("ttyS2.log");
+    let qemu_log = run_dir.join("qemu-reset.log");
+    let mut qemu = Command::new(&config.qemu);
+    qemu.args(config.qemu_args())
+        .args(["-nographic", "-no-reboot", "-net", "none"])
+        // Thread names ("CPU 0/TCG") for the report on a frozen machine; each CPU's state
+        // when it is reset (after a triple fault: where it was) for one that reset itself.
+        .args(["-name", "outer,debug-threads=on", "-d", "cpu_reset", "-D"])
+        .arg(&qemu_log)
+        // ttyS0: user space's console; ttyS1: the heartbeat and harness-exec's report;
+        // ttyS2: the kernel's console, its messages alone (see watch.rs).
         .args(["-serial", "mon:stdio"])
         .arg("-serial")
         .arg(format!("file:{}", report_file.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", kernel_file.display()))
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet loglevel=3 panic=1 mitigations=off",
-        ]);
+        .arg("-append")
+        .arg(config.kernel_cmdline());
     for d in &spec.disks {
         if !d.is_file() {
             bail!("disk image {} does not exist", d.display());
@@ -560,153 +646,159 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only prctl, which is async-signal-safe. QEMU dies with
+    // the thread that started it: a harness killed by a signal (a test runner's timeout, a
+    // ^C) does not leave the outer machine running on both cores after the lock is gone.
+    unsafe {
+        qemu.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 
-    let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"))?;
+    let what = format!(
+        "outer machine ({machine}) running {}",
+        spec.program.display()
+    );
+    let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"), &what)?;
     let limit = spec.timeout + OUTER_SLACK;
+    let mut failed_attempts = Vec::new();
     let mut attempt = 0;
-    let (status, timed_out, total, console, qemu_err, boot, report) = loop {
+    let (a, report) = loop {
         attempt += 1;
+        let _ = fs::remove_file(&report_file);
+        let _ = fs::remove_file(&kernel_file);
+        let _ = fs::remove_file(&qemu_log);
         log::info!("starting outer machine: {qemu:?}");
-        let start = Instant::now();
-        let mut child = qemu
-            .spawn()
-            .with_context(|| format!("cannot start {QEMU}: apt-get install qemu-system-x86"))?;
-        let mut out = child.stdout.take().context("qemu stdout not captured")?;
-        let mut err = child.stderr.take().context("qemu stderr not captured")?;
-        let ready_at: Arc<Mutex<Option<Duration>>> = Arc::default();
-        let ready = Arc::clone(&ready_at);
-        let echo = spec.echo;
-        let reader = thread::spawn(move || {
-            let mut all: Vec<u8> = Vec::new();
-            let mut buf = [0u8; 8192];
-            let mut echoing = false;
-            let mut echoed_to = 0usize;
-            loop {
-                let n = match out.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                all.extend_from_slice(&buf[..n]);
-                if let Ok(mut r) = ready.lock() {
-                    if r.is_none() && contains(&all, b"@@MVH-OUTER-READY") {
-                        *r = Some(start.elapsed());
-                        if echo {
-                            // Progress for a person watching (guest-run, demo.sh); "\r\n"
-                            // because their terminal may be in raw mode by now.
-                            eprint!(
-                                "harness: outer machine up after {:.1?}; starting the program\r\n",
-                                start.elapsed()
-                            );
-                        }
-                    }
-                }
-                if echo {
-                    // Show what the program prints: the bytes between the helper's markers.
-                    if !echoing {
-                        if let Some(i) = find(&all, b"@@MVH-BEGIN@@\n") {
-                            echoing = true;
-                            echoed_to = i + b"@@MVH-BEGIN@@\n".len();
-                        }
-                    }
-                    if echoing {
-                        // Up to the end marker; without one, all but a tail that could be
-                        // its beginning (holding back more would stall an interactive prompt).
-                        let end = find(&all[echoed_to..], b"@@MVH-END@@")
-                            .map(|i| echoed_to + i)
-                            .unwrap_or_else(|| {
-                                all.len() - partial_marker_len(&all[echoed_to..], b"@@MVH-END@@")
-                            });
-                        if end > echoed_to {
-                            let mut so = std::io::stdout().lock();
-                            let _ = so.write_all(&all[echoed_to..end]);
-                            let _ = so.flush();
-                            echoed_to = end;
-                        }
-                    }
-                }
-            }
-            all
-        });
-        let err_reader = thread::spawn(move || {
-            let mut all = Vec::new();
-            let _ = err.read_to_end(&mut all);
-            all
-        });
-
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(st) = child.try_wait().context("waiting for qemu failed")? {
-                break st;
-            }
-            if start.elapsed() >= limit {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait().context("waiting for the killed qemu failed")?;
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        let total = start.elapsed();
-        let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-        let qemu_err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-        let boot = ready_at.lock().ok().and_then(|r| *r);
+        let a = run_outer(
+            &mut qemu,
+            &config,
+            spec.echo,
+            [&report_file, &kernel_file],
+            limit,
+        )?;
         let report_text = fs::read_to_string(&report_file).unwrap_or_default();
         let report = report_text
             .lines()
             .filter(|l| l.trim_start().starts_with('{'))
             .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
-        if boot.is_none() && report.is_none() && attempt < OUTER_ATTEMPTS {
+        if a.boot.is_none() && report.is_none() && attempt < OUTER_ATTEMPTS {
             // The program never started: the outer machine itself failed (QEMU TCG has
-            // crashed here now and then). Retrying cannot hide a failure of the program.
+            // crashed here now and then). Retrying cannot hide a failure of the program;
+            // the failed attempts are reported (OuterInfo::failed_attempts).
+            let failure = classify_attempt(&a, &qemu_log, &kernel);
             let why = format!(
-                "outer machine attempt {attempt} failed before /run.sh ({}, after {total:?}); retrying",
-                if timed_out { "timed out".to_string() } else { status.to_string() }
+                "outer machine attempt {attempt} failed before /run.sh ({failure}, after {:.1?}); retrying",
+                a.total
             );
             eprintln!("harness: {why}");
-            log::warn!("{why}; console tail:\n{}", tail(&console, 10));
-            let _ = fs::remove_file(&report_file);
+            log::warn!("{why}; console tail:\n{}", tail(&a.console, 10));
+            failed_attempts.push(failure.to_string());
             continue;
         }
-        break (status, timed_out, total, console, qemu_err, boot, report);
+        break (a, report);
     };
-    let qemu_err = quiet_qemu_stderr(&qemu_err);
-    let what = format!(
-        "outer machine ({QEMU} TCG, kernel {}) running {}",
-        kernel.vmlinuz.display(),
-        spec.program.display()
-    );
-    if timed_out {
-        bail!(
-            "{what}: killed after {limit:?} without finishing. Console tail:\n{}\nqemu stderr: {}",
-            tail(&console, 30),
-            qemu_err.trim()
-        );
+    let qemu_err = quiet_qemu_stderr(&a.qemu_err);
+    let kernel_said = kernel_failure(&a.kernel_log);
+    let failed = report.is_none() || a.stop.is_some() || kernel_panicked(&a.kernel_log);
+    if failed && a.stop.is_none() {
+        if let Some(out) = crate::setup::failed_output(&a.console) {
+            bail!("{what}: the setup lines failed before the program started:\n{out}");
+        }
     }
-    if let Some(out) = crate::setup::failed_output(&console) {
-        bail!("{what}: the setup lines failed before the program started:\n{out}");
-    }
-    let Some(report) = report else {
-        bail!(
-            "{what}: qemu exited ({status}) after {total:?} without a report from harness-exec \
-             (outer boot {}). Console tail:\n{}\nqemu stderr: {}",
-            if boot.is_some() {
-                "reached /run.sh"
-            } else {
-                "never reached /run.sh"
-            },
-            tail(&console, 30),
-            qemu_err.trim()
-        );
+    let report = match report {
+        Some(r) if !failed => r,
+        _ => {
+            let failure = classify_attempt(&a, &qemu_log, &kernel);
+            let kernel_said =
+                kernel_said.filter(|_| !matches!(failure, OuterFailure::KernelPanic { .. }));
+            let detail = format!(
+                "{what}: {failure}{} after {:.1?} (outer boot {}; {} heartbeats{}). \
+                 {}Outer console's last lines:\n{}\nOuter kernel's last messages:\n{}\nqemu stderr: {}",
+                kernel_said
+                    .as_deref()
+                    .map(|l| format!(" (its kernel logged: {l})"))
+                    .unwrap_or_default(),
+                a.total,
+                if a.boot.is_some() {
+                    "reached /run.sh"
+                } else {
+                    "never reached /run.sh"
+                },
+                a.heartbeats,
+                if failed_attempts.is_empty() {
+                    String::new()
+                } else {
+                    format!("; earlier attempts: {}", failed_attempts.join("; "))
+                },
+                a.qemu_activity
+                    .as_deref()
+                    .map(|q| format!("QEMU before it was killed: {q}.\n"))
+                    .unwrap_or_default(),
+                tail(&a.console, 30),
+                tail(&a.kernel_log, 40),
+                qemu_err.trim()
+            );
+            return Err(OuterError {
+                failure,
+                ran: a.total,
+                kernel_said,
+                console: a.console,
+                kernel_log: a.kernel_log,
+                detail,
+            }
+            .into());
+        }
     };
-    let _ = fs::remove_dir_all(&run_dir);
+    if let Some(line) = &kernel_said {
+        eprintln!("harness: warning: the outer kernel logged during the run: {line}");
+    }
+    if std::env::var_os("MICROVM_KEEP_RUNS").is_none() {
+        let _ = fs::remove_dir_all(&run_dir);
+    }
     Ok((
         report,
         OuterInfo {
-            boot: boot.unwrap_or(total),
-            total,
-            setup_output: crate::setup::output_from_console(&console),
-            console,
+            boot: a.boot.unwrap_or(a.total),
+            total: a.total,
+            setup_output: crate::setup::output_from_console(&a.console),
+            cpu: outer_cpu_line(&a.console),
+            machine,
+            kernel_said,
+            failed_attempts,
+            heartbeats: a.heartbeats,
+            console: a.console,
+            kernel_log: a.kernel_log,
         },
     ))
+}
+
+/// How an attempt that gave no report failed ([`watch::classify`]), RIPs named from the
+/// outer kernel's System.map beside its vmlinuz (the outer kernel runs with `nokaslr`).
+fn classify_attempt(a: &qemu::Attempt, qemu_log: &Path, kernel: &OuterKernel) -> OuterFailure {
+    let log = fs::read_to_string(qemu_log).unwrap_or_default();
+    let map = fs::read_to_string(
+        kernel
+            .vmlinuz
+            .with_file_name(format!("System.map-{}", kernel.version)),
+    )
+    .unwrap_or_default();
+    let symbol = |addr| watch::symbolize(&map, addr);
+    classify(a.stop.as_ref(), &a.kernel_log, &a.status, &log, &symbol)
+}
+
+/// The `@@MVH-OUTER-CPU ...@@` line the outer init prints (model, flags, XSAVE state).
+fn outer_cpu_line(console: &str) -> Option<String> {
+    const TAG: &str = "@@MVH-OUTER-CPU ";
+    let start = console.find(TAG)? + TAG.len();
+    let rest = &console[start..];
+    Some(
+        rest[..rest.find("@@").unwrap_or(rest.len())]
+            .trim()
+            .to_string(),
+    )
 }
 
 /// QEMU's stderr without its warnings about CPU features TCG lacks (always printed).
@@ -716,41 +808,20 @@ fn quiet_qemu_stderr(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The length of the longest tail of `hay` that is a proper beginning of `marker`.
-fn partial_marker_len(hay: &[u8], marker: &[u8]) -> usize {
-    (1..marker.len().min(hay.len() + 1))
-        .rev()
-        .find(|&n| hay.ends_with(&marker[..n]))
-        .unwrap_or(0)
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    find(hay, needle).is_some()
-}
-
-/// Check that the nested path has what it needs; the error says what to install.
-pub fn check_prerequisites() -> Result<()> {
-    let qemu_ok = Command::new(QEMU)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !qemu_ok {
-        bail!("{QEMU} is not installed: apt-get install qemu-system-x86");
-    }
+/// Check that the nested path has what it needs (the error says what to install) and
+/// describe the outer machine it will start ([`OuterConfig::describe`]).
+pub fn check_prerequisites() -> Result<String> {
+    let config = OuterConfig::from_env()?;
+    let version = qemu_version(&config.qemu)?;
     if !Path::new(BUSYBOX).is_file() {
         bail!("{BUSYBOX} is missing: apt-get install busybox-static");
     }
     let kernel = find_outer_kernel()?;
     resolve_modules(&kernel)?;
-    Ok(())
+    if let Some(w) = config::qemu_warning(&version) {
+        eprintln!("harness: warning: {w}");
+    }
+    Ok(config.describe(&version, &kernel.version))
 }
 
 #[cfg(test)]
@@ -758,12 +829,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_possible_marker_start_is_held_back() {
-        let m = b"@@MVH-END@@";
-        assert_eq!(partial_marker_len(b"/ # ", m), 0);
-        assert_eq!(partial_marker_len(b"text@", m), 1);
-        assert_eq!(partial_marker_len(b"text@@MVH-EN", m), 8);
-        assert_eq!(partial_marker_len(b"", m), 0);
-        assert_eq!(partial_marker_len(b"@@MVH-END@", m), 10);
+    fn finds_the_outer_cpu_line() {
+        let console = "SeaBIOS\n@@MVH-OUTER-CPU AMD EPYC Processor | svm npt | xsave-warning=no | x87 FPU will use FXSAVE;@@\n@@MVH-OUTER-READY uptime=2.1@@\n";
+        assert_eq!(
+            outer_cpu_line(console).as_deref(),
+            Some("AMD EPYC Processor | svm npt | xsave-warning=no | x87 FPU will use FXSAVE;")
+        );
+        assert_eq!(outer_cpu_line("no line"), None);
     }
 }

@@ -147,3 +147,103 @@ fn stdio_modes_reach_the_program() {
     );
     assert_eq!(out.stderr, "to-err\n", "{}", out.describe());
 }
+
+/// A run of `script` (sh) on the nested path, whatever the probe says: the outer machine's
+/// watch is what these tests check, and the nested path works on any host with QEMU.
+fn nested_sh(
+    script: &str,
+    timeout_s: u64,
+) -> (anyhow::Result<microvm_tests::Outcome>, std::time::Duration) {
+    use microvm_tests::{Arg, Program, Run};
+    use std::time::{Duration, Instant};
+    let h = Harness::with_path(PathKind::Nested);
+    let run = Run {
+        program: Program::Host("/bin/sh".into()),
+        args: vec![Arg::s("-c"), Arg::s(script)],
+        files_to_carry: vec![],
+        disks: vec![],
+        timeout: Duration::from_secs(timeout_s),
+        marks: vec![],
+        echo: false,
+        stdio: microvm_tests::StdioMode::Null,
+        signal_at_mark: None,
+    };
+    let t = Instant::now();
+    let r = h.run(&run);
+    (r, t.elapsed())
+}
+
+/// An outer kernel panic (a real one: sysrq) ends the run at once as "outer kernel
+/// panicked", with the kernel's panic line, not as a timeout of the program (600 s here).
+#[test]
+fn outer_kernel_panic_is_reported_as_such() {
+    use microvm_tests::nested::{OuterError, OuterFailure};
+    let (r, _) = nested_sh(
+        "echo 1 >/proc/sys/kernel/sysrq; echo c >/proc/sysrq-trigger; sleep 600",
+        600,
+    );
+    let e = r.expect_err("the outer machine panicked: the run must fail");
+    let oe = e
+        .downcast_ref::<OuterError>()
+        .unwrap_or_else(|| panic!("not an OuterError: {e:#}"));
+    match &oe.failure {
+        OuterFailure::KernelPanic { line } => {
+            assert!(line.contains("sysrq triggered crash"), "{line}")
+        }
+        other => panic!("expected an outer kernel panic, got {other:?}: {e:#}"),
+    }
+    let msg = format!("{e:#}");
+    assert!(msg.contains("outer kernel panicked"), "{msg}");
+    // The machine's own time (the wait for the nested lock is not the harness's doing).
+    assert!(
+        oe.ran < std::time::Duration::from_secs(120),
+        "ran {:?}: {msg}",
+        oe.ran
+    );
+}
+
+/// An outer machine whose user space stops (every process but init and the program
+/// stopped, the program silent: no heartbeat, no console output) is declared frozen within
+/// seconds of the freeze bound, with its console's last lines, not after the program's
+/// 600 s timeout.
+#[test]
+fn frozen_outer_machine_is_reported_as_such() {
+    use microvm_tests::nested::watch::FREEZE_AFTER;
+    use microvm_tests::nested::{OuterError, OuterFailure};
+    let (r, _) = nested_sh("echo stopping-everything; kill -STOP -1; sleep 600", 600);
+    let e = r.expect_err("the outer machine froze: the run must fail");
+    let oe = e
+        .downcast_ref::<OuterError>()
+        .unwrap_or_else(|| panic!("not an OuterError: {e:#}"));
+    assert!(
+        matches!(oe.failure, OuterFailure::Froze(f) if f.silent >= FREEZE_AFTER),
+        "expected a freeze, got {:?}: {e:#}",
+        oe.failure
+    );
+    let msg = format!("{e:#}");
+    assert!(msg.contains("outer machine froze"), "{msg}");
+    assert!(
+        oe.ran < FREEZE_AFTER + std::time::Duration::from_secs(90),
+        "ran {:?}: {msg}",
+        oe.ran
+    );
+}
+
+/// A program that prints nothing for longer than the freeze bound is not a freeze while the
+/// outer machine's heartbeat goes on.
+#[test]
+fn a_quiet_program_is_not_a_frozen_machine() {
+    use microvm_tests::nested::watch::FREEZE_AFTER;
+    let quiet = FREEZE_AFTER.as_secs() + 10;
+    let (r, _) = nested_sh(&format!("sleep {quiet}; echo awake"), 120);
+    let out = r.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "awake\n", "{}", out.describe());
+    let outer = out.outer.expect("nested run");
+    assert!(
+        outer.heartbeats > quiet,
+        "{} heartbeats in a run of {:?}",
+        outer.heartbeats,
+        outer.total
+    );
+}

@@ -112,8 +112,11 @@ fn real_main() -> Result<i32> {
     }
     if let Some(outer) = &out.outer {
         eprintln!(
-            "guest-run: outer machine booted in {:?}, total {:?}",
-            outer.boot, outer.total
+            "guest-run: outer machine booted in {:?}, total {:?}, {} heartbeats; its CPU: {}",
+            outer.boot,
+            outer.total,
+            outer.heartbeats,
+            outer.cpu.as_deref().unwrap_or("(not reported)")
         );
     }
     if let Some(t) = out.marks.get(microvm_tests::INIT_OK) {
