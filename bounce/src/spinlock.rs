@@ -3,19 +3,20 @@
 //! spinlock unlock). A waiter spins briefly, then yields the CPU, since a user-space holder can
 //! be preempted (the kernel's holder, with interrupts off, cannot).
 //!
-//! Under `--cfg loom` the atomics and the cell come from `loom`, whose model below checks that
-//! guards exclude each other and that what one holder wrote is what the next one reads:
-//! `RUSTFLAGS="--cfg loom" cargo test -p bounce --release --lib spinlock`.
+//! With the `loom` feature the atomics and the cell come from `loom`, whose model below checks
+//! that guards exclude each other and that what one holder wrote is what the next one reads:
+//! `cargo test -p bounce --features loom --lib spinlock` (only for that: outside a loom model
+//! the lock would panic).
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-#[cfg(loom)]
+#[cfg(feature = "loom")]
 use loom::{cell::UnsafeCell, hint::spin_loop, sync::atomic::AtomicBool, thread::yield_now};
-#[cfg(not(loom))]
+#[cfg(not(feature = "loom"))]
 use std::{cell::UnsafeCell, hint::spin_loop, sync::atomic::AtomicBool, thread::yield_now};
 
 /// Busy-wait rounds before a waiter yields (loom: yield at once, so its model stays finite).
-const SPINS: u32 = if cfg!(loom) { 0 } else { 100 };
+const SPINS: u32 = if cfg!(feature = "loom") { 0 } else { 100 };
 
 pub(crate) struct SpinLock<T> {
     locked: AtomicBool,
@@ -29,7 +30,7 @@ unsafe impl<T: Send> Sync for SpinLock<T> {}
 pub(crate) struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
     /// loom tracks the access for as long as the guard lives.
-    #[cfg(loom)]
+    #[cfg(feature = "loom")]
     access: loom::cell::MutPtr<T>,
 }
 
@@ -47,7 +48,7 @@ impl<T> SpinLock<T> {
             .ok()
             .map(|_| SpinGuard {
                 lock: self,
-                #[cfg(loom)]
+                #[cfg(feature = "loom")]
                 access: self.data.get_mut(),
             })
     }
@@ -74,12 +75,12 @@ impl<T> std::ops::Deref for SpinGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the lock.
-        #[cfg(not(loom))]
+        #[cfg(not(feature = "loom"))]
         unsafe {
             &*self.lock.data.get()
         }
         // SAFETY: as above; loom checks it.
-        #[cfg(loom)]
+        #[cfg(feature = "loom")]
         unsafe {
             self.access.deref()
         }
@@ -89,12 +90,12 @@ impl<T> std::ops::Deref for SpinGuard<'_, T> {
 impl<T> std::ops::DerefMut for SpinGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard holds the lock, and `&mut self` makes this the only reference.
-        #[cfg(not(loom))]
+        #[cfg(not(feature = "loom"))]
         unsafe {
             &mut *self.lock.data.get()
         }
         // SAFETY: as above; loom checks it.
-        #[cfg(loom)]
+        #[cfg(feature = "loom")]
         unsafe {
             self.access.deref()
         }
@@ -107,7 +108,7 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, feature = "loom"))]
 mod tests {
     use super::*;
     use loom::sync::Arc;
