@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bounce::SwiotlbConfig;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -256,8 +256,7 @@ impl VmConfig {
             (None, None) => {}
             (Some(size), opts) => {
                 let size = parse_size(&size)?;
-                cfg.restricted_dma =
-                    Some(crate::virtio::pool_config(size, cfg.cpus, opts.as_deref())?);
+                cfg.restricted_dma = Some(pool_config(size, cfg.cpus, opts.as_deref())?);
             }
         }
         if let Some(pool) = cfg.restricted_dma.as_mut() {
@@ -302,9 +301,43 @@ impl VmConfig {
     }
 }
 
+/// Pool configuration for `--restricted-dma[=SIZE]` plus `--bounce key=value,...`: Linux's
+/// defaults, one area per vCPU (as Linux gives one per possible CPU), then the user's keys.
+pub fn pool_config(size: u64, cpus: u8, opts: Option<&str>) -> Result<SwiotlbConfig> {
+    let mut cfg = SwiotlbConfig {
+        size,
+        areas: u32::from(cpus),
+        ..SwiotlbConfig::default()
+    };
+    for kv in opts
+        .unwrap_or("")
+        .split(',')
+        .filter(|kv| !kv.trim().is_empty())
+    {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--bounce {kv:?}: expected KEY=VALUE"))?;
+        cfg.set(k.trim(), v.trim())
+            .map_err(|e| anyhow!("--bounce {kv:?}: {e}"))?;
+    }
+    cfg.validate()
+        .map_err(|e| anyhow!("invalid restricted-DMA pool configuration: {e}"))?;
+    Ok(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_config_applies_options_over_defaults() {
+        let c = pool_config(8 << 20, 2, Some("slot=2K,lookup=list")).unwrap();
+        assert_eq!((c.size, c.areas), (8 << 20, 2));
+        let c = pool_config(8 << 20, 2, Some("size=16M,areas=4")).unwrap();
+        assert_eq!((c.size, c.areas), (16 << 20, 4));
+        assert!(pool_config(8 << 20, 1, Some("bogus=1")).is_err());
+        assert!(pool_config(8 << 20, 1, Some("slot")).is_err());
+    }
 
     #[test]
     fn sizes() {

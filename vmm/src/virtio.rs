@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bounce::{Dma, Swiotlb, SwiotlbConfig, TraceRecorder, WorkerStart};
+use bounce::{Dma, Swiotlb, TraceRecorder, WorkerStart};
 use devices::bus::Bus;
 use devices::virtio::block::BlockError;
 use devices::virtio::mmio::{MMIO_SIZE, NOTIFY_OFFSET};
@@ -207,30 +207,6 @@ pub fn attach(
     Ok(())
 }
 
-/// Pool configuration for `--restricted-dma[=SIZE]` plus `--bounce key=value,...`: Linux's
-/// defaults, one area per vCPU (as Linux gives one per possible CPU), then the user's keys.
-pub fn pool_config(size: u64, cpus: u8, opts: Option<&str>) -> Result<SwiotlbConfig> {
-    let mut cfg = SwiotlbConfig {
-        size,
-        areas: u32::from(cpus),
-        ..SwiotlbConfig::default()
-    };
-    for kv in opts
-        .unwrap_or("")
-        .split(',')
-        .filter(|kv| !kv.trim().is_empty())
-    {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--bounce {kv:?}: expected KEY=VALUE"))?;
-        cfg.set(k.trim(), v.trim())
-            .map_err(|e| anyhow!("--bounce {kv:?}: {e}"))?;
-    }
-    cfg.validate()
-        .map_err(|e| anyhow!("invalid restricted-DMA pool configuration: {e}"))?;
-    Ok(cfg)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,15 +217,5 @@ mod tests {
         assert!(parse_mac("02:00:00:00:00").is_err());
         assert!(parse_mac("zz:00:00:00:00:00").is_err());
         assert_eq!(default_mac(0), [2, 0, 0, 0, 0, 1]);
-    }
-
-    #[test]
-    fn pool_config_applies_options_over_defaults() {
-        let c = pool_config(8 << 20, 2, Some("slot=2K,lookup=list")).unwrap();
-        assert_eq!((c.size, c.areas), (8 << 20, 2));
-        let c = pool_config(8 << 20, 2, Some("size=16M,areas=4")).unwrap();
-        assert_eq!((c.size, c.areas), (16 << 20, 4));
-        assert!(pool_config(8 << 20, 1, Some("bogus=1")).is_err());
-        assert!(pool_config(8 << 20, 1, Some("slot")).is_err());
     }
 }
