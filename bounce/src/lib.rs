@@ -30,7 +30,7 @@ pub use config::{
     SwiotlbConfig,
 };
 pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
-pub use dma::{Dma, DmaBuffer};
+pub use dma::{Dma, DmaBuffer, OwnedDmaBuffer};
 pub use error::{BlockCause, DmaError};
 pub use notify::{DmaWaker, EventNotifier};
 pub use pool::MapAttrs;

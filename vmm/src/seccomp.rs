@@ -4,7 +4,9 @@
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read,
 //!   pread/pwrite/fdatasync/fallocate on the fds it already holds; `fcntl(F_DUPFD_CLOEXEC)`;
 //!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit;
-//!   `tgkill` of its own threads with the vCPU kick signal.
+//!   `tgkill` of its own threads with the vCPU kick signal; `io_uring_enter` for virtio-blk's
+//!   io_uring engine (its rings are set up, and their eventfds registered, before the filter:
+//!   no thread may `io_uring_setup` or `io_uring_register`).
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
 //!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
@@ -260,6 +262,9 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_pwrite64,
                     libc::SYS_fdatasync,
                     libc::SYS_fallocate,
+                    // virtio-blk's io_uring engine submits (one call per batch). Only here:
+                    // a reset on a vCPU thread waits for the ring's completions without it.
+                    libc::SYS_io_uring_enter,
                     // Dropping the dup'ed image fd of discard/write-zeroes, and fds at exit.
                     libc::SYS_close,
                     // Re-reading /proc/self/smaps at exit: seek to 0, std sizes the read by

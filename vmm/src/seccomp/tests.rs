@@ -39,6 +39,15 @@ fn threads_get_only_what_they_need() {
         }
     }
     assert!(main.contains_key(&libc::SYS_pread64) && !vcpu.contains_key(&libc::SYS_pread64));
+    // io_uring: submitting from the event loop only; rings are set up before any filter.
+    assert!(main.contains_key(&libc::SYS_io_uring_enter));
+    for r in [&vcpu, &worker] {
+        assert!(!r.contains_key(&libc::SYS_io_uring_enter));
+    }
+    for r in [&main, &vcpu, &worker] {
+        assert!(!r.contains_key(&libc::SYS_io_uring_setup));
+        assert!(!r.contains_key(&libc::SYS_io_uring_register));
+    }
     assert!(!worker.contains_key(&libc::SYS_ioctl));
     assert!(!worker.contains_key(&libc::SYS_read));
 }
@@ -267,6 +276,36 @@ fn memory_advice_and_remapping_only_as_glibc_uses_them() {
             );
             assert!(err.starts_with(PASSED), "{kind:?} {name}: {err:?}");
             assert!(err.contains(&format!("({name})")), "{kind:?}: {err:?}");
+        }
+    }
+}
+
+/// io_uring_enter (on a bad fd: EBADF, enough to pass the filter), then io_uring_setup, which
+/// no thread may make.
+fn uring_enter_then_setup() {
+    // SAFETY: io_uring_enter on fd -1 touches no memory and fails with EBADF.
+    unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0usize, 0) };
+    passed();
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes the 120-byte params struct, which lives across
+    // the call; the child exits right after.
+    unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+}
+
+#[test]
+fn io_uring_enter_only_on_the_event_loop_and_setup_nowhere() {
+    for kind in KINDS {
+        let (status, err) = in_child(kind, SeccompMode::Trap, uring_enter_then_setup);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        if kind == ThreadKind::Main {
+            assert!(err.starts_with(PASSED), "{err:?}");
+            assert!(err.contains("(io_uring_setup)"), "{err:?}");
+        } else {
+            assert!(!err.starts_with(PASSED), "{kind:?}: {err:?}");
+            assert!(err.contains("(io_uring_enter)"), "{kind:?}: {err:?}");
         }
     }
 }
