@@ -1,13 +1,14 @@
 //! virtio-blk driven by a minimal in-process driver (no guest) against a 64 MiB temp file (page
-//! cache): 32 requests per iteration, posted `iodepth` at a time (1: post one, wait for it; 32:
+//! cache; `rand_read_4k_disk` drops each request's range from it first, so it reads the host's
+//! disk): 32 requests per iteration, posted `iodepth` at a time (1: post one, wait for it; 32:
 //! post 32, notify once, wait for all), with the sync and io_uring engines, direct vs bounced DMA.
 //! Completions are waited for as the event loop does: poll the device's eventfd, then
 //! `process_backend`. After criterion's groups, one table with the ratios side by side
-//! (bounced/direct time, uring vs sync IOPS), from its own timing (median of 11 samples).
+//! (bounced/direct time, uring vs sync IOPS), from its own interleaved timing.
 //! `CARGO_TARGET_DIR=... cargo bench -p devices --bench block`
 //! (`BLK_BENCH_TABLE_ONLY=1`: the table alone.)
 
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use bounce::{Dma, DmaQueue, DmaSource};
@@ -56,6 +57,8 @@ impl Driver {
         let disk = TempFile::new().unwrap();
         let f = disk.as_file().try_clone().unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &vec![0xa5; DISK as usize], 0).unwrap();
+        // Clean pages, so that `uncached` workloads can drop them.
+        f.sync_all().unwrap();
         let cfg = BlockConfig {
             engine,
             ..Default::default()
@@ -106,6 +109,19 @@ impl Driver {
             self.pos = (self.pos + u64::from(len)) % DISK;
             s
         };
+        if w.uncached {
+            // Out of the page cache: the read goes to the host's disk.
+            let fd = self._disk.as_file().as_raw_fd();
+            // SAFETY: an advice on our own fd; no memory is passed.
+            unsafe {
+                libc::posix_fadvise(
+                    fd,
+                    (sector * 512) as libc::off_t,
+                    libc::off_t::from(len),
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+        }
         let t = if w.write {
             VIRTIO_BLK_T_OUT
         } else {
@@ -179,32 +195,46 @@ struct Workload {
     write: bool,
     len: u32,
     random: bool,
+    /// Each request's range is dropped from the page cache first (`POSIX_FADV_DONTNEED`): the
+    /// read waits for the host's disk, where requests in flight together overlap.
+    uncached: bool,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "seq_read_64k",
         write: false,
         len: 64 << 10,
         random: false,
+        uncached: false,
     },
     Workload {
         name: "seq_write_64k",
         write: true,
         len: 64 << 10,
         random: false,
+        uncached: false,
     },
     Workload {
         name: "rand_read_4k",
         write: false,
         len: 4 << 10,
         random: true,
+        uncached: false,
     },
     Workload {
         name: "rand_write_4k",
         write: true,
         len: 4 << 10,
         random: true,
+        uncached: false,
+    },
+    Workload {
+        name: "rand_read_4k_disk",
+        write: false,
+        len: 4 << 10,
+        random: true,
+        uncached: true,
     },
 ];
 
@@ -237,29 +267,48 @@ fn blk(c: &mut Criterion) {
     }
 }
 
-/// Median time of one iteration (32 requests), over 11 samples of ~50 ms after a warm-up.
-fn measure(w: &Workload, depth: u16, engine: Engine, bounced: bool) -> Duration {
-    let mut d = Driver::new(bounced, engine);
-    d.iteration(w, depth);
-    d.check(w.name, depth);
-    let warm = Instant::now();
-    let mut n = 0u32;
-    while warm.elapsed() < Duration::from_millis(100) {
-        d.iteration(w, depth);
-        n += 1;
-    }
-    let per_sample = (n / 2).max(1);
-    let mut samples: Vec<Duration> = (0..11)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..per_sample {
-                d.iteration(w, depth);
-            }
-            t.elapsed() / per_sample
+/// Median time of one iteration (32 requests) of each of `configs` (engine, bounced), measured
+/// interleaved (one sample of each in turn, 15 rounds of ~20 ms samples after a warm-up), so
+/// that a machine whose load drifts skews the ratios less than the absolute figures.
+fn measure(w: &Workload, depth: u16, configs: &[(Engine, bool)]) -> Vec<Duration> {
+    let mut drivers: Vec<Driver> = configs
+        .iter()
+        .map(|&(engine, bounced)| {
+            let mut d = Driver::new(bounced, engine);
+            d.iteration(w, depth);
+            d.check(w.name, depth);
+            d
         })
         .collect();
-    samples.sort();
-    samples[5]
+    let per: Vec<u32> = drivers
+        .iter_mut()
+        .map(|d| {
+            let t = Instant::now();
+            let mut n = 0u32;
+            while t.elapsed() < Duration::from_millis(20) {
+                d.iteration(w, depth);
+                n += 1;
+            }
+            n.max(1)
+        })
+        .collect();
+    let mut samples = vec![Vec::new(); configs.len()];
+    for _ in 0..15 {
+        for ((d, &n), out) in drivers.iter_mut().zip(&per).zip(samples.iter_mut()) {
+            let t = Instant::now();
+            for _ in 0..n {
+                d.iteration(w, depth);
+            }
+            out.push(t.elapsed() / n);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort();
+            v[v.len() / 2]
+        })
+        .collect()
 }
 
 /// The side-by-side table: per workload and depth, µs per request for each engine and mode,
@@ -267,8 +316,8 @@ fn measure(w: &Workload, depth: u16, engine: Engine, bounced: bool) -> Duration 
 fn table(_: &mut Criterion) {
     println!();
     println!(
-        "virtio-blk, {BATCH} requests per iteration, median of 11 samples (µs per request; \
-         b/d = bounced/direct time; u/s = uring/sync IOPS)"
+        "virtio-blk, {BATCH} requests per iteration, medians of 15 interleaved samples (µs per \
+         request; b/d = bounced/direct time; u/s = uring/sync IOPS)"
     );
     println!(
         "{:<16} {:>3} | {:>9} {:>9} {:>5} | {:>9} {:>9} {:>5} | {:>7} {:>7}",
@@ -283,11 +332,19 @@ fn table(_: &mut Criterion) {
         "u/s dir",
         "u/s bnc"
     );
+    let configs = [
+        (Engine::Sync, false),
+        (Engine::Sync, true),
+        (Engine::Uring, false),
+        (Engine::Uring, true),
+    ];
     for w in &WORKLOADS {
         for depth in DEPTHS {
-            let us = |e, b| measure(w, depth, e, b).as_secs_f64() * 1e6 / f64::from(BATCH);
-            let (sd, sb) = (us(Engine::Sync, false), us(Engine::Sync, true));
-            let (ud, ub) = (us(Engine::Uring, false), us(Engine::Uring, true));
+            let us: Vec<f64> = measure(w, depth, &configs)
+                .iter()
+                .map(|t| t.as_secs_f64() * 1e6 / f64::from(BATCH))
+                .collect();
+            let (sd, sb, ud, ub) = (us[0], us[1], us[2], us[3]);
             println!(
                 "{:<16} {:>3} | {:>9.2} {:>9.2} {:>5.2} | {:>9.2} {:>9.2} {:>5.2} | {:>7.2} {:>7.2}",
                 w.name,

@@ -176,7 +176,7 @@ pub enum BlockError {
 #[derive(Default)]
 struct QueueCtx {
     /// Chains whose mappings must wait for pool space, oldest first: retried before any new
-    /// chain of the queue.
+    /// chain of the queue. At most one: the queue takes no new chain while it is not empty.
     deferred: VecDeque<Chain>,
     /// Requests submitted to io_uring and not yet answered (at most the queue's size).
     in_flight: usize,
