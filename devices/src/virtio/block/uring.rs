@@ -26,6 +26,11 @@
 //! the event loop and needs per-queue bookkeeping across queues; the drain stalls the ring only
 //! for the flush's own duration, which a flush costs anyway.
 //!
+//! (A request the ring cannot take, its submission queue being full even after a submit, is done
+//! synchronously instead; for a flush that still covers every write the driver has seen
+//! completed, which is all virtio and Linux's `REQ_PREFLUSH` ask. The ring is sized for every
+//! queue's requests in flight, so this does not happen in practice.)
+//!
 //! **Short transfers** (the kernel may return fewer bytes than asked: `MAX_RW_COUNT`, a signal)
 //! are finished synchronously from where the kernel stopped. More iovecs than `IOV_MAX` (a
 //! hostile `seg_max` request split into pieces) go the synchronous way entirely.
@@ -129,7 +134,7 @@ impl Uring {
     }
 
     /// Queues `req`'s I/O (submitted at the next [`Uring::submit`]). Gives the request back if
-    /// it must be done synchronously instead (too many iovecs).
+    /// it must be done synchronously instead (too many iovecs, or no room in the ring).
     pub fn push(&mut self, queue: usize, req: Prepared) -> Result<(), Prepared> {
         if req.data.len() > IOV_MAX {
             return Err(req);
@@ -166,19 +171,21 @@ impl Uring {
             }
         };
         let sqe = sqe.user_data(slot as u64);
-        loop {
+        for attempt in 0..2 {
             // SAFETY: the SQE points at `iovecs` (moved into the slot below: a boxed slice's
             // heap memory does not move) and through them at the request's mapped buffers, which
             // the slot owns until the completion is reaped (`reap`; `wait_idle` before any drop).
             // The image fd outlives the ring (the device owns both and drops the ring first).
-            let pushed = unsafe { self.ring.submission().push(&sqe) };
-            if pushed.is_ok() {
+            // If the push fails nothing was queued, and the request is given back intact.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 break;
             }
-            // SQ full: hand what is there to the kernel and try again.
-            if let Err(e) = self.submit() {
-                crate::error_limited!("virtio-blk: io_uring submit (SQ full): {e}");
-                std::thread::yield_now();
+            // SQ full (more in flight than the ring was sized for, or submissions refused):
+            // hand what is queued to the kernel and try once more, else do it synchronously.
+            let submitted = attempt == 0 && self.submit().is_ok();
+            if !submitted {
+                self.free.push(slot);
+                return Err(req);
             }
         }
         self.slots[slot] = Some(Op {
