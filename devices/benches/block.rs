@@ -110,14 +110,17 @@ impl Driver {
             s
         };
         if w.uncached {
-            // Out of the page cache: the read goes to the host's disk.
+            // Out of the page cache: the read goes to the host's disk. The whole 2 MiB around
+            // it, as the page cache may hold the file in folios that large (a smaller range
+            // inside one is not dropped).
+            const FOLIO: u64 = 2 << 20;
             let fd = self._disk.as_file().as_raw_fd();
             // SAFETY: an advice on our own fd; no memory is passed.
             unsafe {
                 libc::posix_fadvise(
                     fd,
-                    (sector * 512) as libc::off_t,
-                    libc::off_t::from(len),
+                    ((sector * 512) & !(FOLIO - 1)) as libc::off_t,
+                    FOLIO as libc::off_t,
                     libc::POSIX_FADV_DONTNEED,
                 )
             };

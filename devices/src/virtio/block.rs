@@ -572,7 +572,7 @@ impl VirtioDevice for Block {
         }
         let (state, used) = self.run_queue(index)?;
         // What io_uring completed during the submission (reads from the page cache complete
-        // inline) is answered now rather than one event-loop round trip later.
+        // inline) is answered now rather than one event-loop pass later.
         let mut done = vec![0usize; self.queues.len()];
         if let Some(u) = done.get_mut(index) {
             *u = used;
@@ -603,6 +603,8 @@ impl VirtioDevice for Block {
             more |= state == QueueState::MoreWork;
             *u += n;
         }
+        // What completed inside those submissions: now, not one event-loop pass later.
+        self.reap(&mut used)?;
         for (i, &u) in used.iter().enumerate() {
             self.notify(i, u)?;
         }

@@ -2,10 +2,11 @@
 //!
 //! A read or write becomes one `READV`/`WRITEV` on the image at the request's offset, straight
 //! from or into its mapped buffers (the bounce slots when bouncing); a flush becomes one
-//! `FSYNC(DATASYNC)`. Submissions are batched: one `io_uring_enter` per pass over a queue. The
-//! ring posts its completions to an eventfd the device's event loop polls (registered with
-//! `IORING_REGISTER_EVENTFD` at set-up, the same eventfd the bounce pools wake for deferred
-//! maps).
+//! `FSYNC(DATASYNC)`. Submissions are batched: one `io_uring_enter` per pass over a queue, after
+//! which what completed inside it (reads from the page cache, mostly) is reaped at once. Every
+//! completion is also signalled on an eventfd the device's event loop polls (registered with
+//! `IORING_REGISTER_EVENTFD` at set-up; the same eventfd the bounce pools wake for deferred
+//! maps), which brings the event loop back for what completes later.
 //!
 //! **Buffers live until completion.** A submitted request ([`Prepared`]) owns its mappings
 //! (`bounce::OwnedDmaBuffer`): the bounce slot (or guest page) the kernel reads or writes stays
@@ -121,6 +122,10 @@ impl Uring {
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(2))
             .build(entries)?;
+        // Every completion signals the eventfd, also those reaped right after the submit (a
+        // wasted event-loop pass). Not IORING_REGISTER_EVENTFD_ASYNC: it signals only for
+        // completions posted by io-wq workers, not for those posted by task work on this
+        // thread (an async buffered read finishing), which would then sit unreaped.
         ring.submitter().register_eventfd(eventfd)?;
         Ok(Uring {
             ring,
