@@ -192,13 +192,23 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     Ok(devs)
 }
 
-/// Creates the devices, puts them on `mmio` and `events`, and announces them on `cmdline`.
+/// A device that gets its own thread and event loop (virtio-blk: its I/O must not hold up the
+/// other devices, the console and signals on the main event loop, nor be held up by them).
+pub struct Threaded {
+    /// The thread's name, as in seccomp reports (`blk0`, ...).
+    pub name: String,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// Creates the devices, puts them on `mmio` and on `events` (or, for virtio-blk, in `threaded`
+/// for a thread of their own), and announces them on `cmdline`.
 pub fn attach(
     cfg: &VmConfig,
     vm: &VmFd,
     dma: &Dma,
     mmio: &mut Bus,
     events: &mut EventManager<Subscriber>,
+    threaded: &mut Vec<Threaded>,
     cmdline: &mut Cmdline,
 ) -> Result<()> {
     let devs = build_devices(cfg)?;
@@ -229,9 +239,17 @@ pub fn attach(
             vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
                 .map_err(|e| anyhow!("cannot register the ioeventfd of queue {q}: {e}"))?;
         }
+        let is_blk = transport.device_type() == devices::virtio::TYPE_BLOCK;
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(base, MMIO_SIZE, transport.clone())?;
-        events.add_subscriber(transport);
+        if is_blk {
+            threaded.push(Threaded {
+                name: format!("blk{}", threaded.len()),
+                transport,
+            });
+        } else {
+            events.add_subscriber(transport);
+        }
         cmdline
             .add_virtio_mmio_device(MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
             .map_err(|e| anyhow!("kernel command line too long for the virtio devices: {e}"))?;
