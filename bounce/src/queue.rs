@@ -8,8 +8,9 @@ use thiserror::Error;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
 
-use crate::dma::{Dma, DmaBuffer, OwnedDmaBuffer};
+use crate::dma::{Dma, DmaBuffer};
 use crate::error::DmaError;
+use crate::owned::OwnedDmaBuffer;
 use crate::pool::MapAttrs;
 use crate::types::{DmaDirection, DmaSource};
 
