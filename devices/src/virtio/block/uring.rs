@@ -62,7 +62,8 @@ struct Op {
     _iovecs: Iovecs,
 }
 
-/// A request's iovecs: pointers into its own mapped buffers.
+/// A request's iovecs: pointers into its own mapped buffers. Only kept alive for the kernel,
+/// which reads them; never read here (hence `dead_code`).
 struct Iovecs(#[allow(dead_code)] Box<[libc::iovec]>);
 
 // SAFETY: the pointers point into the buffers of the `Prepared` request beside them in `Op`
