@@ -17,6 +17,7 @@ pub mod dma;
 pub mod error;
 mod lookup;
 pub mod notify;
+pub mod owned;
 pub mod pool;
 pub mod queue;
 mod spinlock;
@@ -33,6 +34,7 @@ pub use convert::{ConvertCost, ConvertDirection, ConvertMode, DirCost};
 pub use dma::{Dma, DmaBuffer};
 pub use error::{BlockCause, DmaError};
 pub use notify::{DmaWaker, EventNotifier};
+pub use owned::OwnedDmaBuffer;
 pub use pool::MapAttrs;
 pub use queue::{Chain, Desc, DmaQueue, QueueError};
 pub use stats::{

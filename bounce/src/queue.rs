@@ -10,6 +10,8 @@ use vm_memory::GuestAddress;
 
 use crate::dma::{Dma, DmaBuffer};
 use crate::error::DmaError;
+use crate::owned::OwnedDmaBuffer;
+use crate::pool::MapAttrs;
 use crate::types::{DmaDirection, DmaSource};
 
 /// One descriptor of a chain, as the driver wrote it.
@@ -36,6 +38,15 @@ impl Desc {
                 writable: self.writable,
             }
         })
+    }
+}
+
+/// The DMA direction a descriptor's flags allow.
+fn dir_of(desc: &Desc) -> DmaDirection {
+    if desc.writable {
+        DmaDirection::FromDevice
+    } else {
+        DmaDirection::ToDevice
     }
 }
 
@@ -138,12 +149,20 @@ impl DmaQueue {
 
     /// Maps one descriptor's buffer in the direction its flags allow.
     pub fn map(&self, desc: &Desc) -> Result<DmaBuffer<'_>, DmaError> {
-        let dir = if desc.writable {
-            DmaDirection::FromDevice
-        } else {
-            DmaDirection::ToDevice
-        };
-        self.dma.map(self.src, desc.addr, desc.len, dir)
+        self.dma.map(self.src, desc.addr, desc.len, dir_of(desc))
+    }
+
+    /// [`DmaQueue::map`] as an [`OwnedDmaBuffer`] (kept across event-loop iterations), with the
+    /// device's map attributes (e.g. `may_block`).
+    pub fn map_owned(&self, desc: &Desc, attrs: MapAttrs) -> Result<OwnedDmaBuffer, DmaError> {
+        OwnedDmaBuffer::map(
+            &self.dma,
+            self.src,
+            desc.addr,
+            desc.len,
+            dir_of(desc),
+            attrs,
+        )
     }
 
     /// Returns a chain to the driver with `len` bytes written by the device.

@@ -85,10 +85,26 @@ fn boot(
     more: &[&str],
     setup_lines: &[String],
 ) -> Outcome {
+    boot_disks(h, k, test, disks, "", more, setup_lines)
+}
+
+/// [`boot`] with `disk_suffix` after each `--disk PATH` (e.g. `",engine=sync"`).
+fn boot_disks(
+    h: &Harness,
+    k: &KernelArtifacts,
+    test: &str,
+    disks: &[&Path],
+    disk_suffix: &str,
+    more: &[&str],
+    setup_lines: &[String],
+) -> Outcome {
     let mut args = k.boot_args(format!("{BASE_CMDLINE} microvm.test={test}"));
     for i in 0..disks.len() {
         args.push(Arg::s("--disk"));
-        args.push(Arg::disk_file(i));
+        args.push(Arg::DiskFile {
+            index: i,
+            suffix: disk_suffix.to_string(),
+        });
     }
     args.extend(more.iter().map(|s| Arg::s(*s)));
     let mut run = Run::microvm(args);
@@ -162,12 +178,17 @@ fn check_blk_image(img: &Image, payload: &[u8]) {
 /// blk.sh: concurrent O_DIRECT writes of 10 slices, read back in the guest, then checked
 /// in the host image. Returns the outcome for more checks.
 fn blk_integrity(more: &[&str]) -> Outcome {
+    blk_integrity_on(more, "")
+}
+
+/// [`blk_integrity`] with `disk_suffix` after the `--disk` path.
+fn blk_integrity_on(more: &[&str], disk_suffix: &str) -> Outcome {
     let (h, k) = setup();
     let payload = payload(&k);
     let img = Image::new("blk", BLK_IMAGE_SIZE);
     let mut args = vec!["--cpus", "2"];
     args.extend_from_slice(more);
-    let o = boot(&h, &k, "blk", &[&img.0], &args, &[]);
+    let o = boot_disks(&h, &k, "blk", &[&img.0], disk_suffix, &args, &[]);
     assert_passed(&o);
     let cases = format!("{}/{}", BLK_CASES.len(), BLK_CASES.len());
     assert_eq!(o.value("blk-cases-ok"), Some(cases), "{}", o.describe());
@@ -183,11 +204,26 @@ fn blk_bytes() -> u64 {
 #[test]
 fn blk_data_integrity_without_restricted_dma() {
     let o = blk_integrity(&[]);
+    // io_uring by default, where the (outer machine's) kernel has it.
+    assert!(
+        o.stderr.contains(": uring engine"),
+        "expected the io_uring engine by default\n{}",
+        o.describe()
+    );
     assert!(
         bounce_statistics(&o.stderr).is_none(),
         "no bouncing expected without --restricted-dma\n{}",
         o.describe()
     );
+}
+
+/// The sync engine, asked for on the command line, with bounce buffers.
+#[test]
+fn blk_data_integrity_with_the_sync_engine() {
+    let o = blk_integrity_on(&["--restricted-dma=4M"], ",engine=sync");
+    assert!(o.stderr.contains(": sync engine"), "{}", o.describe());
+    let s = stats(&o);
+    assert_eq!(total_failures(&s), 0, "{s}");
 }
 
 #[test]

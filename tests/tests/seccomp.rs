@@ -66,6 +66,32 @@ fn a_forbidden_call_on_any_thread_exits_148_with_one_line() {
     }
 }
 
+/// The virtio-blk device thread (`blk0`) has its own filter too.
+#[test]
+fn a_forbidden_call_on_the_disk_thread_exits_148_with_one_line() {
+    let (h, k) = setup();
+    let img = std::env::temp_dir().join(format!("microvm-seccomp-{}.img", std::process::id()));
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap_or_else(|e| panic!("{}: {e}", img.display()));
+    let mut args = k.boot_args(CMDLINE);
+    args.extend([
+        Arg::s("--disk"),
+        Arg::disk_file(0),
+        Arg::s("--seccomp-selftest=device"),
+    ]);
+    let mut run = Run::microvm(args);
+    run.disks = vec![img.clone()];
+    let o = h.run(&run);
+    let _ = std::fs::remove_file(&img);
+    let o = o.unwrap_or_else(|e| panic!("harness run failed: {e:#}"));
+    assert!(!o.timed_out, "microvm hung\n{}", o.describe());
+    assert_eq!(o.status, Some(148), "{}", o.describe());
+    let want = violation_line("blk0");
+    let hits = o.stderr.lines().filter(|l| *l == want).count();
+    assert_eq!(hits, 1, "want one {want:?}\n{}", o.describe());
+}
+
 /// `--seccomp=log`: the same forbidden calls go through (the kernel logs them) and the guest
 /// runs to its end; so in the test above it is the filter, nothing else, that ends microvm.
 #[test]

@@ -84,6 +84,17 @@ pub struct DiskConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub readonly: bool,
+    /// The I/O engine; `None`: io_uring where the kernel has it, else sync.
+    #[serde(default)]
+    pub engine: Option<DiskEngine>,
+}
+
+/// `--disk PATH,engine=...` / `"engine"` in the JSON config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskEngine {
+    Uring,
+    Sync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,16 +180,21 @@ fn parse_disk(s: &str) -> Result<DiskConfig> {
     let mut parts = s.split(',');
     let path = parts.next().filter(|p| !p.is_empty());
     let Some(path) = path else {
-        bail!("--disk {s:?}: expected PATH[,readonly]")
+        bail!("--disk {s:?}: expected PATH[,readonly][,engine=uring|sync]")
     };
     let mut disk = DiskConfig {
         path: path.into(),
         readonly: false,
+        engine: None,
     };
     for opt in parts {
         match opt {
             "readonly" | "ro" => disk.readonly = true,
-            _ => bail!("--disk {s:?}: unknown option {opt:?} (expected readonly)"),
+            "engine=uring" | "engine=io_uring" => disk.engine = Some(DiskEngine::Uring),
+            "engine=sync" => disk.engine = Some(DiskEngine::Sync),
+            _ => bail!(
+                "--disk {s:?}: unknown option {opt:?} (expected readonly or engine=uring|sync)"
+            ),
         }
     }
     Ok(disk)
@@ -356,9 +372,21 @@ mod tests {
             parse_disk("/a.img,readonly").unwrap(),
             DiskConfig {
                 path: "/a.img".into(),
-                readonly: true
+                readonly: true,
+                engine: None,
             }
         );
+        assert_eq!(
+            parse_disk("/a.img,engine=sync").unwrap().engine,
+            Some(DiskEngine::Sync)
+        );
+        assert_eq!(
+            parse_disk("/a.img,engine=uring,ro").unwrap().engine,
+            Some(DiskEngine::Uring)
+        );
+        assert!(parse_disk("/a.img,engine=aio").is_err());
+        let j: DiskConfig = serde_json::from_str(r#"{"path":"/a","engine":"sync"}"#).unwrap();
+        assert_eq!(j.engine, Some(DiskEngine::Sync));
         assert!(parse_disk("/a.img,bogus").is_err());
         assert!(parse_disk("").is_err());
         let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();

@@ -1,10 +1,15 @@
 //! Seccomp filters: one per kind of thread, installed by each thread on itself before it
 //! handles anything the guest controls.
 //!
-//! - main thread (event loop), installed after set-up, before the event loop: epoll; read,
-//!   pread/pwrite/fdatasync/fallocate on the fds it already holds; `fcntl(F_DUPFD_CLOEXEC)`;
-//!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit;
-//!   `tgkill` of its own threads with the vCPU kick signal.
+//! - main thread (event loop), installed after set-up, before the event loop: epoll; read on
+//!   the fds it already holds (eventfds, stdin, taps, the signalfd); re-reading
+//!   /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit; `tgkill` of
+//!   its own threads with the vCPU kick signal.
+//! - `blkN` (one thread per virtio-blk device, with its own event loop), installed before its
+//!   loop starts: epoll; read (eventfds); pread/pwrite/fdatasync/fallocate on the image;
+//!   `fcntl(F_DUPFD_CLOEXEC)`; `io_uring_enter` for the io_uring engine (rings are set up, and
+//!   their eventfds registered, before any filter: no thread may `io_uring_setup` or
+//!   `io_uring_register`).
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
 //!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
@@ -64,6 +69,8 @@ pub enum ThreadKind {
     Main,
     Vcpu,
     Worker,
+    /// A virtio-blk device thread.
+    Device,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +246,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
     // KVM_RUN when the VM ends.
     let signals = match kind {
         ThreadKind::Main => vec![libc::SIGABRT, crate::vcpu::kick_signal()],
-        ThreadKind::Vcpu | ThreadKind::Worker => vec![libc::SIGABRT],
+        ThreadKind::Vcpu | ThreadKind::Worker | ThreadKind::Device => vec![libc::SIGABRT],
     };
     tgkill(&mut r, &signals)?;
     match kind {
@@ -254,13 +261,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_epoll_ctl,
                     // eventfds, the SIGUSR1 signalfd, stdin, the tap, /proc/self/smaps.
                     libc::SYS_read,
-                    // virtio-blk on its image: reads, writes (and the write-zeroes fallback),
-                    // flush, discard and write-zeroes.
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_fdatasync,
-                    libc::SYS_fallocate,
-                    // Dropping the dup'ed image fd of discard/write-zeroes, and fds at exit.
+                    // fds at exit (a disk whose thread has ended is dropped here too).
                     libc::SYS_close,
                     // Re-reading /proc/self/smaps at exit: seek to 0, std sizes the read by
                     // fstat/statx and its position.
@@ -272,13 +273,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_statx,
                 ],
             );
-            // virtio-blk discard/write-zeroes duplicate the image fd (File::try_clone).
-            one_of(
-                &mut r,
-                libc::SYS_fcntl,
-                1,
-                &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
-            )?;
+            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
             // Restoring the terminal at exit (isatty, tcgetattr, tcsetattr TCSANOW).
             one_of(&mut r, libc::SYS_ioctl, 1, &[libc::TCGETS, libc::TCSETS])?;
         }
@@ -302,6 +297,36 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         }
         ThreadKind::Worker => {
             one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
+        }
+        ThreadKind::Device => {
+            always(
+                &mut r,
+                &[
+                    // Its own event loop: queue eventfds, the engine's eventfd, the stop event.
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_read,
+                    // virtio-blk on its image: reads, writes (and the write-zeroes fallback),
+                    // flush, discard and write-zeroes.
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_fdatasync,
+                    libc::SYS_fallocate,
+                    // The io_uring engine submits (one call per batch). Only here: a reset on a
+                    // vCPU thread waits for the ring's completions without it.
+                    libc::SYS_io_uring_enter,
+                    // Dropping the dup'ed image fd of discard/write-zeroes.
+                    libc::SYS_close,
+                ],
+            );
+            // Discard/write-zeroes duplicate the image fd (File::try_clone).
+            one_of(
+                &mut r,
+                libc::SYS_fcntl,
+                1,
+                &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
+            )?;
         }
     }
     Ok(r)
@@ -334,6 +359,7 @@ pub struct Filters {
     main: Option<Arc<BpfProgram>>,
     vcpu: Option<Arc<BpfProgram>>,
     worker: Option<Arc<BpfProgram>>,
+    device: Option<Arc<BpfProgram>>,
     /// Test only: the thread of this kind makes a forbidden call once its filter is on.
     selftest: Option<ThreadKind>,
 }
@@ -347,6 +373,7 @@ impl Filters {
             main: get(ThreadKind::Main)?,
             vcpu: get(ThreadKind::Vcpu)?,
             worker: get(ThreadKind::Worker)?,
+            device: get(ThreadKind::Device)?,
             selftest,
         };
         if mode == SeccompMode::Trap {
@@ -362,6 +389,7 @@ impl Filters {
             ThreadKind::Main => &self.main,
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Worker => &self.worker,
+            ThreadKind::Device => &self.device,
         };
         if let Some(prog) = prog {
             seccompiler::apply_filter(prog).map_err(|e| Error::Apply(label.to_string(), e))?;

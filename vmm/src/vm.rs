@@ -13,7 +13,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
 use crate::config::VmConfig;
@@ -184,7 +184,16 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
                 .map_err(|e| e.to_string())
         }),
     )?;
-    virtio::attach(cfg, &vm, &report.dma, &mut mmio, &mut events, &mut cmdline)?;
+    let mut threaded = Vec::new();
+    virtio::attach(
+        cfg,
+        &vm,
+        &report.dma,
+        &mut mmio,
+        &mut events,
+        &mut threaded,
+        &mut cmdline,
+    )?;
     if cfg.guest_swiotlb {
         cmdline
             .insert_str("swiotlb=force")
@@ -297,6 +306,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
                 .context("cannot start a vCPU thread")?,
         );
     }
+    let mut device_threads = Vec::new();
+    for dev in threaded {
+        device_threads.push(DeviceThread::spawn(dev, &filters, &exit)?);
+    }
     let mut smaps = Smaps::open();
     log::debug!("VM set up in {} us", start.elapsed().as_micros());
 
@@ -306,6 +319,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
             stop_vcpus(threads);
+            DeviceThread::stop_all(device_threads);
             crate::metrics::log_memory_overhead(&mut smaps, &mem, &report.dma);
             report.log();
             return Ok(reason);
@@ -313,6 +327,78 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         events
             .run()
             .map_err(|e| anyhow!("event loop failed: {e:?}"))?;
+    }
+}
+
+/// A device on a thread of its own, with its own event loop (`virtio::Threaded`).
+struct DeviceThread {
+    stop: Arc<EventFd>,
+    handle: JoinHandle<()>,
+}
+
+/// Drains a device thread's stop event (the loop then sees the VM's exit and ends).
+struct StopWatcher(Arc<EventFd>);
+
+impl MutEventSubscriber for StopWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.as_ref(), EventSet::IN)) {
+            log::error!("cannot watch a device thread's stop event: {e:?}");
+        }
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+}
+
+impl DeviceThread {
+    /// Starts `dev`'s thread: its event loop is created (epoll) and its subscribers registered
+    /// before it installs its seccomp filter; it serves the device until the VM ends.
+    fn spawn(dev: virtio::Threaded, filters: &Filters, exit: &Arc<VmExit>) -> Result<Self> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).context("cannot create a stop event")?);
+        let (filters, exit, watch) = (filters.clone(), exit.clone(), stop.clone());
+        let name = dev.name.clone();
+        let handle = thread::Builder::new()
+            .name(dev.name.clone())
+            .spawn(move || {
+                let fail = |what: String| exit.trigger(ExitReason::Error(what));
+                let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+                    match EventManager::new() {
+                        Ok(e) => e,
+                        Err(e) => {
+                            return fail(format!("{name}: cannot create its event loop: {e:?}"))
+                        }
+                    };
+                events.add_subscriber(dev.transport);
+                events.add_subscriber(Arc::new(Mutex::new(StopWatcher(watch))));
+                if let Err(e) = filters.enter(ThreadKind::Device, &name) {
+                    return fail(e.to_string());
+                }
+                while exit.reason().is_none() {
+                    if let Err(e) = events.run() {
+                        return fail(format!("{name}: event loop failed: {e:?}"));
+                    }
+                }
+            })
+            .context("cannot start a device thread")?;
+        Ok(DeviceThread { stop, handle })
+    }
+
+    /// Wakes every device thread (the VM has ended: each sees it and returns) and waits for
+    /// them, bounded like the vCPUs: a device in the middle of a request finishes it first.
+    fn stop_all(threads: Vec<DeviceThread>) {
+        for t in &threads {
+            if let Err(e) = t.stop.write(1) {
+                log::debug!("cannot wake {:?}: {e}", t.handle.thread().name());
+            }
+        }
+        let start = Instant::now();
+        while threads.iter().any(|t| !t.handle.is_finished()) {
+            if start.elapsed() >= VCPU_STOP_TIMEOUT {
+                log::warn!("device threads did not stop within {VCPU_STOP_TIMEOUT:?}; exiting");
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 

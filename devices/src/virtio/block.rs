@@ -18,19 +18,37 @@
 //! resets the device: after a writeback error Linux may drop the dirty pages and report the
 //! error once, so a later `fdatasync` can succeed although data the driver was told is written
 //! never reached the disk ("fsyncgate").
+//!
+//! Two engines do the reads, writes and flushes ([`Engine`]): `sync` (`pread`/`pwrite`/
+//! `fdatasync` on the event loop, one request at a time) and `uring` (io_uring, many requests in
+//! flight per queue, at most the queue's size; see `block/uring.rs`). GET_ID, DISCARD and
+//! WRITE_ZEROES run inline with either. A request's mappings are held until it completes.
+//!
+//! A mapping that must wait for bounce pool space (`exhaustion=wait|throttle`: `WouldBlock`)
+//! defers its request: the chain is kept, in order, and the queue takes no new request until the
+//! deferred ones have started; the pools' waker (an eventfd, the same one io_uring signals)
+//! brings the event loop back to retry them. `block/request.rs` has one request's life.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
-use bounce::{Chain, Desc, DmaBuffer, DmaError, DmaQueue};
+use bounce::{Chain, DmaQueue, DmaWaker, EventNotifier, QueueError};
+use event_manager::EventSet;
 use image::Image;
+use request::{Disk, IoKind, Prepared, RequestError, Start};
 use thiserror::Error;
+use virtio_queue::QueueT;
 
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
-    VirtioDevice, QUEUE_BUDGET, TYPE_BLOCK,
+    feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState, VirtioDevice,
+    QUEUE_BUDGET, TYPE_BLOCK,
 };
+
+pub use uring::probe as probe_uring;
 
 pub const SECTOR_SHIFT: u32 = 9;
 pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
@@ -86,6 +104,42 @@ pub struct BlockConfig {
     /// [`SIZE_MAX`]. With restricted DMA the VMM passes the pools' longest mapping: the device's
     /// DMA limit, which Linux applies to virtio-blk segments too (`dma_max_mapping_size`).
     pub size_max: u32,
+    /// What does the reads, writes and flushes.
+    pub engine: Engine,
+}
+
+/// The I/O engine of a block device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// `pread`/`pwrite`/`fdatasync` on the event-loop thread, one request at a time.
+    #[default]
+    Sync,
+    /// io_uring: many requests in flight per queue, completions through an eventfd. Check
+    /// [`probe_uring`] first (at start-up, before seccomp filters).
+    Uring,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Engine::Sync),
+            "uring" | "io_uring" => Ok(Engine::Uring),
+            _ => Err(format!(
+                "unknown block engine {s:?} (expected uring or sync)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Sync => "sync",
+            Engine::Uring => "uring",
+        })
+    }
 }
 
 impl Default for BlockConfig {
@@ -96,6 +150,7 @@ impl Default for BlockConfig {
             num_queues: 1,
             queue_size: 256,
             size_max: SIZE_MAX,
+            engine: Engine::Sync,
         }
     }
 }
@@ -111,75 +166,35 @@ pub enum BlockError {
     Locked,
     #[error("cannot lock the disk image: {0}")]
     Lock(io::Error),
+    #[error("cannot set up the wake-up eventfd: {0}")]
+    EventFd(io::Error),
+    #[error("cannot set up io_uring: {0}")]
+    Uring(io::Error),
 }
 
-/// Why a request failed; each maps to the status the spec asks for.
-#[derive(Debug, Error)]
-enum RequestError {
-    #[error("chain has no header descriptor")]
-    NoHeader,
-    #[error("header descriptor is device-writable or not 16 bytes ({0})")]
-    BadHeader(u32),
-    #[error("unsupported request type {0}")]
-    Unsupported(u32),
-    #[error("descriptor has the wrong direction for the request")]
-    WrongDirection,
-    #[error("{0} data segments exceed seg_max")]
-    TooManySegments(usize),
-    #[error("data segment of {0} bytes exceeds size_max")]
-    SegmentTooLarge(u32),
-    #[error("request of {0} bytes is not a whole number of sectors")]
-    NotSectorMultiple(u64),
-    #[error("sectors {sector}+{bytes}B are outside the disk")]
-    OutOfRange { sector: u64, bytes: u64 },
-    #[error("{num_sectors} sectors exceed the advertised maximum of {max}")]
-    TooManySectors { num_sectors: u32, max: u32 },
-    #[error("write to a read-only disk")]
-    ReadOnly,
-    #[error("request has a data segment it must not have")]
-    UnexpectedData,
-    #[error("malformed discard/write-zeroes segment")]
-    BadSegment,
-    #[error("unsupported discard/write-zeroes flags {0:#x}")]
-    UnsupportedFlags(u32),
-    #[error("an earlier write or fdatasync failed: the disk may lack data reported written")]
-    EarlierWriteFailed,
-    #[error("DMA: {0}")]
-    Dma(#[from] DmaError),
-    #[error("I/O: {0}")]
-    Io(#[from] io::Error),
-}
-
-impl RequestError {
-    fn status(&self) -> u8 {
-        match self {
-            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => VIRTIO_BLK_S_UNSUPP,
-            _ => VIRTIO_BLK_S_IOERR,
-        }
-    }
-}
-
-/// The backend: the image and the request limits.
-struct Disk {
-    image: Image,
-    /// Disk size in bytes (a whole number of sectors).
-    size: u64,
-    readonly: bool,
-    id: [u8; ID_LEN],
-    seg_max: u32,
-    size_max: u32,
-    discard: bool,
-    /// A write or fdatasync failed since the last reset: every FLUSH fails.
-    write_failed: bool,
+/// Per-queue state beside the `DmaQueue`.
+#[derive(Default)]
+struct QueueCtx {
+    /// Chains whose mappings must wait for pool space, oldest first: retried before any new
+    /// chain of the queue. At most one: the queue takes no new chain while it is not empty.
+    deferred: VecDeque<Chain>,
+    /// Requests submitted to io_uring and not yet answered (at most the queue's size).
+    in_flight: usize,
 }
 
 /// virtio-blk device.
 pub struct Block {
+    // `uring` before `disk`: the ring is dropped (waiting for its requests) before the image fd
+    // its requests use is closed.
+    uring: Option<uring::Uring>,
     disk: Disk,
+    /// Wakes the event loop: io_uring completions and bounce pool space for deferred maps.
+    notifier: Arc<EventNotifier>,
     max_sizes: Vec<u16>,
     features: u64,
     config: [u8; CONFIG_LEN],
     queues: Vec<DmaQueue>,
+    ctx: Vec<QueueCtx>,
     interrupt: Option<Arc<Interrupt>>,
 }
 
@@ -198,6 +213,17 @@ impl Block {
         }
         let image = Image::new(file);
         image.lock(cfg.readonly)?;
+        let notifier = Arc::new(EventNotifier::new().map_err(BlockError::EventFd)?);
+        let uring = match cfg.engine {
+            Engine::Sync => None,
+            Engine::Uring => {
+                let capacity = usize::from(qs) * usize::from(cfg.num_queues);
+                Some(
+                    uring::Uring::new(image.as_raw_fd(), capacity, notifier.as_raw_fd())
+                        .map_err(BlockError::Uring)?,
+                )
+            }
+        };
         let len = image.len().map_err(BlockError::Metadata)?;
         let size = len & !(SECTOR_SIZE - 1);
         let mut id = [0u8; ID_LEN];
@@ -235,6 +261,9 @@ impl Block {
         put(56, &[1]); // write_zeroes_may_unmap
 
         Ok(Block {
+            uring,
+            notifier,
+            ctx: Vec::new(),
             disk: Disk {
                 image,
                 size,
@@ -256,6 +285,230 @@ impl Block {
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
         self.disk.size >> SECTOR_SHIFT
+    }
+
+    /// The engine in use.
+    pub fn engine(&self) -> Engine {
+        if self.uring.is_some() {
+            Engine::Uring
+        } else {
+            Engine::Sync
+        }
+    }
+
+    /// Requests submitted to the engine and not answered yet (always 0 with `sync`).
+    pub fn in_flight(&self) -> usize {
+        self.ctx.iter().map(|c| c.in_flight).sum()
+    }
+
+    /// Requests waiting for bounce pool space.
+    pub fn deferred(&self) -> usize {
+        self.ctx.iter().map(|c| c.deferred.len()).sum()
+    }
+
+    /// Serves queue `index`: deferred chains first, then the ring, for at most
+    /// [`QUEUE_BUDGET`] chains, with at most the queue's size in flight. Returns what is left
+    /// and how many chains were returned to the driver.
+    fn run_queue(&mut self, index: usize) -> Result<(QueueState, usize), DeviceError> {
+        let Block {
+            disk,
+            uring,
+            queues,
+            ctx,
+            ..
+        } = self;
+        let (Some(q), Some(cx)) = (queues.get_mut(index), ctx.get_mut(index)) else {
+            return Err(DeviceError::NoSuchQueue(index));
+        };
+        let limit = usize::from(q.queue().size()).max(1);
+        let mut served = 0usize;
+        let mut used = 0usize;
+        // Starts a prepared request's I/O; returns how many chains it answered (1 if done now).
+        let mut dispatch = |q: &mut DmaQueue,
+                            cx: &mut QueueCtx,
+                            disk: &mut Disk,
+                            p: Prepared|
+         -> Result<usize, QueueError> {
+            #[cfg(test)]
+            let p = match (uring.is_some(), p.kind) {
+                (true, IoKind::Write | IoKind::Flush) => {
+                    let write = p.kind == IoKind::Write;
+                    match disk.image.faults.injected(write) {
+                        Ok(()) => p,
+                        Err(e) => {
+                            let what = if write { "write" } else { "fdatasync" };
+                            let r = Err(disk.durability(what, Err(e)).unwrap_err().into());
+                            let head = p.head;
+                            let len = disk.complete(p, r);
+                            q.add_used(head, len)?;
+                            return Ok(1);
+                        }
+                    }
+                }
+                _ => p,
+            };
+            let p = match uring.as_mut() {
+                Some(u) => match u.push(index, p) {
+                    Ok(()) => {
+                        cx.in_flight += 1;
+                        return Ok(0);
+                    }
+                    Err(p) => p,
+                },
+                None => p,
+            };
+            let r = disk.run_sync(&p);
+            let head = p.head;
+            let len = disk.complete(p, r);
+            q.add_used(head, len)?;
+            Ok(1)
+        };
+
+        // Deferred chains first, in order: none may be overtaken by a newer one.
+        let mut state = None;
+        while let Some(chain) = cx.deferred.front() {
+            if served >= QUEUE_BUDGET {
+                state = Some(QueueState::MoreWork);
+                break;
+            }
+            if cx.in_flight >= limit {
+                break;
+            }
+            match disk.start(q, chain) {
+                Start::Deferred => break,
+                Start::Done(len) => {
+                    let head = chain.head;
+                    cx.deferred.pop_front();
+                    q.add_used(head, len)?;
+                    used += 1;
+                }
+                Start::Io(p) => {
+                    cx.deferred.pop_front();
+                    used += dispatch(q, cx, disk, p)?;
+                }
+            }
+            served += 1;
+        }
+        if state.is_none() && (!cx.deferred.is_empty() || cx.in_flight >= limit) {
+            // The waker or a completion brings the event loop back.
+            state = Some(QueueState::Drained);
+        }
+
+        let state = match state {
+            Some(s) => s,
+            None => 'drain: loop {
+                q.disable_notification()?;
+                loop {
+                    if served >= QUEUE_BUDGET {
+                        break 'drain QueueState::MoreWork;
+                    }
+                    if cx.in_flight >= limit {
+                        // Completions bring the event loop back (driver notifications stay off).
+                        break 'drain QueueState::Drained;
+                    }
+                    match q.pop() {
+                        Ok(Some(chain)) => match disk.start(q, &chain) {
+                            Start::Deferred => {
+                                cx.deferred.push_back(chain);
+                                break 'drain QueueState::Drained;
+                            }
+                            Start::Done(len) => {
+                                q.add_used(chain.head, len)?;
+                                used += 1;
+                            }
+                            Start::Io(p) => used += dispatch(q, cx, disk, p)?,
+                        },
+                        Ok(None) => break,
+                        Err(QueueError::MalformedChain { head }) => {
+                            crate::warn_limited!(
+                                "malformed descriptor chain at head {head}: returned unused"
+                            );
+                            q.add_used(head, 0)?;
+                            used += 1;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    served += 1;
+                }
+                if !q.enable_notification()? {
+                    break QueueState::Drained;
+                }
+            },
+        };
+        if let Some(u) = uring.as_mut() {
+            if let Err(e) = u.submit() {
+                // The SQEs stay queued; the next pass submits them again.
+                crate::error_limited!("virtio-blk: io_uring submit: {e}");
+            }
+        }
+        Ok((state, used))
+    }
+
+    /// Answers every request io_uring has completed; counts them per queue in `used`.
+    fn reap(&mut self, used: &mut [usize]) -> Result<(), DeviceError> {
+        let Some(u) = self.uring.as_mut() else {
+            return Ok(());
+        };
+        let mut done = Vec::new();
+        u.reap(&mut done);
+        for c in done {
+            let (Some(q), Some(cx)) = (self.queues.get_mut(c.queue), self.ctx.get_mut(c.queue))
+            else {
+                continue; // cannot happen: completions from before a reset are dropped
+            };
+            cx.in_flight = cx.in_flight.saturating_sub(1);
+            let p = c.req;
+            let r = match (c.result, p.kind) {
+                (Err(e), IoKind::Write) => {
+                    Err(self.disk.durability("write", Err(e)).unwrap_err().into())
+                }
+                (Err(e), IoKind::Flush) => Err(self
+                    .disk
+                    .durability("fdatasync", Err(e))
+                    .unwrap_err()
+                    .into()),
+                (Err(e), IoKind::Read) => Err(e.into()),
+                // The writes submitted before the flush completed before it started
+                // (IOSQE_IO_DRAIN) and were reaped before it: a failure among them is known.
+                (Ok(_), IoKind::Flush) if self.disk.write_failed => {
+                    Err(RequestError::EarlierWriteFailed)
+                }
+                (Ok(_), IoKind::Flush) => Ok(()),
+                // A short transfer: the rest synchronously.
+                (Ok(n), _) if n < p.len => self.disk.transfer(&p, n),
+                (Ok(_), _) => Ok(()),
+            };
+            let head = p.head;
+            let len = self.disk.complete(p, r);
+            if let Some(slot) = used.get_mut(c.queue) {
+                *slot += 1;
+            }
+            q.add_used(head, len)?;
+        }
+        Ok(())
+    }
+
+    /// Raises the used-ring interrupt for queue `index` if the driver wants one.
+    fn notify(&mut self, index: usize, used: usize) -> Result<(), DeviceError> {
+        if used == 0 {
+            return Ok(());
+        }
+        let (Some(q), Some(irq)) = (self.queues.get_mut(index), self.interrupt.as_ref()) else {
+            return Ok(());
+        };
+        if q.needs_notification()? {
+            irq.signal_used_queue().map_err(DeviceError::Interrupt)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every io_uring request to complete and answers them (tests: no event loop).
+    #[cfg(test)]
+    fn complete_all(&mut self) {
+        while self.in_flight() > 0 {
+            self.uring.as_mut().unwrap().wait_one().unwrap();
+            self.process_backend(EventSet::IN).unwrap();
+        }
     }
 }
 
@@ -296,287 +549,100 @@ impl VirtioDevice for Block {
         {
             return Err(ActivateError::QueueNotReady(0));
         }
+        // One waker per (device, queue) source, all on the device's eventfd.
+        for q in &queues {
+            let waker: Arc<dyn DmaWaker> = self.notifier.clone();
+            q.dma().set_waker(q.source(), Some(waker));
+        }
+        self.ctx = queues.iter().map(|_| QueueCtx::default()).collect();
         self.queues = queues;
         self.interrupt = Some(interrupt);
         Ok(())
     }
 
     fn process_queue(&mut self, index: usize) -> Result<QueueState, DeviceError> {
-        let Block {
-            disk,
-            queues,
-            interrupt,
-            ..
-        } = self;
-        let (Some(queue), Some(interrupt)) = (queues.get_mut(index), interrupt.as_ref()) else {
+        let Some(q) = self.queues.get(index) else {
             return Err(DeviceError::NoSuchQueue(index));
         };
-        if !virtio_queue::QueueT::ready(queue.queue()) {
+        if !q.queue().ready() {
             crate::warn_limited!(
                 "virtio-blk: notification for queue {index}, which is not enabled"
             );
             return Ok(QueueState::Drained);
         }
-        drain_queue(queue, interrupt, QUEUE_BUDGET, |q, chain| {
-            disk.process_chain(q, chain)
-        })
+        let (state, used) = self.run_queue(index)?;
+        // What io_uring completed during the submission (reads from the page cache complete
+        // inline) is answered now rather than one event-loop pass later.
+        let mut done = vec![0usize; self.queues.len()];
+        if let Some(u) = done.get_mut(index) {
+            *u = used;
+        }
+        self.reap(&mut done)?;
+        for (i, &u) in done.iter().enumerate() {
+            self.notify(i, u)?;
+        }
+        Ok(state)
+    }
+
+    fn backend_interest(&self) -> Option<(RawFd, EventSet)> {
+        (!self.queues.is_empty()).then(|| (self.notifier.as_raw_fd(), EventSet::IN))
+    }
+
+    /// io_uring completions or bounce pool space: answers what completed, then serves every
+    /// queue again (deferred chains first; queues that had reached their in-flight limit).
+    fn process_backend(&mut self, _events: EventSet) -> Result<(), DeviceError> {
+        self.notifier.drain();
+        let mut used = vec![0usize; self.queues.len()];
+        self.reap(&mut used)?;
+        let mut more = false;
+        for (i, u) in used.iter_mut().enumerate() {
+            if !self.queues[i].queue().ready() {
+                continue;
+            }
+            let (state, n) = self.run_queue(i)?;
+            more |= state == QueueState::MoreWork;
+            *u += n;
+        }
+        // What completed inside those submissions: now, not one event-loop pass later.
+        self.reap(&mut used)?;
+        for (i, &u) in used.iter().enumerate() {
+            self.notify(i, u)?;
+        }
+        if more {
+            // Out of budget: come back after the other ready fds.
+            self.notifier.wake();
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
+        // Runs on a vCPU thread: waits (sleeping, no io_uring call) for the requests in flight,
+        // whose buffers the driver may reuse once the reset is seen; they are not answered.
+        if let Some(u) = self.uring.as_mut() {
+            let left = u.wait_idle(RESET_TIMEOUT);
+            if left > 0 {
+                crate::error_limited!(
+                    "virtio-blk: {left} io_uring requests still in flight {RESET_TIMEOUT:?} after \
+                     a reset; they will not be answered"
+                );
+            }
+        }
+        for q in &self.queues {
+            q.dma().set_waker(q.source(), None);
+        }
+        self.ctx.clear();
         self.queues.clear();
         self.interrupt = None;
         self.disk.write_failed = false;
     }
 }
 
-impl Disk {
-    /// Passes on the result of a write or fdatasync of the image, remembering a failure.
-    fn durability(&mut self, what: &str, r: io::Result<()>) -> io::Result<()> {
-        if let Err(e) = &r {
-            if !self.write_failed {
-                crate::error_limited!(
-                    "virtio-blk: {what} of the image failed ({e}): every FLUSH fails until the \
-                     driver resets the device"
-                );
-            }
-            self.write_failed = true;
-        }
-        r
-    }
-
-    /// Executes one request; returns the used length (bytes written to the driver's buffers).
-    fn process_chain(&mut self, q: &DmaQueue, chain: &Chain) -> u32 {
-        let Some((status_desc, rest)) = chain.descs.split_last() else {
-            crate::warn_limited!("virtio-blk: empty chain {}", chain.head);
-            return 0;
-        };
-        if !status_desc.writable || status_desc.len == 0 {
-            crate::warn_limited!(
-                "virtio-blk: chain {} has no writable status byte; returned unused",
-                chain.head
-            );
-            return 0;
-        }
-        let mut written = 0u32;
-        let status = match self.execute(q, rest, &mut written) {
-            Ok(()) => VIRTIO_BLK_S_OK,
-            Err(e) => {
-                log::debug!("virtio-blk: request at head {} failed: {e}", chain.head);
-                e.status()
-            }
-        };
-        let wrote_status = q.map(status_desc).and_then(|mut b| {
-            b.write_at(0, &[status])?;
-            b.unmap()
-        });
-        match wrote_status {
-            Ok(()) => written.saturating_add(1),
-            Err(e) => {
-                crate::warn_limited!("virtio-blk: chain {}: status byte: {e}", chain.head);
-                written
-            }
-        }
-    }
-
-    fn execute(
-        &mut self,
-        q: &DmaQueue,
-        descs: &[Desc],
-        written: &mut u32,
-    ) -> Result<(), RequestError> {
-        let (hdr_desc, data) = descs.split_first().ok_or(RequestError::NoHeader)?;
-        if hdr_desc.writable || hdr_desc.len != HEADER_LEN {
-            return Err(RequestError::BadHeader(hdr_desc.len));
-        }
-        let mut hdr = [0u8; HEADER_LEN as usize];
-        let b = q.map(hdr_desc)?;
-        b.read_at(0, &mut hdr)?;
-        b.unmap()?;
-        let (t, s) = hdr.split_at(8);
-        let req_type = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
-        let sector = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
-
-        if data.len() > self.seg_max as usize {
-            return Err(RequestError::TooManySegments(data.len()));
-        }
-        match req_type {
-            VIRTIO_BLK_T_IN => self.read(q, sector, data, written),
-            VIRTIO_BLK_T_OUT => {
-                if self.readonly {
-                    return Err(RequestError::ReadOnly);
-                }
-                self.write(q, sector, data)
-            }
-            VIRTIO_BLK_T_FLUSH => {
-                if !data.is_empty() {
-                    return Err(RequestError::UnexpectedData);
-                }
-                // The status byte says OK only once the data is on stable storage, and never
-                // again after a write or fdatasync failed (see the module's documentation).
-                if self.write_failed {
-                    return Err(RequestError::EarlierWriteFailed);
-                }
-                let r = self.image.sync_data();
-                Ok(self.durability("fdatasync", r)?)
-            }
-            VIRTIO_BLK_T_GET_ID => {
-                let [d] = data else {
-                    return Err(RequestError::UnexpectedData);
-                };
-                if !d.writable {
-                    return Err(RequestError::WrongDirection);
-                }
-                let n = (d.len as usize).min(ID_LEN);
-                let mut b = q.map(d)?;
-                b.write_at(0, &self.id[..n])?;
-                b.unmap()?;
-                *written = n as u32;
-                Ok(())
-            }
-            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if self.discard => {
-                self.discard_or_zero(q, req_type, data)
-            }
-            t => Err(RequestError::Unsupported(t)),
-        }
-    }
-
-    /// Checks directions and lengths of the data segments and the sector range; returns the
-    /// byte offset in the image.
-    fn check_data(&self, sector: u64, data: &[Desc], writable: bool) -> Result<u64, RequestError> {
-        let mut total = 0u64;
-        for d in data {
-            if d.writable != writable {
-                return Err(RequestError::WrongDirection);
-            }
-            if d.len > self.size_max {
-                return Err(RequestError::SegmentTooLarge(d.len));
-            }
-            total += u64::from(d.len); // ≤ seg_max * SIZE_MAX: no overflow
-        }
-        if total & (SECTOR_SIZE - 1) != 0 {
-            return Err(RequestError::NotSectorMultiple(total));
-        }
-        sector
-            .checked_mul(SECTOR_SIZE)
-            .filter(|o| o.checked_add(total).is_some_and(|end| end <= self.size))
-            .ok_or(RequestError::OutOfRange {
-                sector,
-                bytes: total,
-            })
-    }
-
-    fn read(
-        &self,
-        q: &DmaQueue,
-        sector: u64,
-        data: &[Desc],
-        written: &mut u32,
-    ) -> Result<(), RequestError> {
-        let mut offset = self.check_data(sector, data, true)?;
-        for b in map_all(q, data)? {
-            self.image.read_at(&b.slice(), offset)?;
-            offset += b.len() as u64;
-            *written = written.saturating_add(b.len() as u32);
-            b.unmap()?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, q: &DmaQueue, sector: u64, data: &[Desc]) -> Result<(), RequestError> {
-        let mut offset = self.check_data(sector, data, false)?;
-        for b in map_all(q, data)? {
-            let r = self.image.write_at(&b.slice(), offset);
-            self.durability("write", r)?;
-            offset += b.len() as u64;
-            b.unmap()?;
-        }
-        Ok(())
-    }
-
-    fn discard_or_zero(&mut self, q: &DmaQueue, t: u32, data: &[Desc]) -> Result<(), RequestError> {
-        // max_discard_seg = max_write_zeroes_seg = 1: exactly one 16-byte segment.
-        let [d] = data else {
-            return Err(RequestError::BadSegment);
-        };
-        if d.writable {
-            return Err(RequestError::WrongDirection);
-        }
-        if d.len as usize != DISCARD_SEG_LEN {
-            return Err(RequestError::BadSegment);
-        }
-        let mut seg = [0u8; DISCARD_SEG_LEN];
-        let b = q.map(d)?;
-        b.read_at(0, &mut seg)?;
-        b.unmap()?;
-        let (s, rest) = seg.split_at(8);
-        let sector = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
-        let num_sectors = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let flags = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-
-        let (max, allowed_flags) = if t == VIRTIO_BLK_T_DISCARD {
-            (MAX_DISCARD_SECTORS, 0)
-        } else {
-            (MAX_WRITE_ZEROES_SECTORS, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
-        };
-        if flags & !allowed_flags != 0 {
-            return Err(RequestError::UnsupportedFlags(flags));
-        }
-        let bytes = u64::from(num_sectors) << SECTOR_SHIFT;
-        if num_sectors > max {
-            return Err(RequestError::TooManySectors { num_sectors, max });
-        }
-        let offset = sector
-            .checked_mul(SECTOR_SIZE)
-            .filter(|o| o.checked_add(bytes).is_some_and(|end| end <= self.size))
-            .ok_or(RequestError::OutOfRange { sector, bytes })?;
-        if bytes == 0 {
-            return Ok(());
-        }
-        if t == VIRTIO_BLK_T_DISCARD {
-            // Only whole DISCARD_SECTOR_ALIGNMENT granules are deallocated. Linux splits its
-            // discards at that granularity but sends the unaligned head and tail of a range
-            // too (`blkdiscard -o 512`, ext4 with 1 KiB blocks): they are left as they are, as
-            // a discard is a hint the device MAY honour (§5.2.6.2), rather than failed (the
-            // guest would see I/O errors) or punched (the host filesystem zeroes partial
-            // blocks by writing them).
-            let align = u64::from(DISCARD_SECTOR_ALIGNMENT);
-            // Cannot overflow: both ends are sectors inside the disk.
-            let start = sector.next_multiple_of(align);
-            let end = (sector + u64::from(num_sectors)) / align * align;
-            if end <= start {
-                return Ok(());
-            }
-            // A hint: a failure loses nothing the driver wrote.
-            let r = self
-                .image
-                .punch_hole(start << SECTOR_SHIFT, (end - start) << SECTOR_SHIFT);
-            return Ok(r?);
-        }
-        let mut r = Err(io::Error::from(io::ErrorKind::Unsupported));
-        if flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
-            r = self.image.punch_hole(offset, bytes);
-        }
-        if let Err(e) = r {
-            log::debug!("virtio-blk: punch hole: {e}; writing zeroes");
-            r = self.image.write_zeroes(offset, bytes);
-        }
-        Ok(self.durability("write zeroes", r)?)
-    }
-}
-
-/// Maps every data buffer of a request before any I/O, as a driver's `dma_map_sg` does: the
-/// whole request holds pool space at once, so the pool pressure the model sees is the guest's.
-/// Buffers longer than a bounce segment are mapped in pieces. On failure the buffers mapped so
-/// far are unmapped (dropped) and the request fails.
-fn map_all<'q>(q: &'q DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer<'q>>, RequestError> {
-    let max = q.max_mapping_len();
-    data.iter()
-        .flat_map(|d| d.pieces(max))
-        .map(|piece| q.map(&piece).map_err(RequestError::from))
-        .collect()
-}
+/// How long a reset waits for io_uring requests in flight.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod image;
+mod request;
+mod uring;
 
 #[cfg(test)]
 mod tests;

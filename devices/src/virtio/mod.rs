@@ -21,7 +21,7 @@ pub mod net;
 pub mod rng;
 mod tap;
 
-pub use block::{Block, BlockConfig};
+pub use block::{Block, BlockConfig, Engine};
 pub use mmio::{MmioOptions, MmioTransport};
 pub use net::{Net, NetConfig};
 pub use rng::Rng;

@@ -2,12 +2,14 @@
 //! same outer machine on the nested path), with fio inside the guest.
 //!
 //! usage: blk-bench [--runtime SECONDS] [--pool SIZE] [--bounce K=V,...] [--cpus N]
+//!                  [--iodepth N] [--engine uring|sync]
 //!
 //! fio (Debian's `fio`, dynamically linked against ~60 libraries, ~85 MB) is not in the
 //! test initramfs: this program appends an uncompressed cpio with fio and its `ldd`
 //! libraries to it (Linux unpacks concatenated archives) and runs
 //! `resources/guest/tests/blk-bench.sh`: sequential 64 KiB and random 4 KiB reads and
-//! writes, `--direct=1 --ioengine=psync`, one job each, on a 128 MiB image. Then it prints
+//! writes, `--direct=1 --ioengine=psync` (`--iodepth N` > 1: libaio at that depth), one job
+//! each, on a 128 MiB image (`--engine`: microvm's disk engine). Then it prints
 //! MB/s and IOPS side by side with the ratio, and where the bounce time goes (statistics).
 
 use std::fs;
@@ -39,6 +41,8 @@ struct Opts {
     pool: String,
     bounce: Option<String>,
     cpus: u32,
+    iodepth: u32,
+    engine: Option<String>,
 }
 
 fn parse() -> Result<Opts> {
@@ -47,6 +51,8 @@ fn parse() -> Result<Opts> {
         pool: "64M".into(),
         bounce: None,
         cpus: 1,
+        iodepth: 1,
+        engine: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -56,8 +62,13 @@ fn parse() -> Result<Opts> {
             "--pool" => o.pool = val()?,
             "--bounce" => o.bounce = Some(val()?),
             "--cpus" => o.cpus = val()?.parse().context("--cpus")?,
+            "--iodepth" => o.iodepth = val()?.parse().context("--iodepth")?,
+            "--engine" => o.engine = Some(val()?),
             "-h" | "--help" => {
-                println!("usage: blk-bench [--runtime SECONDS] [--pool SIZE] [--bounce K=V,...] [--cpus N]");
+                println!(
+                    "usage: blk-bench [--runtime SECONDS] [--pool SIZE] [--bounce K=V,...] \
+                     [--cpus N] [--iodepth N] [--engine uring|sync]"
+                );
                 std::process::exit(0);
             }
             _ => bail!("unknown argument {a} (see --help)"),
@@ -146,14 +157,19 @@ fn real_main() -> Result<()> {
 
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let base = format!(
-        "{} --kernel {} --initrd {} --memory 1024 --cpus {} --disk \"$1\" --cmdline {}",
+        "{} --kernel {} --initrd {} --memory 1024 --cpus {} --disk \"$1\"{} --cmdline {}",
         q(&microvm.to_string_lossy()),
         q(&k.bzimage.to_string_lossy()),
         q(&initrd.to_string_lossy()),
         o.cpus,
+        o.engine
+            .as_ref()
+            .map(|e| format!(",engine={e}"))
+            .unwrap_or_default(),
         q(&format!(
-            "console=ttyS0 reboot=k panic=1 microvm.test=blk-bench bench.runtime={}",
-            o.runtime
+            "console=ttyS0 reboot=k panic=1 microvm.test=blk-bench bench.runtime={} \
+             bench.iodepth={}",
+            o.runtime, o.iodepth
         )),
     );
     let mut on = format!("--restricted-dma={}", o.pool);
@@ -209,9 +225,16 @@ fn real_main() -> Result<()> {
         };
         table.push((job, a, b));
     }
+    let engine = if o.iodepth > 1 {
+        format!("libaio --iodepth={}", o.iodepth)
+    } else {
+        "psync".to_string()
+    };
     println!(
-        "virtio-blk, fio --direct=1 --ioengine=psync, 1 job, {} s each, 128 MiB image ({} path{})",
+        "virtio-blk, fio --direct=1 --ioengine={engine}, 1 job, {} s each, 128 MiB image, disk \
+         engine {} ({} path{})",
         o.runtime,
+        o.engine.as_deref().unwrap_or("default"),
         h.path(),
         if h.path() == microvm_tests::PathKind::Nested {
             ": KVM inside a QEMU TCG machine, absolute figures are emulated; compare ratios only"

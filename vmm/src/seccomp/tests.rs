@@ -1,6 +1,11 @@
 use super::*;
 
-const KINDS: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Worker];
+const KINDS: [ThreadKind; 4] = [
+    ThreadKind::Main,
+    ThreadKind::Vcpu,
+    ThreadKind::Worker,
+    ThreadKind::Device,
+];
 
 #[test]
 fn every_filter_compiles_for_x86_64_in_every_mode() {
@@ -22,7 +27,8 @@ fn threads_get_only_what_they_need() {
     let main = rules(ThreadKind::Main).unwrap();
     let vcpu = rules(ThreadKind::Vcpu).unwrap();
     let worker = rules(ThreadKind::Worker).unwrap();
-    for r in [&main, &vcpu, &worker] {
+    let device = rules(ThreadKind::Device).unwrap();
+    for r in [&main, &vcpu, &worker, &device] {
         for nr in [
             libc::SYS_openat,
             libc::SYS_open,
@@ -38,7 +44,25 @@ fn threads_get_only_what_they_need() {
             assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
         }
     }
-    assert!(main.contains_key(&libc::SYS_pread64) && !vcpu.contains_key(&libc::SYS_pread64));
+    // Disk I/O on the blk device threads only; io_uring submissions too (rings are set up
+    // before any filter).
+    for nr in [
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_fdatasync,
+        libc::SYS_fallocate,
+        libc::SYS_io_uring_enter,
+    ] {
+        assert!(device.contains_key(&nr), "{}", syscall_name(nr));
+        for r in [&main, &vcpu, &worker] {
+            assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
+        }
+    }
+    assert!(!device.contains_key(&libc::SYS_ioctl));
+    for r in [&main, &vcpu, &worker, &device] {
+        assert!(!r.contains_key(&libc::SYS_io_uring_setup));
+        assert!(!r.contains_key(&libc::SYS_io_uring_register));
+    }
     assert!(!worker.contains_key(&libc::SYS_ioctl));
     assert!(!worker.contains_key(&libc::SYS_read));
 }
@@ -109,6 +133,7 @@ fn in_child(kind: ThreadKind, mode: SeccompMode, calls: fn()) -> (libc::c_int, S
         ThreadKind::Main => filters.main.clone(),
         ThreadKind::Vcpu => filters.vcpu.clone(),
         ThreadKind::Worker => filters.worker.clone(),
+        ThreadKind::Device => filters.device.clone(),
     }
     .unwrap();
     let mut fds = [0; 2];
@@ -267,6 +292,36 @@ fn memory_advice_and_remapping_only_as_glibc_uses_them() {
             );
             assert!(err.starts_with(PASSED), "{kind:?} {name}: {err:?}");
             assert!(err.contains(&format!("({name})")), "{kind:?}: {err:?}");
+        }
+    }
+}
+
+/// io_uring_enter (on a bad fd: EBADF, enough to pass the filter), then io_uring_setup, which
+/// no thread may make. Only a blk device thread passes the first.
+fn uring_enter_then_setup() {
+    // SAFETY: io_uring_enter on fd -1 touches no memory and fails with EBADF.
+    unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0usize, 0) };
+    passed();
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes the 120-byte params struct, which lives across
+    // the call; the child exits right after.
+    unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+}
+
+#[test]
+fn io_uring_enter_only_on_device_threads_and_setup_nowhere() {
+    for kind in KINDS {
+        let (status, err) = in_child(kind, SeccompMode::Trap, uring_enter_then_setup);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        if kind == ThreadKind::Device {
+            assert!(err.starts_with(PASSED), "{err:?}");
+            assert!(err.contains("(io_uring_setup)"), "{err:?}");
+        } else {
+            assert!(!err.starts_with(PASSED), "{kind:?}: {err:?}");
+            assert!(err.contains("(io_uring_enter)"), "{kind:?}: {err:?}");
         }
     }
 }

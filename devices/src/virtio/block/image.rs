@@ -136,6 +136,12 @@ impl Image {
     }
 }
 
+impl AsRawFd for Image {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 fn to_off(offset: u64) -> io::Result<libc::off64_t> {
     libc::off64_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
@@ -193,5 +199,15 @@ impl Faults {
 
     fn write(&self) -> io::Result<()> {
         Self::take(&self.write)
+    }
+
+    /// The fault a write (`true`) or an fdatasync (`false`) the io_uring engine is about to
+    /// submit gets instead (the kernel is not asked).
+    pub fn injected(&self, write: bool) -> io::Result<()> {
+        if write {
+            self.write()
+        } else {
+            self.sync()
+        }
     }
 }

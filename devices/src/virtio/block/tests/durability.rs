@@ -49,6 +49,7 @@ impl<'a> Rig<'a> {
             None => self.t.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]),
         };
         self.blk.process_queue(0).unwrap();
+        self.blk.complete_all();
         status(&self.t)
     }
 
@@ -61,11 +62,29 @@ impl<'a> Rig<'a> {
     }
 }
 
+fn engine(engine: Engine) -> BlockConfig {
+    BlockConfig {
+        engine,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn after_a_failed_fdatasync_every_flush_fails_until_reset() {
+    failed_fdatasync(Engine::Sync);
+    failed_fdatasync(Engine::Uring);
+}
+
+#[test]
+fn after_a_failed_write_every_flush_fails_until_reset() {
+    failed_write(Engine::Sync);
+    failed_write(Engine::Uring);
+}
+
+fn failed_fdatasync(e: Engine) {
     let mem = guest_mem();
     let (_t, f) = disk();
-    let mut r = Rig::new(&mem, f, BlockConfig::default());
+    let mut r = Rig::new(&mem, f, engine(e));
     assert_eq!(r.flush(), VIRTIO_BLK_S_OK);
     r.faults().sync.set(1);
     assert_eq!(r.flush(), VIRTIO_BLK_S_IOERR);
@@ -89,11 +108,10 @@ fn after_a_failed_fdatasync_every_flush_fails_until_reset() {
     assert_eq!(r.flush(), VIRTIO_BLK_S_OK);
 }
 
-#[test]
-fn after_a_failed_write_every_flush_fails_until_reset() {
+fn failed_write(e: Engine) {
     let mem = guest_mem();
     let (_t, f) = disk();
-    let mut r = Rig::new(&mem, f, BlockConfig::default());
+    let mut r = Rig::new(&mem, f, engine(e));
     r.faults().write.set(1);
     assert_eq!(
         r.request(VIRTIO_BLK_T_OUT, 8, Some((4096, false))),
