@@ -21,7 +21,7 @@ use crate::error::DmaError;
 use crate::pool::MapAttrs;
 use crate::stats::{add, StatsSnapshot};
 use crate::swiotlb::{Shared, Swiotlb};
-use crate::trace::{TraceOp, TraceRecorder};
+use crate::trace::{Extra, TraceOp, TraceRecorder};
 use crate::types::{DmaDirection, DmaSource};
 
 /// A device's only handle on guest memory. Cheap to clone; shared by a device's queues.
@@ -125,13 +125,32 @@ impl Dma {
         attrs: MapAttrs,
     ) -> Result<DmaBuffer<'_>, DmaError> {
         self.map_inner(src, addr, len, dir, attrs)
-            .map_err(|e| self.map_failed(e))
+            .map_err(|e| self.map_failed(e, src, addr, len, dir, attrs))
     }
 
-    /// Counts a failure found before the pools were asked (they count their own).
+    /// Counts a failure found before the pools were asked (they count their own), and traces
+    /// every failed map (not a `WouldBlock`, which is retried and traced when it maps).
     #[cold]
     #[inline(never)]
-    fn map_failed(&self, e: DmaError) -> DmaError {
+    fn map_failed(
+        &self,
+        e: DmaError,
+        src: DmaSource,
+        addr: GuestAddress,
+        len: u32,
+        dir: DmaDirection,
+        attrs: MapAttrs,
+    ) -> DmaError {
+        if self.inner.tracing.load(Relaxed) && !matches!(e, DmaError::WouldBlock { .. }) {
+            if let Some(t) = self.inner.trace.load().as_ref() {
+                let x = Extra {
+                    attrs,
+                    error: Some(&e),
+                    ..Default::default()
+                };
+                t.record(TraceOp::Map, t.next_id(), src, addr.0, len as usize, dir, x);
+            }
+        }
         if let Some(s) = &self.inner.pools {
             if matches!(
                 e,
@@ -181,7 +200,14 @@ impl Dma {
         if self.inner.tracing.load(Relaxed) {
             if let Some(t) = self.inner.trace.load().as_ref() {
                 id = t.next_id();
-                t.record(TraceOp::Map, id, src, addr.0, len, dir);
+                let b = bounce.as_ref().map(|b| b.addr);
+                let x = Extra {
+                    attrs,
+                    bounce: b,
+                    pool: b.and_then(|b| self.inner.pools.as_ref()?.pool_of(b)),
+                    ..Default::default()
+                };
+                t.record(TraceOp::Map, id, src, addr.0, len, dir, x);
             }
         }
         Ok(DmaBuffer {
@@ -382,7 +408,7 @@ impl DmaBuffer<'_> {
             }
             add(&s.shard(self.src).syncs_for_cpu, 1);
         }
-        self.trace(TraceOp::SyncForCpu);
+        self.trace(TraceOp::SyncForCpu, Some((0, self.len)));
         Ok(())
     }
 
@@ -402,7 +428,7 @@ impl DmaBuffer<'_> {
             }
             add(&s.shard(self.src).syncs_for_device, 1);
         }
-        self.trace(TraceOp::SyncForDevice);
+        self.trace(TraceOp::SyncForDevice, Some((0, self.len)));
         Ok(())
     }
 
@@ -425,7 +451,7 @@ impl DmaBuffer<'_> {
             }
             s.free_copied(self.src, b.addr, copied)?;
         }
-        self.trace(TraceOp::Unmap);
+        self.trace(TraceOp::Unmap, None);
         Ok(())
     }
 
@@ -436,17 +462,69 @@ impl DmaBuffer<'_> {
     }
 
     #[inline]
-    fn trace(&self, op: TraceOp) {
+    fn trace(&self, op: TraceOp, range: Option<(usize, usize)>) {
         if self.trace_id != 0 {
-            self.record(op);
+            self.record(op, range);
         }
     }
 
     #[cold]
-    fn record(&self, op: TraceOp) {
+    fn record(&self, op: TraceOp, range: Option<(usize, usize)>) {
         if let Some(t) = self.dma.trace.load().as_ref() {
-            t.record(op, self.trace_id, self.src, self.addr.0, self.len, self.dir);
+            let x = Extra {
+                bounce: self.bounce_addr(),
+                range,
+                ..Default::default()
+            };
+            t.record(
+                op,
+                self.trace_id,
+                self.src,
+                self.addr.0,
+                self.len,
+                self.dir,
+                x,
+            );
         }
+    }
+
+    /// Makes device writes to `len` bytes at `offset` visible in guest memory (Linux
+    /// `dma_sync_single_range_for_cpu`). Unlike [`DmaBuffer::sync_for_cpu`] it does not hand
+    /// the whole buffer over: partial syncs of either kind may follow in any order.
+    pub fn sync_range_for_cpu(&mut self, offset: usize, len: usize) -> Result<(), DmaError> {
+        self.check(offset, len)?;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+            if self.dir.device_writes() {
+                // SAFETY: as in `slice`; `check` kept the range inside the buffer.
+                let from = unsafe { VolatileSlice::new(b.host.as_ptr().add(offset), len) };
+                // SAFETY: as in `guest_slice`, the same range.
+                let to = unsafe { VolatileSlice::new(self.guest.as_ptr().add(offset), len) };
+                from.copy_to_volatile_slice(to);
+                add(&s.shard(self.src).bytes_to_guest, len as u64);
+            }
+            add(&s.shard(self.src).syncs_for_cpu, 1);
+        }
+        self.trace(TraceOp::SyncForCpu, Some((offset, len)));
+        Ok(())
+    }
+
+    /// Copies the guest's `len` bytes at `offset` into the bounce buffer (Linux
+    /// `dma_sync_single_range_for_device`); see [`DmaBuffer::sync_range_for_cpu`].
+    pub fn sync_range_for_device(&mut self, offset: usize, len: usize) -> Result<(), DmaError> {
+        self.check(offset, len)?;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+            if self.dir.device_reads() {
+                // SAFETY: as in `slice`; `check` kept the range inside the buffer.
+                let to = unsafe { VolatileSlice::new(b.host.as_ptr().add(offset), len) };
+                // SAFETY: as in `guest_slice`, the same range.
+                let from = unsafe { VolatileSlice::new(self.guest.as_ptr().add(offset), len) };
+                from.copy_to_volatile_slice(to);
+                add(&s.shard(self.src).bytes_to_pool, len as u64);
+            }
+            add(&s.shard(self.src).syncs_for_device, 1);
+        }
+        self.trace(TraceOp::SyncForDevice, Some((offset, len)));
+        Ok(())
     }
 
     fn double_sync(&self, owner: &'static str) -> DmaError {
@@ -687,6 +765,136 @@ mod tests {
         assert!(recs
             .iter()
             .all(|r| r.id == 1 && r.device == 3 && r.queue == 1 && r.len == 64));
+        assert!(recs.iter().all(|r| r.bounce == Some(crate::BOUNCE_BASE)));
+        assert_eq!(
+            recs[0].pool,
+            Some(
+                dma.swiotlb()
+                    .unwrap()
+                    .find_pool(crate::BOUNCE_BASE)
+                    .unwrap()
+            )
+        );
+        assert_eq!(recs[0].pool_kind, Some(crate::TracePoolKind::Initial));
+        assert_eq!((recs[1].offset, recs[1].sync_len), (Some(0), Some(64)));
+    }
+
+    /// Failed maps (with their error), alignment masks, the serving pool (a transient one
+    /// here), partial sync ranges and the recording thread all reach the trace, and nothing in
+    /// it is a host address.
+    #[test]
+    fn trace_records_failures_masks_pools_and_ranges() {
+        use std::io::Write;
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let dma = bounced("size=256K,areas=1,dynamic=off");
+        dma.set_trace(Some(Arc::new(TraceRecorder::new(Box::new(buf.clone())))));
+        let src = DmaSource::default();
+        let attrs = MapAttrs {
+            min_align_mask: 0xfff,
+            alloc_align_mask: 0x7ff,
+            may_block: false,
+        };
+        // Fill the 256 KiB pool, then one more: a transient pool serves it.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(
+                dma.map_with(
+                    src,
+                    GuestAddress(0),
+                    0x10000,
+                    DmaDirection::FromDevice,
+                    attrs,
+                )
+                .unwrap(),
+            );
+        }
+        let mut t = dma
+            .map(
+                src,
+                GuestAddress(0x8000),
+                0x1000,
+                DmaDirection::Bidirectional,
+            )
+            .unwrap();
+        t.sync_range_for_cpu(0x100, 0x200).unwrap();
+        t.sync_range_for_device(0x400, 0x10).unwrap();
+        assert!(t.sync_range_for_cpu(0xf00, 0x200).is_err());
+        t.unmap().unwrap();
+        // A failure: zero length.
+        assert!(dma
+            .map(src, GuestAddress(0), 0, DmaDirection::ToDevice)
+            .is_err());
+        drop(held);
+        dma.set_trace(None);
+        let data = buf.0.lock().unwrap().clone();
+        let text = String::from_utf8(data.clone()).unwrap();
+        let (version, recs) = crate::trace::read_trace_versioned(&data[..]).unwrap();
+        assert_eq!(version, crate::TRACE_VERSION);
+        let maps: Vec<_> = recs.iter().filter(|r| r.op == TraceOp::Map).collect();
+        assert_eq!(maps.len(), 6);
+        assert!(maps[..4].iter().all(|r| r.min_align_mask == 0xfff
+            && r.alloc_align_mask == 0x7ff
+            && r.pool_kind == Some(crate::TracePoolKind::Initial)));
+        assert_eq!(maps[4].pool_kind, Some(crate::TracePoolKind::Transient));
+        assert_ne!(maps[4].pool, maps[0].pool);
+        assert_eq!(maps[5].error.as_deref(), Some("zero_length"));
+        assert!(maps[5]
+            .error_msg
+            .as_deref()
+            .unwrap()
+            .contains("zero-length"));
+        assert_eq!(maps[5].bounce, None);
+        let syncs: Vec<_> = recs
+            .iter()
+            .filter(|r| matches!(r.op, TraceOp::SyncForCpu | TraceOp::SyncForDevice))
+            .map(|r| (r.op, r.partial_sync()))
+            .collect();
+        assert_eq!(
+            syncs,
+            [
+                (TraceOp::SyncForCpu, Some((0x100, 0x200))),
+                (TraceOp::SyncForDevice, Some((0x400, 0x10)))
+            ]
+        );
+        assert!(recs
+            .iter()
+            .all(|r| r.thread == recs[0].thread && r.thread.is_some()));
+        // Every bounce address is in the model's own address space, not the host's.
+        assert!(recs
+            .iter()
+            .filter_map(|r| r.bounce)
+            .all(|b| (crate::BOUNCE_BASE..crate::BOUNCE_BASE + (1 << 40)).contains(&b)));
+        let host = held_host_hint(&dma);
+        assert!(!text.contains(&host.to_string()), "host address in trace");
+        let s = dma.stats().unwrap();
+        assert_eq!((s.syncs_for_cpu, s.syncs_for_device), (1, 1));
+    }
+
+    /// A host address of the pools (the first bounce slot), to check a trace does not hold it.
+    fn held_host_hint(dma: &Dma) -> u64 {
+        let b = dma
+            .map(
+                DmaSource::default(),
+                GuestAddress(0),
+                16,
+                DmaDirection::ToDevice,
+            )
+            .unwrap();
+        let p = b.slice().ptr_guard().as_ptr() as u64;
+        b.unmap().unwrap();
+        p
     }
 
     #[test]
