@@ -15,6 +15,7 @@ pub mod config;
 pub mod convert;
 pub mod dma;
 pub mod error;
+pub mod linux_trace;
 mod lookup;
 pub mod notify;
 pub mod pool;

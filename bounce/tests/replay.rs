@@ -275,3 +275,41 @@ fn bad_sweep_specs_fail_before_anything_runs() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("varied twice"));
 }
+
+/// The Linux tracepoint sample, converted by `bounce-trace-linux` and replayed.
+#[test]
+fn linux_tracepoints_convert_and_replay() {
+    let dir = std::env::temp_dir().join(format!("bounce-linux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("linux.jsonl");
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/traces/linux-dma-sample.report"
+    );
+    let conv = std::process::Command::new(env!("CARGO_BIN_EXE_bounce-trace-linux"))
+        .args([sample, "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        conv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
+    assert!(String::from_utf8_lossy(&conv.stderr).contains("14 records: 6 maps (1 failed)"));
+    let o = replay(&[out.to_str().unwrap(), "--config", "size=1M", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["records"], 14);
+    assert_eq!(v["recorded_failed_maps"], 1);
+    // 6 maps, and the one that failed in the guest tried again (it maps here).
+    assert_eq!(v["stats"]["maps"], 7);
+    assert_eq!(v["stats"]["unmaps"], 7);
+    assert_eq!(v["stats"]["syncs_for_cpu"], 1);
+    assert_eq!(
+        (&v["skipped_records"], &v["live_at_end"]),
+        (&0.into(), &0.into())
+    );
+    // Two devices' CPU 0 and CPU 1: three queues, three threads.
+    assert_eq!(v["threads"], 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
