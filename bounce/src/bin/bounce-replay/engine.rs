@@ -44,8 +44,10 @@ fn op_index(op: TraceOp) -> usize {
     }
 }
 
+/// Latencies up to a minute at 3 significant figures. (An auto-resizing `Histogram::new` does
+/// not resize on `saturating_record`: it clamped every value to its first range, 2 us.)
 fn histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("3 significant figures is valid")
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
 /// What one replay of a trace against one configuration gave.
@@ -438,4 +440,22 @@ pub fn replay(
         latency: tally.latency,
         stats,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_keep_long_latencies() {
+        let mut t = Tally::new();
+        t.latency[0].saturating_record(5_000_000);
+        t.latency[0].saturating_record(100);
+        assert!(t.latency[0].max() >= 4_990_000, "{}", t.latency[0].max());
+        assert!(t.latency[0].value_at_quantile(0.99) >= 4_990_000);
+        let mut u = Tally::new();
+        u.latency[0].saturating_record(10_000_000_000);
+        t.add(u);
+        assert!(t.latency[0].max() >= 9_990_000_000);
+    }
 }
