@@ -313,3 +313,38 @@ fn linux_tracepoints_convert_and_replay() {
     assert_eq!(v["threads"], 3);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An unmap recorded on another queue (a Linux trace's CPU) goes to its map's thread.
+#[test]
+fn unmaps_follow_their_map_across_queues() {
+    let dir = std::env::temp_dir().join(format!("bounce-xq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("xq.jsonl");
+    let mut recs = Vec::new();
+    for id in 1..=50u64 {
+        let map = TraceRecord {
+            id,
+            queue: (id % 2) as u16,
+            addr: id * 4096,
+            len: 4096,
+            dir: DmaDirection::ToDevice,
+            ..Default::default()
+        };
+        recs.push(map.clone());
+        recs.push(TraceRecord {
+            op: TraceOp::Unmap,
+            queue: 1 - map.queue,
+            ..map
+        });
+    }
+    bounce::write_trace(std::fs::File::create(&path).unwrap(), &recs).unwrap();
+    let out = replay(&[path.to_str().unwrap(), "--config", "size=1M", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["threads"], 2);
+    assert_eq!(
+        (&v["skipped_records"], &v["live_at_end"]),
+        (&0.into(), &0.into())
+    );
+    assert_eq!(v["stats"]["unmaps"], 50);
+    std::fs::remove_dir_all(&dir).ok();
+}

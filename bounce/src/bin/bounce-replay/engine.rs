@@ -258,10 +258,11 @@ impl<'a> Lane<'a> {
                 if !self.unmap(r.id) {
                     let id = r.id;
                     let recs = self.recs;
+                    // Its map's queue (a converted Linux trace unmaps on whichever CPU).
                     match self
                         .deferred
-                        .get_mut(&src)
-                        .and_then(|q| q.iter_mut().find(|d| recs[d.rec].id == id))
+                        .values_mut()
+                        .find_map(|q| q.iter_mut().find(|d| recs[d.rec].id == id))
                     {
                         Some(d) => d.unmap = true,
                         None => self.t.skipped += 1,
