@@ -166,7 +166,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     let table = cells.len() > 1 && !cli.json;
     if table {
-        if !base_col {
+        if !base_col && !configs[0].is_empty() {
             println!("Base configuration: `{}`\n", configs[0]);
         }
         let mut head = label_keys.clone();
