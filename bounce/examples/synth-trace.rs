@@ -16,7 +16,7 @@
 //! and 4.6 MiB in flight on average, 5.7 MiB at the peak).
 
 use std::collections::BinaryHeap;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 
 use bounce::{DmaDirection, TraceOp, TraceRecord};
 
@@ -89,18 +89,14 @@ fn main() -> std::io::Result<()> {
             addr,
             len,
             dir,
+            ..Default::default()
         };
         recs.push(rec(t, TraceOp::Map));
         recs.push(rec(t + service, TraceOp::Unmap));
         due.push((-((t + service + 5_000) as i64), slot));
     }
     recs.sort_by_key(|r| (r.t_ns, r.op == TraceOp::Map));
-    let mut w = BufWriter::new(std::fs::File::create(out)?);
-    for r in &recs {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()?;
+    bounce::write_trace(BufWriter::new(std::fs::File::create(out)?), &recs)?;
     let end = recs.last().map_or(0, |r| r.t_ns);
     eprintln!(
         "synth-trace: {} records, {requests} requests, {queues} queues x {depth}, {} ms",

@@ -21,7 +21,7 @@ use crate::error::DmaError;
 use crate::pool::MapAttrs;
 use crate::stats::{add, StatsSnapshot};
 use crate::swiotlb::{Shared, Swiotlb};
-use crate::trace::{TraceOp, TraceRecorder};
+use crate::trace::{Extra, TraceOp, TraceRecorder};
 use crate::types::{DmaDirection, DmaSource};
 
 /// A device's only handle on guest memory. Cheap to clone; shared by a device's queues.
@@ -125,13 +125,32 @@ impl Dma {
         attrs: MapAttrs,
     ) -> Result<DmaBuffer<'_>, DmaError> {
         self.map_inner(src, addr, len, dir, attrs)
-            .map_err(|e| self.map_failed(e))
+            .map_err(|e| self.map_failed(e, src, addr, len, dir, attrs))
     }
 
-    /// Counts a failure found before the pools were asked (they count their own).
+    /// Counts a failure found before the pools were asked (they count their own), and traces
+    /// every failed map (not a `WouldBlock`, which is retried and traced when it maps).
     #[cold]
     #[inline(never)]
-    fn map_failed(&self, e: DmaError) -> DmaError {
+    fn map_failed(
+        &self,
+        e: DmaError,
+        src: DmaSource,
+        addr: GuestAddress,
+        len: u32,
+        dir: DmaDirection,
+        attrs: MapAttrs,
+    ) -> DmaError {
+        if self.inner.tracing.load(Relaxed) && !matches!(e, DmaError::WouldBlock { .. }) {
+            if let Some(t) = self.inner.trace.load().as_ref() {
+                let x = Extra {
+                    attrs,
+                    error: Some(&e),
+                    ..Default::default()
+                };
+                t.record(TraceOp::Map, t.next_id(), src, addr.0, len as usize, dir, x);
+            }
+        }
         if let Some(s) = &self.inner.pools {
             if matches!(
                 e,
@@ -181,7 +200,14 @@ impl Dma {
         if self.inner.tracing.load(Relaxed) {
             if let Some(t) = self.inner.trace.load().as_ref() {
                 id = t.next_id();
-                t.record(TraceOp::Map, id, src, addr.0, len, dir);
+                let b = bounce.as_ref().map(|b| b.addr);
+                let x = Extra {
+                    attrs,
+                    bounce: b,
+                    pool: b.and_then(|b| self.inner.pools.as_ref()?.pool_of(b)),
+                    ..Default::default()
+                };
+                t.record(TraceOp::Map, id, src, addr.0, len, dir, x);
             }
         }
         Ok(DmaBuffer {
@@ -382,7 +408,7 @@ impl DmaBuffer<'_> {
             }
             add(&s.shard(self.src).syncs_for_cpu, 1);
         }
-        self.trace(TraceOp::SyncForCpu);
+        self.trace(TraceOp::SyncForCpu, Some((0, self.len)));
         Ok(())
     }
 
@@ -402,7 +428,7 @@ impl DmaBuffer<'_> {
             }
             add(&s.shard(self.src).syncs_for_device, 1);
         }
-        self.trace(TraceOp::SyncForDevice);
+        self.trace(TraceOp::SyncForDevice, Some((0, self.len)));
         Ok(())
     }
 
@@ -425,7 +451,7 @@ impl DmaBuffer<'_> {
             }
             s.free_copied(self.src, b.addr, copied)?;
         }
-        self.trace(TraceOp::Unmap);
+        self.trace(TraceOp::Unmap, None);
         Ok(())
     }
 
@@ -436,17 +462,69 @@ impl DmaBuffer<'_> {
     }
 
     #[inline]
-    fn trace(&self, op: TraceOp) {
+    fn trace(&self, op: TraceOp, range: Option<(usize, usize)>) {
         if self.trace_id != 0 {
-            self.record(op);
+            self.record(op, range);
         }
     }
 
     #[cold]
-    fn record(&self, op: TraceOp) {
+    fn record(&self, op: TraceOp, range: Option<(usize, usize)>) {
         if let Some(t) = self.dma.trace.load().as_ref() {
-            t.record(op, self.trace_id, self.src, self.addr.0, self.len, self.dir);
+            let x = Extra {
+                bounce: self.bounce_addr(),
+                range,
+                ..Default::default()
+            };
+            t.record(
+                op,
+                self.trace_id,
+                self.src,
+                self.addr.0,
+                self.len,
+                self.dir,
+                x,
+            );
         }
+    }
+
+    /// Makes device writes to `len` bytes at `offset` visible in guest memory (Linux
+    /// `dma_sync_single_range_for_cpu`). Unlike [`DmaBuffer::sync_for_cpu`] it does not hand
+    /// the whole buffer over: partial syncs of either kind may follow in any order.
+    pub fn sync_range_for_cpu(&mut self, offset: usize, len: usize) -> Result<(), DmaError> {
+        self.check(offset, len)?;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+            if self.dir.device_writes() {
+                // SAFETY: as in `slice`; `check` kept the range inside the buffer.
+                let from = unsafe { VolatileSlice::new(b.host.as_ptr().add(offset), len) };
+                // SAFETY: as in `guest_slice`, the same range.
+                let to = unsafe { VolatileSlice::new(self.guest.as_ptr().add(offset), len) };
+                from.copy_to_volatile_slice(to);
+                add(&s.shard(self.src).bytes_to_guest, len as u64);
+            }
+            add(&s.shard(self.src).syncs_for_cpu, 1);
+        }
+        self.trace(TraceOp::SyncForCpu, Some((offset, len)));
+        Ok(())
+    }
+
+    /// Copies the guest's `len` bytes at `offset` into the bounce buffer (Linux
+    /// `dma_sync_single_range_for_device`); see [`DmaBuffer::sync_range_for_cpu`].
+    pub fn sync_range_for_device(&mut self, offset: usize, len: usize) -> Result<(), DmaError> {
+        self.check(offset, len)?;
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+            if self.dir.device_reads() {
+                // SAFETY: as in `slice`; `check` kept the range inside the buffer.
+                let to = unsafe { VolatileSlice::new(b.host.as_ptr().add(offset), len) };
+                // SAFETY: as in `guest_slice`, the same range.
+                let from = unsafe { VolatileSlice::new(self.guest.as_ptr().add(offset), len) };
+                from.copy_to_volatile_slice(to);
+                add(&s.shard(self.src).bytes_to_pool, len as u64);
+            }
+            add(&s.shard(self.src).syncs_for_device, 1);
+        }
+        self.trace(TraceOp::SyncForDevice, Some((offset, len)));
+        Ok(())
     }
 
     fn double_sync(&self, owner: &'static str) -> DmaError {
@@ -489,226 +567,4 @@ impl Drop for DmaBuffer<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
-    }
-
-    #[test]
-    fn direct_round_trip() {
-        let dma = Dma::direct(mem());
-        let mut b = dma
-            .map(
-                DmaSource::default(),
-                GuestAddress(0x1000),
-                16,
-                DmaDirection::FromDevice,
-            )
-            .unwrap();
-        b.write_at(4, b"abcd").unwrap();
-        let mut out = [0u8; 4];
-        b.read_at(4, &mut out).unwrap();
-        assert_eq!(&out, b"abcd");
-        b.unmap().unwrap();
-        let mut g = [0u8; 4];
-        dma.guest_memory()
-            .read_slice(&mut g, GuestAddress(0x1004))
-            .unwrap();
-        assert_eq!(&g, b"abcd");
-    }
-
-    #[test]
-    fn rejects_bad_ranges() {
-        let dma = Dma::direct(mem());
-        let src = DmaSource::default();
-        let d = DmaDirection::ToDevice;
-        assert_eq!(
-            dma.map(src, GuestAddress(0x100), 0, d).err(),
-            Some(DmaError::ZeroLength { addr: 0x100 })
-        );
-        assert!(matches!(
-            dma.map(src, GuestAddress(0xffff), 2, d),
-            Err(DmaError::OutOfGuestMemory { .. })
-        ));
-        assert!(matches!(
-            dma.map(src, GuestAddress(u64::MAX), 2, d),
-            Err(DmaError::OutOfGuestMemory { .. })
-        ));
-        let mut b = dma.map(src, GuestAddress(0), 8, d).unwrap();
-        assert_eq!(b.write_at(0, b"x"), Err(DmaError::ReadOnlyBuffer));
-        let mut out = [0u8; 4];
-        assert!(matches!(
-            b.read_at(usize::MAX, &mut out),
-            Err(DmaError::OutOfBuffer { .. })
-        ));
-        assert!(matches!(
-            b.read_at(6, &mut out),
-            Err(DmaError::OutOfBuffer { .. })
-        ));
-    }
-
-    fn bounced(cfg: &str) -> Dma {
-        Dma::bounced_from_str(mem(), cfg).unwrap()
-    }
-
-    #[test]
-    fn bounced_round_trip_never_touches_guest_until_unmap() {
-        let dma = bounced("size=1M,areas=2");
-        dma.guest_memory()
-            .write_slice(b"guest!", GuestAddress(0x2000))
-            .unwrap();
-        let src = DmaSource::default();
-        let mut b = dma
-            .map(src, GuestAddress(0x2000), 6, DmaDirection::Bidirectional)
-            .unwrap();
-        let bounce = b.bounce_addr().unwrap();
-        // Copied in on map for every direction.
-        let mut seen = [0u8; 6];
-        b.read_at(0, &mut seen).unwrap();
-        assert_eq!(&seen, b"guest!");
-        assert!(bounce >= crate::swiotlb::BOUNCE_BASE);
-        b.write_at(0, b"DEVICE").unwrap();
-        let mut g = [0u8; 6];
-        dma.guest_memory()
-            .read_slice(&mut g, GuestAddress(0x2000))
-            .unwrap();
-        assert_eq!(&g, b"guest!", "device writes must stay in the bounce slot");
-        b.sync_for_cpu().unwrap();
-        assert!(matches!(b.sync_for_cpu(), Err(DmaError::DoubleSync { .. })));
-        dma.guest_memory()
-            .read_slice(&mut g, GuestAddress(0x2000))
-            .unwrap();
-        assert_eq!(&g, b"DEVICE");
-        b.sync_for_device().unwrap();
-        assert!(matches!(
-            b.sync_for_device(),
-            Err(DmaError::DoubleSync { .. })
-        ));
-        b.write_at(0, b"second").unwrap();
-        b.unmap().unwrap();
-        dma.guest_memory()
-            .read_slice(&mut g, GuestAddress(0x2000))
-            .unwrap();
-        assert_eq!(&g, b"second");
-        let s = dma.stats().unwrap();
-        assert_eq!((s.maps, s.unmaps, s.slots_used), (1, 1, 0));
-        assert_eq!(s.syncs_for_cpu, 1);
-        assert_eq!(s.syncs_for_device, 1);
-        assert_eq!(s.failures.double_sync, 2);
-        assert_eq!(s.bytes_to_pool, 12);
-        assert_eq!(s.bytes_to_guest, 12);
-        assert!(Dma::direct(mem()).stats().is_none());
-    }
-
-    #[test]
-    fn drop_unmaps_and_copies_back() {
-        let dma = bounced("size=1M");
-        {
-            let mut b = dma
-                .map(
-                    DmaSource::default(),
-                    GuestAddress(0x3000),
-                    4,
-                    DmaDirection::FromDevice,
-                )
-                .unwrap();
-            b.write_at(0, b"drop").unwrap();
-        }
-        let mut g = [0u8; 4];
-        dma.guest_memory()
-            .read_slice(&mut g, GuestAddress(0x3000))
-            .unwrap();
-        assert_eq!(&g, b"drop");
-        assert_eq!(dma.stats().unwrap().slots_used, 0);
-    }
-
-    #[test]
-    fn bounced_rejects_bad_ranges_with_counted_errors() {
-        let dma = bounced("size=1M,transient=off,dynamic=off");
-        let src = DmaSource::default();
-        let d = DmaDirection::ToDevice;
-        assert!(matches!(
-            dma.map(src, GuestAddress(0), 0, d),
-            Err(DmaError::ZeroLength { .. })
-        ));
-        assert!(matches!(
-            dma.map(src, GuestAddress(0), 256 * 1024 + 1, d),
-            Err(DmaError::OutOfGuestMemory { .. })
-        ));
-        let big = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
-        let dma2 = Dma::bounced_from_str(big, "size=1M").unwrap();
-        assert_eq!(
-            dma2.map(src, GuestAddress(0), 256 * 1024 + 1, d).err(),
-            Some(DmaError::TooLarge {
-                len: 256 * 1024 + 1,
-                max: 256 * 1024
-            })
-        );
-        let s = dma.stats().unwrap();
-        assert_eq!(s.failures.zero_length, 1);
-        assert_eq!(s.failures.guest_range, 1);
-        assert_eq!(dma2.stats().unwrap().failures.too_large, 1);
-    }
-
-    #[test]
-    fn trace_records_every_operation() {
-        use std::io::Write;
-        use std::sync::Mutex;
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let dma = bounced("size=1M");
-        dma.set_trace(Some(Arc::new(TraceRecorder::new(Box::new(buf.clone())))));
-        let src = DmaSource {
-            device: 3,
-            queue: 1,
-        };
-        let mut b = dma
-            .map(src, GuestAddress(0x100), 64, DmaDirection::FromDevice)
-            .unwrap();
-        b.sync_for_cpu().unwrap();
-        b.unmap().unwrap();
-        dma.set_trace(None);
-        let data = buf.0.lock().unwrap().clone();
-        let recs = crate::trace::read_trace(&data[..]).unwrap();
-        let ops: Vec<_> = recs.iter().map(|r| r.op).collect();
-        assert_eq!(ops, [TraceOp::Map, TraceOp::SyncForCpu, TraceOp::Unmap]);
-        assert!(recs
-            .iter()
-            .all(|r| r.id == 1 && r.device == 3 && r.queue == 1 && r.len == 64));
-    }
-
-    #[test]
-    fn spanning_two_regions_is_not_contiguous() {
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x10000),
-            (GuestAddress(0x10000), 0x10000),
-        ])
-        .unwrap();
-        for dma in [
-            Dma::direct(mem.clone()),
-            Dma::bounced_from_str(mem, "size=1M").unwrap(),
-        ] {
-            assert!(matches!(
-                dma.map(
-                    DmaSource::default(),
-                    GuestAddress(0xff00),
-                    0x200,
-                    DmaDirection::ToDevice
-                ),
-                Err(DmaError::NotContiguous { .. })
-            ));
-        }
-    }
-}
+mod tests;

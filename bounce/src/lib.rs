@@ -15,6 +15,7 @@ pub mod config;
 pub mod convert;
 pub mod dma;
 pub mod error;
+pub mod linux_trace;
 mod lookup;
 pub mod notify;
 pub mod owned;
@@ -42,5 +43,8 @@ pub use stats::{
     StatsSnapshot,
 };
 pub use swiotlb::{AtomicPoolStats, Freed, Mapping, Swiotlb, WorkerStart, BOUNCE_BASE};
-pub use trace::{read_trace, TraceOp, TraceRecord, TraceRecorder};
+pub use trace::{
+    read_trace, read_trace_versioned, write_trace, TraceHeader, TraceOp, TracePoolKind,
+    TraceRecord, TraceRecorder, TRACE_VERSION,
+};
 pub use types::{DmaDirection, DmaSource};

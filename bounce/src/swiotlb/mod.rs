@@ -402,6 +402,23 @@ impl Shared {
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
+
+    /// The pool owning bounce address `addr` and its kind, for traces: not counted as a lookup
+    /// in the statistics (the map that is traced has already placed it).
+    pub(crate) fn pool_of(&self, addr: u64) -> Option<(u64, crate::trace::TracePoolKind)> {
+        use crate::pool::PoolKind;
+        use crate::trace::TracePoolKind;
+        self.pools.find(self.cfg.lookup, addr, |p, _| {
+            p.map(|p| {
+                let kind = match p.kind {
+                    PoolKind::Initial => TracePoolKind::Initial,
+                    PoolKind::Dynamic => TracePoolKind::Dynamic,
+                    PoolKind::Transient => TracePoolKind::Transient,
+                };
+                (p.id, kind)
+            })
+        })
+    }
 }
 
 #[cfg(test)]
