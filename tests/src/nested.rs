@@ -47,7 +47,7 @@ const OUTER_MODULES: &[(&str, bool)] = &[
 ];
 /// Extra time for the outer machine to boot and power off, on top of the run's timeout.
 const OUTER_SLACK: Duration = Duration::from_secs(180);
-/// Outer machine boots tried before giving up, when it fails before the program starts.
+/// Outer machine boots tried before giving up, when the machine itself fails (see `run`).
 const OUTER_ATTEMPTS: u32 = 3;
 
 const OUTER_INIT: &str = r#"#!/bin/sh
@@ -684,13 +684,27 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             .lines()
             .filter(|l| l.trim_start().starts_with('{'))
             .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
-        if a.boot.is_none() && report.is_none() && attempt < OUTER_ATTEMPTS {
-            // The program never started: the outer machine itself failed (QEMU TCG has
-            // crashed here now and then). Retrying cannot hide a failure of the program;
-            // the failed attempts are reported (OuterInfo::failed_attempts).
+        let started = a.boot.is_some();
+        let machine_failed = report.is_none() || a.stop.is_some() || kernel_panicked(&a.kernel_log);
+        // Once the program has started, a rerun must not change what it sees: no host disk
+        // image it may have written, no person at its terminal, no output already shown.
+        let rerun_ok =
+            !started || (spec.disks.is_empty() && spec.stdio != StdioMode::Console && !spec.echo);
+        let setup_failed = started && crate::setup::failed_output(&a.console).is_some();
+        if machine_failed && rerun_ok && !setup_failed && attempt < OUTER_ATTEMPTS {
+            // harness-exec reports every outcome of the program (its status, a signal, its
+            // own timeout); no report, a frozen or a panicked outer kernel is the outer
+            // machine's failure (QEMU TCG's emulated SVM), recognised by those signatures and
+            // never by the program's result. It is said here and kept in
+            // OuterInfo::failed_attempts; the third failure in a row is an error.
             let failure = classify_attempt(&a, &qemu_log, &kernel);
             let why = format!(
-                "outer machine attempt {attempt} failed before /run.sh ({failure}, after {:.1?}); retrying",
+                "outer machine attempt {attempt} failed {} ({failure}, after {:.1?}); rerunning",
+                if started {
+                    "while the program ran"
+                } else {
+                    "before /run.sh"
+                },
                 a.total
             );
             eprintln!("harness: {why}");
