@@ -103,8 +103,9 @@ impl Vcpu {
                 Ok(VcpuExit::Shutdown) => {
                     log::warn!(
                         "vCPU {}: guest triple fault (KVM_EXIT_SHUTDOWN): it crashed, or rebooted \
-                         with reboot=t",
-                        self.id
+                         with reboot=t; {}",
+                        self.id,
+                        self.state()
                     );
                     ExitReason::TripleFault
                 }
@@ -157,14 +158,40 @@ impl Vcpu {
         }
     }
 
-    /// An exit the VMM cannot handle: the reason, RIP and the instruction bytes there.
-    fn fatal(&self, what: &str) -> ExitReason {
-        let Ok(regs) = self.fd.get_regs() else {
-            return ExitReason::Error(format!("vCPU {}: {what}", self.id));
+    /// The vCPU's state where a triple fault left it, for the exit's log line. On AMD, KVM
+    /// INITs the vCPU on a shutdown intercept (the VMCB is undefined after one), so what is
+    /// left there is the reset state, said as such; Intel keeps the faulting state.
+    fn state(&self) -> String {
+        let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return "its registers could not be read".into();
         };
-        let bytes = self
-            .fd
-            .translate_gva(regs.rip)
+        if regs.rip == 0xfff0 && sregs.cs.base == 0xffff_0000 {
+            return "its registers are the reset state (KVM on AMD INITs a vCPU at shutdown), \
+                    so where it faulted is lost: the guest's last console lines tell"
+                .into();
+        }
+        format!(
+            "state: RIP {:#x} ({}) RSP {:#x} RFLAGS {:#x} CR0 {:#x} CR2 {:#x} CR3 {:#x} \
+             CR4 {:#x} EFER {:#x} CS {:#x} IDT {:#x}/{:#x}",
+            regs.rip,
+            self.code_at(regs.rip),
+            regs.rsp,
+            regs.rflags,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.efer,
+            sregs.cs.selector,
+            sregs.idt.base,
+            sregs.idt.limit
+        )
+    }
+
+    /// The 16 instruction bytes at guest virtual address `rip`, in hex, or "unreadable".
+    fn code_at(&self, rip: u64) -> String {
+        self.fd
+            .translate_gva(rip)
             .ok()
             .filter(|t| t.valid != 0)
             .and_then(|t| {
@@ -180,7 +207,15 @@ impl Vcpu {
                     .collect::<Vec<_>>()
                     .join(" ")
             })
-            .unwrap_or_else(|| "unreadable".into());
+            .unwrap_or_else(|| "unreadable".into())
+    }
+
+    /// An exit the VMM cannot handle: the reason, RIP and the instruction bytes there.
+    fn fatal(&self, what: &str) -> ExitReason {
+        let Ok(regs) = self.fd.get_regs() else {
+            return ExitReason::Error(format!("vCPU {}: {what}", self.id));
+        };
+        let bytes = self.code_at(regs.rip);
         ExitReason::Error(format!(
             "vCPU {}: {what} at RIP {:#x} (instruction bytes: {bytes})",
             self.id, regs.rip
