@@ -4,6 +4,10 @@
 //! shared memory) and are read in place here; the buffers descriptors point at are streaming DMA
 //! and reach the device only through [`Dma::map`].
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
@@ -59,11 +63,55 @@ pub enum QueueError {
     InvalidRings,
 }
 
+/// Monotonic counters of one virtqueue, shared with whoever reports them (the VMM's metrics).
+/// Written only by the thread serving the queue (relaxed, uncontended); they outlive the
+/// [`DmaQueue`]s of successive activations, so a driver reset does not set them back.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Notifications the transport served (guest kicks, and its own re-kicks past the budget).
+    pub notifications: AtomicU64,
+    /// Well-formed chains popped (requests).
+    pub chains: AtomicU64,
+    /// Malformed chains returned unused.
+    pub malformed: AtomicU64,
+    /// Bytes of the driver's device-readable descriptors (e.g. a block write's header + data).
+    pub bytes_from_driver: AtomicU64,
+    /// Used lengths returned (bytes the device wrote into the driver's buffers).
+    pub bytes_to_driver: AtomicU64,
+    /// Requests the device answered with an error status (counted by the device).
+    pub errors: AtomicU64,
+}
+
+/// [`QueueCounters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCountersSnapshot {
+    pub notifications: u64,
+    pub chains: u64,
+    pub malformed: u64,
+    pub bytes_from_driver: u64,
+    pub bytes_to_driver: u64,
+    pub errors: u64,
+}
+
+impl QueueCounters {
+    pub fn snapshot(&self) -> QueueCountersSnapshot {
+        QueueCountersSnapshot {
+            notifications: self.notifications.load(Relaxed),
+            chains: self.chains.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            bytes_from_driver: self.bytes_from_driver.load(Relaxed),
+            bytes_to_driver: self.bytes_to_driver.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+}
+
 /// A split virtqueue bound to a [`Dma`] handle.
 pub struct DmaQueue {
     queue: Queue,
     dma: Dma,
     src: DmaSource,
+    counters: Arc<QueueCounters>,
 }
 
 impl DmaQueue {
@@ -72,7 +120,22 @@ impl DmaQueue {
             queue: Queue::new(max_size)?,
             dma,
             src,
+            counters: Arc::default(),
         })
+    }
+
+    /// Counts into `counters` from now on (the transport keeps one set per queue index).
+    pub fn set_counters(&mut self, counters: Arc<QueueCounters>) {
+        self.counters = counters;
+    }
+
+    pub fn counters(&self) -> &QueueCounters {
+        &self.counters
+    }
+
+    /// The device answered a request with an error status.
+    pub fn count_error(&self) {
+        self.counters.errors.fetch_add(1, Relaxed);
     }
 
     /// The queue's registers, for the transport. Its memory-touching methods need a guest memory
@@ -114,8 +177,12 @@ impl DmaQueue {
         let head = chain.head_index();
         let mut descs = Vec::new();
         let mut ends_cleanly = false;
+        let mut readable = 0u64;
         for d in chain {
             ends_cleanly = !d.has_next();
+            if !d.is_write_only() {
+                readable += u64::from(d.len());
+            }
             descs.push(Desc {
                 addr: d.addr(),
                 len: d.len(),
@@ -123,8 +190,11 @@ impl DmaQueue {
             });
         }
         if !ends_cleanly {
+            self.counters.malformed.fetch_add(1, Relaxed);
             return Err(QueueError::MalformedChain { head });
         }
+        self.counters.chains.fetch_add(1, Relaxed);
+        self.counters.bytes_from_driver.fetch_add(readable, Relaxed);
         Ok(Some(Chain { head, descs }))
     }
 
@@ -149,6 +219,9 @@ impl DmaQueue {
     /// Returns a chain to the driver with `len` bytes written by the device.
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
         self.queue.add_used(self.dma.guest_memory(), head, len)?;
+        self.counters
+            .bytes_to_driver
+            .fetch_add(u64::from(len), Relaxed);
         Ok(())
     }
 
@@ -206,6 +279,12 @@ mod tests {
         assert!(!c.descs[0].writable && c.descs[1].writable);
         assert!(q.pop().unwrap().is_none());
         q.add_used(c.head, 512).unwrap();
+        q.count_error();
+        let n = q.counters().snapshot();
+        assert_eq!(
+            (n.chains, n.bytes_from_driver, n.bytes_to_driver, n.errors),
+            (1, 16, 512, 1)
+        );
     }
 
     #[test]
@@ -240,5 +319,6 @@ mod tests {
             q.pop(),
             Err(QueueError::MalformedChain { head: 0 })
         ));
+        assert_eq!(q.counters().snapshot().malformed, 1);
     }
 }

@@ -7,6 +7,7 @@ use bounce::SwiotlbConfig;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsConfig;
 use crate::seccomp::{SeccompMode, ThreadKind};
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -61,6 +62,10 @@ pub struct Cli {
     /// Record every DMA map/unmap/sync to PATH (JSON lines; replay with bounce-replay).
     #[arg(long, value_name = "PATH")]
     pub dma_trace: Option<PathBuf>,
+    /// Append a JSON line of counters (bounce pools, devices, vCPU exits, RSS) to PATH every
+    /// DURATION (default 1s: `250ms`, `1s`, `2m`) and when the VM ends.
+    #[arg(long, value_name = "PATH[,interval=DURATION]")]
+    pub metrics: Option<String>,
     /// Seccomp filters on every thread: trap (a forbidden system call ends microvm with a
     /// message and status 148), kill (the kernel kills it, no message), log (allowed, logged by
     /// the kernel's audit log), off [default: trap].
@@ -119,6 +124,9 @@ pub struct VmConfig {
     pub guest_swiotlb: bool,
     #[serde(default)]
     pub dma_trace: Option<PathBuf>,
+    /// `--metrics`: periodic JSON lines.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub seccomp: SeccompMode,
     /// Probe /dev/kvm's speed at start (`--no-kvm-probe` turns it off).
@@ -223,6 +231,7 @@ impl VmConfig {
                     restricted_dma: None,
                     guest_swiotlb: false,
                     dma_trace: None,
+                    metrics: None,
                     seccomp: SeccompMode::default(),
                     seccomp_selftest: None,
                     kvm_probe: true,
@@ -274,6 +283,9 @@ impl VmConfig {
         if cli.dma_trace.is_some() {
             cfg.dma_trace = cli.dma_trace;
         }
+        if let Some(m) = &cli.metrics {
+            cfg.metrics = Some(MetricsConfig::parse(m)?);
+        }
         if let Some(m) = cli.seccomp {
             cfg.seccomp = m;
         }
@@ -292,6 +304,9 @@ impl VmConfig {
                 "kernel {} does not exist or is not a file",
                 self.kernel.display()
             );
+        }
+        if let Some(m) = &self.metrics {
+            m.validate()?;
         }
         if let Some(i) = &self.initrd {
             if !i.is_file() {
@@ -394,5 +409,35 @@ mod tests {
         assert_eq!(c.restricted_dma.as_deref(), Some("8M"));
         let c = Cli::try_parse_from(["microvm", "--kernel", "k"]).unwrap();
         assert!(c.restricted_dma.is_none());
+    }
+
+    #[test]
+    fn metrics_flag_and_json() {
+        let m = MetricsConfig::parse("/tmp/m.jsonl").unwrap();
+        assert_eq!(
+            (m.path.to_str(), m.interval_ms),
+            (Some("/tmp/m.jsonl"), 1000)
+        );
+        let m = MetricsConfig::parse("m.jsonl,interval=100ms").unwrap();
+        assert_eq!(m.interval_ms, 100);
+        assert_eq!(
+            MetricsConfig::parse("m,interval=2").unwrap().interval_ms,
+            2000
+        );
+        assert_eq!(
+            MetricsConfig::parse("m,interval=1.5s").unwrap().interval_ms,
+            1500
+        );
+        assert_eq!(
+            MetricsConfig::parse("m,interval=2m").unwrap().interval_ms,
+            120_000
+        );
+        assert!(MetricsConfig::parse("m,interval=5ms").is_err());
+        assert!(MetricsConfig::parse("m,interval=x").is_err());
+        assert!(MetricsConfig::parse("m,bogus=1").is_err());
+        assert!(MetricsConfig::parse(",interval=1s").is_err());
+        let j: MetricsConfig = serde_json::from_str(r#"{"path": "m.jsonl"}"#).unwrap();
+        assert_eq!(j.interval_ms, 1000);
+        assert!(serde_json::from_str::<MetricsConfig>(r#"{"path": "m", "bogus": 1}"#).is_err());
     }
 }

@@ -20,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{NetConfig as NetSpec, VmConfig};
-use crate::metrics::DmaReport;
+use crate::metrics::{DeviceCounters, DmaReport};
 
 /// virtio-mmio windows start here, inside the 32-bit MMIO gap.
 const MMIO_BASE: u64 = 0xd000_0000;
@@ -160,7 +160,17 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     Ok(devs)
 }
 
+fn kind_name(device_type: u32) -> &'static str {
+    match device_type {
+        devices::virtio::TYPE_BLOCK => "block",
+        devices::virtio::TYPE_NET => "net",
+        devices::virtio::TYPE_RNG => "rng",
+        _ => "other",
+    }
+}
+
 /// Creates the devices, puts them on `mmio` and `events`, and announces them on `cmdline`.
+/// Returns each device's queue counters (for `--metrics`).
 pub fn attach(
     cfg: &VmConfig,
     vm: &VmFd,
@@ -168,8 +178,9 @@ pub fn attach(
     mmio: &mut Bus,
     events: &mut EventManager<Subscriber>,
     cmdline: &mut Cmdline,
-) -> Result<()> {
+) -> Result<Vec<DeviceCounters>> {
     let devs = build_devices(cfg)?;
+    let mut counters = Vec::new();
     if devs.len() > IRQS.len() {
         bail!(
             "{} virtio devices requested; microvm supports at most {}",
@@ -197,6 +208,11 @@ pub fn attach(
             vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
                 .map_err(|e| anyhow!("cannot register the ioeventfd of queue {q}: {e}"))?;
         }
+        counters.push(DeviceCounters {
+            index,
+            kind: kind_name(transport.device_type()),
+            queues: transport.queue_counters().to_vec(),
+        });
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(base, MMIO_SIZE, transport.clone())?;
         events.add_subscriber(transport);
@@ -204,7 +220,7 @@ pub fn attach(
             .add_virtio_mmio_device(MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
             .map_err(|e| anyhow!("kernel command line too long for the virtio devices: {e}"))?;
     }
-    Ok(())
+    Ok(counters)
 }
 
 /// Pool configuration for `--restricted-dma[=SIZE]` plus `--bounce key=value,...`: Linux's

@@ -20,7 +20,7 @@ use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
-use crate::metrics::Smaps;
+use crate::metrics::{MetricsWriter, Smaps, Sources};
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, InputDrained, IrqTrigger, SerialPort, StdinInput};
 use crate::signals::Signals;
@@ -184,7 +184,8 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
                 .map_err(|e| e.to_string())
         }),
     )?;
-    virtio::attach(cfg, &vm, &report.dma, &mut mmio, &mut events, &mut cmdline)?;
+    let device_counters =
+        virtio::attach(cfg, &vm, &report.dma, &mut mmio, &mut events, &mut cmdline)?;
     if cfg.guest_swiotlb {
         cmdline
             .insert_str("swiotlb=force")
@@ -260,6 +261,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         report_kvm_speed(p);
     }
     let mut threads = Vec::new();
+    let mut exit_counters = Vec::new();
     for id in 0..cfg.cpus {
         let fd = vm
             .create_vcpu(u64::from(id))
@@ -274,8 +276,11 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         if id == 0 {
             cpu::setup_boot_regs(&fd, &mem, entry)?;
         }
+        let exits = Arc::new(vcpu::ExitCounters::default());
+        exit_counters.push(exits.clone());
         let vcpu = Vcpu {
             id,
+            exits,
             fd,
             pio: pio.clone(),
             mmio: mmio.clone(),
@@ -298,6 +303,22 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         );
     }
     let mut smaps = Smaps::open();
+    // Opened before the main thread's filter, which allows no open.
+    let metrics = match &cfg.metrics {
+        Some(m) => {
+            let sources = Sources {
+                dma: report.dma.clone(),
+                devices: device_counters,
+                vcpus: exit_counters,
+                statm: std::fs::File::open("/proc/self/statm").ok(),
+                start,
+            };
+            let w = Arc::new(Mutex::new(MetricsWriter::new(m, sources)?));
+            events.add_subscriber(w.clone());
+            Some(w)
+        }
+        None => None,
+    };
     log::debug!("VM set up in {} us", start.elapsed().as_micros());
 
     // Set-up is over: from here on the main thread only serves the event loop.
@@ -306,6 +327,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         if let Some(reason) = exit.reason() {
             log::info!("VM exit: {reason:?}");
             stop_vcpus(threads);
+            if let Some(m) = &metrics {
+                m.lock().unwrap_or_else(|e| e.into_inner()).write_line(true);
+            }
             crate::metrics::log_memory_overhead(&mut smaps, &mem, &report.dma);
             report.log();
             return Ok(reason);

@@ -362,6 +362,7 @@ impl Disk {
             Ok(()) => VIRTIO_BLK_S_OK,
             Err(e) => {
                 log::debug!("virtio-blk: request at head {} failed: {e}", chain.head);
+                q.count_error();
                 e.status()
             }
         };

@@ -270,3 +270,63 @@ fn memory_advice_and_remapping_only_as_glibc_uses_them() {
         }
     }
 }
+
+/// The fds `metrics_calls` uses, opened before the fork.
+static METRICS_FDS: [std::sync::atomic::AtomicI32; 3] = [
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+];
+
+/// What `--metrics` does on the main thread after its filter is on: read the timerfd, pread
+/// /proc/self/statm, write a line to the metrics file; then a forbidden call (getppid).
+fn metrics_calls() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let [timer, statm, file] = [0, 1, 2].map(|i| METRICS_FDS[i].load(Relaxed));
+    let mut buf = [0u8; 128];
+    // SAFETY: raw reads and writes on fds the parent opened, into and from stack buffers.
+    unsafe {
+        if libc::read(timer, buf.as_mut_ptr().cast(), 8) != 8 {
+            libc::_exit(92);
+        }
+        if libc::pread64(statm, buf.as_mut_ptr().cast(), buf.len(), 0) <= 0 {
+            libc::_exit(93);
+        }
+        if libc::write(file, b"{}\n".as_ptr().cast(), 3) != 3 {
+            libc::_exit(94);
+        }
+    }
+    passed();
+    // SAFETY: no arguments, no side effects; forbidden, ends the child.
+    unsafe { libc::getppid() };
+}
+
+#[test]
+fn the_main_filter_allows_what_metrics_lines_need() {
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut timer = vmm_sys_util::timerfd::TimerFd::new().unwrap();
+    timer
+        .reset(std::time::Duration::from_millis(1), None)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let path = std::env::temp_dir().join(format!("seccomp-metrics-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let statm = std::fs::File::open("/proc/self/statm").unwrap();
+    METRICS_FDS[0].store(std::os::fd::AsRawFd::as_raw_fd(&timer), Relaxed);
+    METRICS_FDS[1].store(statm.into_raw_fd(), Relaxed);
+    METRICS_FDS[2].store(file.into_raw_fd(), Relaxed);
+    let (status, err) = in_child(ThreadKind::Main, SeccompMode::Trap, metrics_calls);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+        "status {status:#x}, stderr {err:?}"
+    );
+    assert!(err.starts_with(PASSED), "{err:?}");
+    assert!(err.contains("(getppid)"), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+    std::fs::remove_file(&path).unwrap();
+}
