@@ -326,7 +326,7 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
 
 /// (seconds since start, KiB of slots in use) from a metrics file.
 fn occupancy(file: &Path) -> Vec<(f64, f64)> {
-    let Ok(text) = std::fs::read_to_string(file) else {
+    let Ok(text) = crate::runner::read_metrics(file) else {
         return Vec::new();
     };
     text.lines()
@@ -459,6 +459,7 @@ pub fn report(dir: &Path, out: &Path) -> Result<PathBuf> {
             writeln!(md, "| host CPU | {} ({} CPUs) |", e.host_cpu, e.host_cpus)?;
             writeln!(md, "| host kernel | {} |", e.host_kernel)?;
             writeln!(md, "| where microvm ran | {} |", e.runner)?;
+            writeln!(md, "| fio (carried into the guest) | {} |", e.fio)?;
             writeln!(md, "| microvm commit | {} |", e.microvm_commit)?;
             writeln!(
                 md,
@@ -543,7 +544,11 @@ pub fn report(dir: &Path, out: &Path) -> Result<PathBuf> {
             r.iops(),
             clat,
             r.bounce_maps,
-            r.bounce_failures,
+            if r.bounce_failures == 0 {
+                "0".to_string()
+            } else {
+                format!("{} ({})", r.bounce_failures, r.bounce_failure_kinds)
+            },
             r.blk_errors,
             r.slots_used_hiwater,
             r.transient_created,

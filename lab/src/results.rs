@@ -67,6 +67,8 @@ pub struct Row {
     pub metrics_lines: u64,
     pub bounce_maps: u64,
     pub bounce_failures: u64,
+    /// The failures by kind, `kind=n` joined by spaces (e.g. `atomic_pool_exhausted=1`).
+    pub bounce_failure_kinds: String,
     pub slots_total: u64,
     pub slots_used_hiwater: u64,
     pub transient_created: u64,

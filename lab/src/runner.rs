@@ -52,9 +52,7 @@ pub fn cmdline(spec: &Spec, cell: &Cell) -> String {
 
 /// The script of one batch; `$1` is the disk image.
 pub fn batch_script(spec: &Spec, inputs: &Inputs, cells: &[(usize, &Cell)]) -> String {
-    let mut s = format!(
-        "echo \"{ENV_MARK}kernel=$(uname -r) cpus=$(nproc) fio=$(fio --version 2>/dev/null)\"\n"
-    );
+    let mut s = format!("echo \"{ENV_MARK}kernel $(uname -r), $(nproc) CPUs\"\n");
     for (i, cell) in cells {
         let mut args = vec![
             "--kernel".to_string(),
@@ -220,9 +218,14 @@ pub fn row(
     if let Some(last) = lines.last() {
         let b = &last["bounce"];
         r.bounce_maps = u(b, "maps");
-        r.bounce_failures = b["failures"]
-            .as_object()
-            .map_or(0, |f| f.values().filter_map(Value::as_u64).sum());
+        if let Some(f) = b["failures"].as_object() {
+            r.bounce_failures = f.values().filter_map(Value::as_u64).sum();
+            r.bounce_failure_kinds = f
+                .iter()
+                .filter_map(|(k, v)| v.as_u64().filter(|&n| n > 0).map(|n| format!("{k}={n}")))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
         r.slots_total = u(b, "slots_total");
         r.slots_used_hiwater = u(b, "slots_used_hiwater");
         r.transient_created = u(b, "transient_created");
@@ -271,13 +274,15 @@ pub fn metrics_name(i: usize, cell: &Cell) -> String {
     let w = cell.workload.name.as_str();
     let c = &cell.config;
     format!(
-        "metrics/{i:04}-{}-{}-{}-{}-{w}-rep{}.jsonl",
+        "metrics/{i:04}-{}-{}-{}-{}-{w}-rep{}.jsonl.gz",
         c.pool, c.exhaustion, c.convert, c.growth, cell.rep
     )
 }
 
-/// Saves a cell's metrics lines (if any) under `dir`.
+/// Saves a cell's metrics lines (if any) under `dir`, gzipped (a line is ~3 KB of JSON that
+/// compresses ~20x).
 pub fn save_metrics(dir: &Path, name: &str, metrics: &str) -> std::io::Result<()> {
+    use std::io::Write;
     if metrics.trim().is_empty() {
         return Ok(());
     }
@@ -285,7 +290,25 @@ pub fn save_metrics(dir: &Path, name: &str, metrics: &str) -> std::io::Result<()
     if let Some(parent) = p.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(p, metrics)
+    let mut gz =
+        flate2::write::GzEncoder::new(std::fs::File::create(p)?, flate2::Compression::default());
+    gz.write_all(metrics.as_bytes())?;
+    gz.finish()?;
+    Ok(())
+}
+
+/// A metrics file's text (gzipped or not).
+pub fn read_metrics(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let bytes = std::fs::read(path)?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s)?;
+        Ok(s)
+    } else {
+        String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
 }
 
 #[cfg(test)]

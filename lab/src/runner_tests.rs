@@ -131,5 +131,28 @@ fn the_batch_script_runs_each_cell_with_its_options() {
         "the baseline does not bounce"
     );
     assert!(batch_timeout(&spec, 2) > Duration::from_secs(2 * 2));
-    assert!(metrics_name(3, &cells[1]).starts_with("metrics/0003-1M-transient-snp-linux-rr-rep0"));
+    assert_eq!(
+        metrics_name(3, &cells[1]),
+        "metrics/0003-1M-transient-snp-linux-rr-rep0.jsonl.gz"
+    );
+}
+
+#[test]
+fn metrics_files_are_saved_gzipped_and_read_back() {
+    let dir = std::env::temp_dir().join(format!("lab-metrics-{}", std::process::id()));
+    let text = format!(
+        "{}\n{}\n",
+        metrics_line(0, 1, false),
+        metrics_line(1, 2, true)
+    );
+    save_metrics(&dir, "metrics/a.jsonl.gz", &text).unwrap();
+    let raw = std::fs::read(dir.join("metrics/a.jsonl.gz")).unwrap();
+    assert_eq!(&raw[..2], &[0x1f, 0x8b]);
+    assert!(raw.len() < text.len());
+    assert_eq!(read_metrics(&dir.join("metrics/a.jsonl.gz")).unwrap(), text);
+    std::fs::write(dir.join("plain.jsonl"), &text).unwrap();
+    assert_eq!(read_metrics(&dir.join("plain.jsonl")).unwrap(), text);
+    save_metrics(&dir, "metrics/empty.jsonl.gz", "\n").unwrap();
+    assert!(!dir.join("metrics/empty.jsonl.gz").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -24,6 +24,8 @@ pub struct Environment {
     /// Where microvm ran: the outer machine's kernel, CPUs and fio (nested), or the host's.
     pub runner: String,
     pub microvm_commit: String,
+    /// The fio carried into the guests (the host's).
+    pub fio: String,
     pub started_unix: u64,
     pub wall_s: f64,
     pub cells_run: usize,
@@ -134,6 +136,7 @@ pub fn sweep(spec_path: &Path, out: Option<PathBuf>, dry_run: bool) -> Result<()
     env.host_cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     env.host_kernel = command_output("uname", &["-r"]);
     env.microvm_commit = command_output("git", &["describe", "--always", "--dirty"]);
+    env.fio = command_output(microvm_tests::fio::FIO, &["--version"]);
     if env.started_unix == 0 {
         env.started_unix = now_unix();
     }
@@ -189,7 +192,11 @@ pub fn sweep(spec_path: &Path, out: Option<PathBuf>, dry_run: bool) -> Result<()
             l.find(runner::ENV_MARK)
                 .map(|i| &l[i + runner::ENV_MARK.len()..])
         }) {
-            env.runner = env_line.trim().to_string();
+            let place = match h.path() {
+                microvm_tests::PathKind::Nested => "outer QEMU machine",
+                microvm_tests::PathKind::Direct => "host",
+            };
+            env.runner = format!("{place}: {}", env_line.trim());
         }
         let outputs = runner::split_output(&text);
         for (i, cell) in batch {
@@ -205,7 +212,12 @@ pub fn sweep(spec_path: &Path, out: Option<PathBuf>, dry_run: bool) -> Result<()
             }
             if !row.ok() {
                 failed += 1;
-                bar.println(format!("cell {i} failed: {}: {}", cell.id(), row.error));
+                let line = format!("cell {i} failed: {}: {}", cell.id(), row.error);
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
             writer.append(&row)?;
             bar.inc(1);
