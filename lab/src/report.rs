@@ -4,7 +4,8 @@
 //!   axes other than the pool size that vary), the no-bounce baseline as a dashed line;
 //! - `conversions.svg`: modeled conversion time by payer (I/O path, background, start-up) per
 //!   configuration;
-//! - `occupancy-<workload>.svg`: bounce slots in use over time, from the metrics files.
+//! - `occupancy-<workload>.svg`: bounce slots in use, and their high-water mark so far, over
+//!   time (repetition 0), from the metrics files.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,7 +17,7 @@ use plotters::prelude::*;
 use crate::results::{self, Row};
 use crate::sweep::{Environment, ENV_FILE};
 
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -25,6 +26,10 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(127, 127, 127),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 0, 0),
 ];
 
 fn color(i: usize) -> RGBColor {
@@ -87,8 +92,33 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
+fn kib_log2(bytes: u64) -> f64 {
+    (bytes as f64 / 1024.0).log2()
+}
+
+/// `256K`, `1M` for log2(KiB) at a power of two; nothing between them.
+fn size_label(log2_kib: f64) -> String {
+    let r = log2_kib.round();
+    if (log2_kib - r).abs() > 1e-6 || r < 0.0 {
+        return String::new();
+    }
+    let kib = 2f64.powf(r) as u64;
+    match kib {
+        k if k >= 1 << 20 && k % (1 << 20) == 0 => format!("{}G", k >> 20),
+        k if k >= 1 << 10 && k % (1 << 10) == 0 => format!("{}M", k >> 10),
+        k => format!("{k}K"),
+    }
+}
+
+/// Decimals for axis ticks up to `max`, so small ranges do not print the same tick twice.
+fn decimals(max: f64) -> usize {
+    if max < 5.0 {
+        2
+    } else if max < 50.0 {
+        1
+    } else {
+        0
+    }
 }
 
 /// MB/s (10^6 bytes) from fio's KiB/s.
@@ -115,7 +145,14 @@ fn series(rows: &[&Row], axes: &[&str], f: fn(&Row) -> f64) -> (Series, Option<f
     }
     let s = acc
         .into_iter()
-        .map(|(k, m)| (k, m.into_iter().map(|(p, v)| (mib(p), mean(&v))).collect()))
+        .map(|(k, m)| {
+            (
+                k,
+                m.into_iter()
+                    .map(|(p, v)| (kib_log2(p), mean(&v)))
+                    .collect(),
+            )
+        })
         .collect();
     (s, (!base.is_empty()).then(|| mean(&base)))
 }
@@ -139,20 +176,23 @@ where
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * 1.15;
-    let (lo, hi) = (pools.0 / 1.5, pools.1 * 1.5);
+    // x: log2 of the pool size in KiB, labelled with sizes at the powers of two.
+    let (lo, hi) = (pools.0.log2() - 0.5, pools.1.log2() + 0.5);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((lo..hi).log_scale(), 0.0..ymax)
+        .build_cartesian_2d(lo..hi, 0.0..ymax)
         .map_err(|e| anyhow::anyhow!("chart: {e:?}"))?;
     chart
         .configure_mesh()
-        .x_desc("bounce pool size (MiB, log scale)")
+        .x_labels(((hi - lo).round() as usize).max(2))
+        .x_desc("bounce pool size (log scale)")
         .y_desc(y_label)
-        .x_label_formatter(&|v| format!("{v:.2}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| size_label(*v))
+        .y_label_formatter(&|v| format!("{:.*}", decimals(ymax), v))
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| anyhow::anyhow!("mesh: {e:?}"))?;
     for (i, (name, pts)) in s.iter().enumerate() {
@@ -168,8 +208,7 @@ where
     }
     if let Some(b) = base {
         let pts: Vec<(f64, f64)> = (0..=40)
-            .step_by(2)
-            .map(|i| lo * (hi / lo).powf(f64::from(i) / 40.0))
+            .map(|i| lo + (hi - lo) * f64::from(i) / 40.0)
             .map(|x| (x, b))
             .collect();
         chart
@@ -197,11 +236,15 @@ fn throughput_plot(out: &Path, workload: &str, rows: &[&Row], axes: &[&str]) -> 
     let pools: Vec<f64> = rows
         .iter()
         .filter(|r| r.pool_bytes > 0)
-        .map(|r| mib(r.pool_bytes))
+        .map(|r| r.pool_bytes as f64 / 1024.0)
         .collect();
     let lo = pools.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = pools.iter().copied().fold(0.0, f64::max);
-    let pools = if lo.is_finite() { (lo, hi) } else { (1.0, 1.0) };
+    let pools = if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (1024.0, 1024.0)
+    };
     let root = SVGBackend::new(&path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let (l, r) = root.split_horizontally(600);
@@ -325,7 +368,8 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
 }
 
 /// (seconds since start, KiB of slots in use) from a metrics file.
-fn occupancy(file: &Path) -> Vec<(f64, f64)> {
+/// (seconds since start, KiB of slots in use, KiB high water so far) from a metrics file.
+fn occupancy(file: &Path) -> Vec<(f64, f64, f64)> {
     let Ok(text) = crate::runner::read_metrics(file) else {
         return Vec::new();
     };
@@ -334,8 +378,10 @@ fn occupancy(file: &Path) -> Vec<(f64, f64)> {
         .filter_map(|v| {
             let t = v["uptime_ms"].as_f64()? / 1e3;
             let b = &v["bounce"];
-            let used = b["slots_used"].as_f64()? * b["slot_bytes"].as_f64().unwrap_or(2048.0);
-            Some((t, used / 1024.0))
+            let kib = b["slot_bytes"].as_f64().unwrap_or(2048.0) / 1024.0;
+            let used = b["slots_used"].as_f64()? * kib;
+            let hiwater = b["slots_used_hiwater"].as_f64().unwrap_or(0.0) * kib;
+            Some((t, used, hiwater))
         })
         .collect()
 }
@@ -346,29 +392,30 @@ fn occupancy_plot(
     workload: &str,
     rows: &[&Row],
 ) -> Result<Option<PathBuf>> {
-    let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut lines: Vec<(u64, String, Vec<(f64, f64, f64)>)> = Vec::new();
     for r in rows
         .iter()
         .filter(|r| r.pool_bytes > 0 && r.rep == 0 && !r.metrics_file.is_empty())
     {
         let pts = occupancy(&dir.join(&r.metrics_file));
         if !pts.is_empty() {
-            lines.push((config_label(r), pts));
+            lines.push((r.pool_bytes, config_label(r), pts));
         }
     }
     if lines.is_empty() {
         return Ok(None);
     }
+    lines.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let tmax = lines
         .iter()
-        .flat_map(|l| &l.1)
+        .flat_map(|l| &l.2)
         .map(|p| p.0)
         .fold(0.0f64, f64::max)
         .max(1.0);
     let ymax = lines
         .iter()
-        .flat_map(|l| &l.1)
-        .map(|p| p.1)
+        .flat_map(|l| &l.2)
+        .map(|p| p.1.max(p.2))
         .fold(0.0f64, f64::max)
         .max(1.0)
         * 1.15;
@@ -378,7 +425,7 @@ fn occupancy_plot(
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{workload}: bounce slots in use over time (repetition 0)"),
+            format!("{workload}: bounce slots in use (thick) and high water so far (thin, dots)"),
             ("sans-serif", 18),
         )
         .margin(10)
@@ -389,17 +436,30 @@ fn occupancy_plot(
     chart
         .configure_mesh()
         .x_desc("time since microvm started (s; guest boot, then fio)")
-        .y_desc("slots in use (KiB)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("slots in use (KiB, sampled each metrics interval)")
+        .y_label_formatter(&|v| format!("{:.*}", decimals(ymax), v))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for (i, (label, pts)) in lines.iter().enumerate() {
+    for (i, (_, label, pts)) in lines.iter().enumerate() {
         let c = color(i);
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                c.stroke_width(2),
+            ))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        // The high-water mark so far: thin, with dots, same colour.
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.2)),
+                c.stroke_width(1),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.2), 2, c.filled())))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     chart
         .configure_series_labels()
@@ -560,7 +620,8 @@ pub fn report(dir: &Path, out: &Path) -> Result<PathBuf> {
     if !failed.is_empty() {
         writeln!(md, "\n### Failed cells\n")?;
         for r in failed {
-            writeln!(md, "- `{}`: {}", r.cell_id, r.error.replace('\n', " "))?;
+            let e: String = r.error.replace('\n', " ").chars().take(400).collect();
+            writeln!(md, "- `{}`: {e}", r.cell_id)?;
         }
     }
     let path = out.join("report.md");

