@@ -126,10 +126,52 @@ fn mb_s(kib_s: f64) -> f64 {
     kib_s * 1024.0 / 1e6
 }
 
-type Series = BTreeMap<String, Vec<(f64, f64)>>;
+/// Per policy: (log2 pool KiB, mean, min, max over the ok repetitions).
+type Series = BTreeMap<String, Vec<(f64, f64, f64, f64)>>;
 
-/// Per policy: (pool MiB, mean of `f` over the ok repetitions), and the baseline's mean.
-fn series(rows: &[&Row], axes: &[&str], f: fn(&Row) -> f64) -> (Series, Option<f64>) {
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    (mean(v), min, max)
+}
+
+/// The spread of repetitions: per cell with two or more that succeeded, max / min of `f`;
+/// returns (cells, median ratio, largest ratio).
+fn spread(rows: &[&Row], f: fn(&Row) -> f64) -> Option<(usize, f64, f64)> {
+    let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.ok()) {
+        let key = r
+            .cell_id
+            .rsplit_once('|')
+            .map_or(r.cell_id.as_str(), |(k, _)| k);
+        by.entry(key.to_string()).or_default().push(f(r));
+    }
+    let mut ratios: Vec<f64> = by
+        .values()
+        .filter(|v| v.len() >= 2)
+        .map(|v| {
+            let (_, min, max) = stats(v);
+            if min > 0.0 {
+                max / min
+            } else {
+                f64::INFINITY
+            }
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some((
+        ratios.len(),
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1],
+    ))
+}
+
+/// Per policy: (pool size, mean/min/max of `f` over the ok repetitions), and the baseline's
+/// mean/min/max.
+fn series(rows: &[&Row], axes: &[&str], f: fn(&Row) -> f64) -> (Series, Option<(f64, f64, f64)>) {
     let mut acc: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
     let mut base = Vec::new();
     for r in rows.iter().filter(|r| r.ok()) {
@@ -149,12 +191,15 @@ fn series(rows: &[&Row], axes: &[&str], f: fn(&Row) -> f64) -> (Series, Option<f
             (
                 k,
                 m.into_iter()
-                    .map(|(p, v)| (kib_log2(p), mean(&v)))
+                    .map(|(p, v)| {
+                        let (m, lo, hi) = stats(&v);
+                        (kib_log2(p), m, lo, hi)
+                    })
                     .collect(),
             )
         })
         .collect();
-    (s, (!base.is_empty()).then(|| mean(&base)))
+    (s, (!base.is_empty()).then(|| stats(&base)))
 }
 
 fn draw_panel<DB: DrawingBackend>(
@@ -162,7 +207,7 @@ fn draw_panel<DB: DrawingBackend>(
     title: &str,
     y_label: &str,
     s: &Series,
-    base: Option<f64>,
+    base: Option<(f64, f64, f64)>,
     pools: (f64, f64),
 ) -> Result<()>
 where
@@ -171,11 +216,11 @@ where
     let ymax = s
         .values()
         .flatten()
-        .map(|p| p.1)
-        .chain(base)
+        .map(|p| p.3)
+        .chain(base.map(|b| b.2))
         .fold(0.0f64, f64::max)
         .max(1e-9)
-        * 1.15;
+        * 1.5;
     // x: log2 of the pool size in KiB, labelled with sizes at the powers of two.
     let (lo, hi) = (pools.0.log2() - 0.5, pools.1.log2() + 0.5);
     let mut chart = ChartBuilder::on(area)
@@ -195,18 +240,32 @@ where
         .light_line_style(WHITE)
         .draw()
         .map_err(|e| anyhow::anyhow!("mesh: {e:?}"))?;
+    let n = s.len() as f64;
     for (i, (name, pts)) in s.iter().enumerate() {
         let c = color(i);
+        // Each policy a little to the side, so that the min-max bars do not hide each other.
+        let dx = (i as f64 - (n - 1.0) / 2.0) * 0.04;
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0 + dx, p.1)),
+                c.stroke_width(2),
+            ))
             .map_err(|e| anyhow::anyhow!("series: {e:?}"))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|p| Circle::new((p.0 + dx, p.1), 4, c.filled())),
+            )
             .map_err(|e| anyhow::anyhow!("points: {e:?}"))?;
+        chart
+            .draw_series(pts.iter().map(|p| {
+                PathElement::new(vec![(p.0 + dx, p.2), (p.0 + dx, p.3)], c.stroke_width(1))
+            }))
+            .map_err(|e| anyhow::anyhow!("ranges: {e:?}"))?;
     }
-    if let Some(b) = base {
+    if let Some((b, _, _)) = base {
         let pts: Vec<(f64, f64)> = (0..=40)
             .map(|i| lo + (hi - lo) * f64::from(i) / 40.0)
             .map(|x| (x, b))
@@ -222,7 +281,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -279,7 +338,7 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
     let mut acc: BTreeMap<(u64, String), Vec<[f64; 3]>> = BTreeMap::new();
     for r in rows
         .iter()
-        .filter(|r| r.pool_bytes > 0 && r.metrics_lines > 0)
+        .filter(|r| r.pool_bytes > 0 && r.metrics_lines > 0 && r.convert != "none")
     {
         acc.entry((r.pool_bytes, config_label(r)))
             .or_default()
@@ -304,7 +363,7 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
         .flat_map(|b| b.1)
         .fold(0.0f64, f64::max)
         .max(1e-3)
-        * 1.2;
+        * 1.4;
     let name = "conversions.svg";
     let path = out.join(name);
     let width = (160 + 110 * bars.len() as u32).max(700);
@@ -342,7 +401,7 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
     let kinds = [
         "I/O path",
         "background (growth worker)",
-        "start-up (initial pool)",
+        "start-up (initial pool, atomic pools)",
     ];
     for (k, kind) in kinds.iter().enumerate() {
         let c = color(k);
@@ -421,53 +480,76 @@ fn occupancy_plot(
         * 1.15;
     let name = format!("occupancy-{workload}.svg");
     let path = out.join(&name);
-    let root = SVGBackend::new(&path, (900, 480)).into_drawing_area();
+    // One panel per pool size, one colour per policy (the same in every panel).
+    let mut pools: Vec<(u64, String)> = Vec::new();
+    let mut policies: Vec<String> = Vec::new();
+    for (bytes, label, _) in &lines {
+        let (pool, policy) = label.split_once(' ').unwrap_or((label.as_str(), ""));
+        if !pools.iter().any(|p| p.0 == *bytes) {
+            pools.push((*bytes, pool.to_string()));
+        }
+        if !policies.iter().any(|p| p == policy) {
+            policies.push(policy.to_string());
+        }
+    }
+    policies.sort();
+    let root = SVGBackend::new(&path, (420 * pools.len() as u32 + 80, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{workload}: bounce slots in use (thick) and high water so far (thin, dots)"),
+    let root = root
+        .titled(
+            &format!("{workload}: bounce slots in use (thick) and high water so far (thin, dots), repetition 0"),
             ("sans-serif", 18),
         )
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..tmax, 0.0..ymax)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("time since microvm started (s; guest boot, then fio)")
-        .y_desc("slots in use (KiB, sampled each metrics interval)")
-        .y_label_formatter(&|v| format!("{:.*}", decimals(ymax), v))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for (i, (_, label, pts)) in lines.iter().enumerate() {
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.0, p.1)),
-                c.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        // The high-water mark so far: thin, with dots, same colour.
-        chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.0, p.2)),
-                c.stroke_width(1),
-            ))
+    let panels = root.split_evenly((1, pools.len()));
+    for ((bytes, pool), area) in pools.iter().zip(&panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("pool {pool}"), ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..tmax, 0.0..ymax)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         chart
-            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.2), 2, c.filled())))
+            .configure_mesh()
+            .x_desc("time since microvm started (s)")
+            .y_desc("slots in use (KiB, per metrics interval)")
+            .y_label_formatter(&|v| format!("{:.*}", decimals(ymax), v))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for (_, label, pts) in lines.iter().filter(|l| l.0 == *bytes) {
+            let policy = label.split_once(' ').map_or("", |(_, p)| p);
+            let c = color(policies.iter().position(|p| p == policy).unwrap_or(0));
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, p.1)),
+                    c.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                .label(policy.to_string())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            // The high-water mark so far: thin, with dots, same colour.
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, p.2)),
+                    c.stroke_width(1),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new((p.0, p.2), 2, c.filled())))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(Some(PathBuf::from(name)))
 }
@@ -551,17 +633,26 @@ pub fn report(dir: &Path, out: &Path) -> Result<PathBuf> {
     }
     writeln!(
         md,
-        "Points are means over the repetitions that succeeded; a configuration whose cells all \
-         failed has no point (see the table).\n"
+        "Points are means over the repetitions that succeeded, vertical bars their minimum and \
+         maximum; a configuration whose cells all failed has no point (see the table).\n"
     )?;
+    if let Some((n, median, max)) = spread(&rows, Row::iops) {
+        writeln!(
+            md,
+            "Run-to-run spread: over the {n} cells with two or more successful repetitions, the \
+             fastest repetition had {median:.2}x the IOPS of the slowest (median), up to \
+             {max:.2}x. Differences between configurations smaller than that are noise.\n"
+        )?;
+    }
     if let Some(p) = conversions_plot(out, &rows)? {
         writeln!(md, "## Conversion cost: I/O path vs background\n")?;
         writeln!(md, "![conversion time by payer]({})\n", p.display())?;
         writeln!(
             md,
             "Modeled time (`convert` preset's assumed costs, `convert-mode=account`), from each \
-             cell's last metrics line: a transient pool taken from the atomic pools converts \
-             nothing on the I/O path, as in Linux.\n"
+             cell's last metrics line, for the configurations with a conversion preset \
+             (`convert=none` converts nothing): a transient pool taken from the atomic pools \
+             converts nothing on the I/O path, as in Linux.\n"
         )?;
     }
     let mut occ = Vec::new();
