@@ -64,7 +64,9 @@ pub enum QueueError {
 }
 
 /// Monotonic counters of one virtqueue, shared with whoever reports them (the VMM's metrics).
-/// Written only by the thread serving the queue (relaxed, uncontended); they outlive the
+/// Their writers are serialised (the queue is `&mut` to its device, which the transport's lock
+/// holds), so an update is a plain load and store ([`QueueCounters::add`]): no locked
+/// instruction on the request path; readers see each counter move forward. They outlive the
 /// [`DmaQueue`]s of successive activations, so a driver reset does not set them back.
 #[derive(Debug, Default)]
 pub struct QueueCounters {
@@ -94,6 +96,12 @@ pub struct QueueCountersSnapshot {
 }
 
 impl QueueCounters {
+    /// Adds `n` to `c`. Only for serialised writers (see the type's documentation): concurrent
+    /// writers could lose updates, readers cannot see a torn or decreasing value.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
     pub fn snapshot(&self) -> QueueCountersSnapshot {
         QueueCountersSnapshot {
             notifications: self.notifications.load(Relaxed),
@@ -135,7 +143,7 @@ impl DmaQueue {
 
     /// The device answered a request with an error status.
     pub fn count_error(&self) {
-        self.counters.errors.fetch_add(1, Relaxed);
+        QueueCounters::add(&self.counters.errors, 1);
     }
 
     /// The queue's registers, for the transport. Its memory-touching methods need a guest memory
@@ -190,11 +198,11 @@ impl DmaQueue {
             });
         }
         if !ends_cleanly {
-            self.counters.malformed.fetch_add(1, Relaxed);
+            QueueCounters::add(&self.counters.malformed, 1);
             return Err(QueueError::MalformedChain { head });
         }
-        self.counters.chains.fetch_add(1, Relaxed);
-        self.counters.bytes_from_driver.fetch_add(readable, Relaxed);
+        QueueCounters::add(&self.counters.chains, 1);
+        QueueCounters::add(&self.counters.bytes_from_driver, readable);
         Ok(Some(Chain { head, descs }))
     }
 
@@ -219,9 +227,7 @@ impl DmaQueue {
     /// Returns a chain to the driver with `len` bytes written by the device.
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
         self.queue.add_used(self.dma.guest_memory(), head, len)?;
-        self.counters
-            .bytes_to_driver
-            .fetch_add(u64::from(len), Relaxed);
+        QueueCounters::add(&self.counters.bytes_to_driver, u64::from(len));
         Ok(())
     }
 

@@ -427,8 +427,10 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
 }
 
 /// (seconds since start, KiB of slots in use) from a metrics file.
-/// (seconds since start, KiB of slots in use, KiB high water so far) from a metrics file.
-fn occupancy(file: &Path) -> Vec<(f64, f64, f64)> {
+/// (seconds since start, KiB of slots in use, KiB high water so far) of each metrics line.
+type Occupancy = Vec<(f64, f64, f64)>;
+
+fn occupancy(file: &Path) -> Occupancy {
     let Ok(text) = crate::runner::read_metrics(file) else {
         return Vec::new();
     };
@@ -451,7 +453,7 @@ fn occupancy_plot(
     workload: &str,
     rows: &[&Row],
 ) -> Result<Option<PathBuf>> {
-    let mut lines: Vec<(u64, String, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut lines: Vec<(u64, String, Occupancy)> = Vec::new();
     for r in rows
         .iter()
         .filter(|r| r.pool_bytes > 0 && r.rep == 0 && !r.metrics_file.is_empty())

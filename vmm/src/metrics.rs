@@ -443,6 +443,37 @@ mod tests {
         assert!(bounce["conversions"]["io_path"]["to_shared"]["pages"].is_u64());
     }
 
+    /// What one line costs the event loop (snapshot, JSON, append), to set against the
+    /// interval: `cargo test --release -p vmm line_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn line_cost() {
+        let path = std::env::temp_dir().join(format!("microvm-line-cost-{}", std::process::id()));
+        let (s, _, _) = sources(true);
+        let mut w = MetricsWriter::new(
+            &MetricsConfig {
+                path: path.clone(),
+                interval_ms: 100,
+            },
+            s,
+        )
+        .unwrap();
+        let mut best = Duration::MAX;
+        for _ in 0..20 {
+            let t = Instant::now();
+            for _ in 0..100 {
+                w.write_line(false);
+            }
+            best = best.min(t.elapsed() / 100);
+        }
+        let bytes = std::fs::metadata(&path).unwrap().len() / w.seq;
+        std::fs::remove_file(&path).unwrap();
+        println!(
+            "one metrics line: {best:?} ({bytes} bytes); at interval=100ms: {:.4}% of the event loop",
+            best.as_secs_f64() / 0.1 * 100.0
+        );
+    }
+
     #[test]
     fn without_bouncing_bounce_is_null() {
         let (s, _, _) = sources(false);

@@ -522,8 +522,7 @@ impl MmioTransport {
                 };
                 let _ = evt.read();
                 if let Some(c) = self.counters.get(i as usize) {
-                    c.notifications
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    QueueCounters::add(&c.notifications, 1);
                 }
                 self.process_queue(i as usize);
             }
