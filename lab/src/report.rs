@@ -676,7 +676,22 @@ pub fn report(dir: &Path, out: &Path) -> Result<PathBuf> {
          clat us | maps | map failures | blk errors | slots hiwater | transient pools | conv. I/O path ms | conv. background ms |"
     )?;
     writeln!(md, "|{}", " --- |".repeat(18))?;
-    for r in &rows {
+    let mut table = rows.clone();
+    table.sort_by(|a, b| {
+        // The baseline first, then by pool size, policy, workload, repetition.
+        let key = |r: &Row| {
+            (
+                r.pool_bytes,
+                r.growth.clone(),
+                r.exhaustion.clone(),
+                r.convert.clone(),
+                r.workload.clone(),
+                r.rep,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    for r in &table {
         let clat = if r.read_iops > 0.0 {
             r.read_clat_us
         } else {
@@ -713,7 +728,8 @@ pub fn report(dir: &Path, out: &Path) -> Result<PathBuf> {
     if !failed.is_empty() {
         writeln!(md, "\n### Failed cells\n")?;
         for r in failed {
-            let e: String = r.error.replace('\n', " ").chars().take(400).collect();
+            // The cause comes first; the tail of the console after it is cut short.
+            let e: String = r.error.replace('\n', " ").chars().take(200).collect();
             writeln!(md, "- `{}`: {e}", r.cell_id)?;
         }
     }
