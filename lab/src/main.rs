@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run every cell of SPEC.toml not already done in the results directory (resumes).
+    /// Run every cell of SPEC.toml not already in the results directory (resumes: cells with
+    /// no output, from a timeout or an interruption, run again).
     Sweep {
         spec: PathBuf,
         /// Results directory [default: lab-results/<spec name>].
@@ -30,6 +31,9 @@ enum Cmd {
         /// Print the cells and the first batch's script; run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also run again the cells that ran and failed (fio or microvm).
+        #[arg(long)]
+        retry_failed: bool,
     },
     /// Write SVG plots and report.md from a results directory.
     Report {
@@ -50,7 +54,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Sweep { spec, out, dry_run } => sweep::sweep(&spec, out, dry_run),
+        Cmd::Sweep {
+            spec,
+            out,
+            dry_run,
+            retry_failed,
+        } => sweep::sweep(&spec, out, dry_run, retry_failed),
         Cmd::Report { results, out } => {
             let out = out.unwrap_or_else(|| results.clone());
             let md = report::report(&results, &out)?;

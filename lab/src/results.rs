@@ -35,7 +35,9 @@ pub struct Row {
     pub cell_id: String,
     pub sweep: String,
     pub rep: u32,
-    /// `ok`, or `failed` (see `error`).
+    /// `ok`; `failed`: the cell ran but fio or microvm failed (a result: e.g. the pool
+    /// configuration cannot serve the I/O); `lost`: no output for it (a timeout or a harness
+    /// failure ended its batch first). See `error`.
     pub status: String,
     pub error: String,
     /// `direct` or `nested`.
@@ -233,11 +235,12 @@ pub fn latest(rows: &[Row]) -> BTreeMap<String, Row> {
     m
 }
 
-/// Cells already done: their latest row is `ok` (failed cells are run again).
-pub fn done(rows: &[Row]) -> std::collections::BTreeSet<String> {
+/// Cells already done: their latest row is `ok` or `failed` (the cell ran), or only `ok` with
+/// `retry_failed`. `lost` cells (no output) always run again.
+pub fn done(rows: &[Row], retry_failed: bool) -> std::collections::BTreeSet<String> {
     latest(rows)
         .into_iter()
-        .filter(|(_, r)| r.ok())
+        .filter(|(_, r)| r.ok() || (r.status == "failed" && !retry_failed))
         .map(|(k, _)| k)
         .collect()
 }
@@ -283,29 +286,32 @@ mod tests {
     }
 
     #[test]
-    fn resume_skips_ok_cells_and_reruns_failed_ones() {
+    fn resume_skips_cells_that_ran_and_reruns_lost_ones() {
         let d = tmp("resume");
         let mut w = Writer::open(&d).unwrap();
         w.append(&row("a", "ok")).unwrap();
         w.append(&row("b", "failed")).unwrap();
-        w.append(&row("c", "failed")).unwrap();
+        w.append(&row("c", "lost")).unwrap();
         w.append(&row("c", "ok")).unwrap();
+        w.append(&row("e", "lost")).unwrap();
         drop(w);
         // An interrupted write leaves half a line at the end.
         let mut f = OpenOptions::new().append(true).open(d.join(JSONL)).unwrap();
         f.write_all(b"{\"cell_id\":\"d\",\"sta").unwrap();
         let rows = load(&d).unwrap();
-        assert_eq!(rows.len(), 4);
-        let done = done(&rows);
-        assert!(done.contains("a") && done.contains("c") && !done.contains("b"));
+        assert_eq!(rows.len(), 5);
+        let all = done(&rows, false);
+        assert!(all.contains("a") && all.contains("b") && all.contains("c") && !all.contains("e"));
+        let retry = done(&rows, true);
+        assert!(retry.contains("a") && !retry.contains("b") && retry.contains("c"));
         assert_eq!(latest(&rows)["c"].status, "ok");
         assert!(load(&tmp("none")).unwrap().is_empty());
         // Resuming cuts the half line before appending.
         let mut w = Writer::open(&d).unwrap();
         w.append(&row("d", "ok")).unwrap();
         let rows = load(&d).unwrap();
-        assert_eq!(rows.len(), 5);
-        assert_eq!(rows[4].cell_id, "d");
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[5].cell_id, "d");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -201,7 +201,7 @@ pub fn row(
         ..Row::default()
     };
     let Some(out) = out else {
-        r.status = "failed".into();
+        r.status = "lost".into();
         r.error = "no output: the batch ended before this cell (timeout or harness failure)".into();
         return r;
     };

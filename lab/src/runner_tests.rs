@@ -103,7 +103,7 @@ fn rows_from_cell_outputs() {
     assert!(r.error.contains("Input/output error"), "{}", r.error);
     assert_eq!(r.metrics_file, "");
     let r = row(&spec, &cells[0], out.get(&2), "nested", "m");
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status, "lost");
     assert!(r.error.contains("no output"));
     assert_eq!(r.pool_bytes, 0);
 }

@@ -69,13 +69,18 @@ fn short(cell: &Cell) -> String {
     )
 }
 
-pub fn sweep(spec_path: &Path, out: Option<PathBuf>, dry_run: bool) -> Result<()> {
+pub fn sweep(
+    spec_path: &Path,
+    out: Option<PathBuf>,
+    dry_run: bool,
+    retry_failed: bool,
+) -> Result<()> {
     // A bad spec stops here, before anything is built or booted.
     let spec = Spec::load(spec_path)?;
     let out = out.unwrap_or_else(|| PathBuf::from("lab-results").join(&spec.name));
     let cells = spec.cells();
     let rows = results::load(&out)?;
-    let done = results::done(&rows);
+    let done = results::done(&rows, retry_failed);
     let pending: Vec<(usize, &Cell)> = cells
         .iter()
         .enumerate()
