@@ -66,6 +66,10 @@ pub struct Cli {
     /// DURATION (default 1s: `250ms`, `1s`, `2m`) and when the VM ends.
     #[arg(long, value_name = "PATH[,interval=DURATION]")]
     pub metrics: Option<String>,
+    /// Serve the same counters as Prometheus text on a Unix socket at PATH (one scrape per
+    /// connection).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
     /// Seccomp filters on every thread: trap (a forbidden system call ends microvm with a
     /// message and status 148), kill (the kernel kills it, no message), log (allowed, logged by
     /// the kernel's audit log), off [default: trap].
@@ -127,6 +131,9 @@ pub struct VmConfig {
     /// `--metrics`: periodic JSON lines.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// `--metrics-socket`: Prometheus text on a Unix socket.
+    #[serde(default)]
+    pub metrics_socket: Option<PathBuf>,
     #[serde(default)]
     pub seccomp: SeccompMode,
     /// Probe /dev/kvm's speed at start (`--no-kvm-probe` turns it off).
@@ -232,6 +239,7 @@ impl VmConfig {
                     guest_swiotlb: false,
                     dma_trace: None,
                     metrics: None,
+                    metrics_socket: None,
                     seccomp: SeccompMode::default(),
                     seccomp_selftest: None,
                     kvm_probe: true,
@@ -285,6 +293,9 @@ impl VmConfig {
         }
         if let Some(m) = &cli.metrics {
             cfg.metrics = Some(MetricsConfig::parse(m)?);
+        }
+        if cli.metrics_socket.is_some() {
+            cfg.metrics_socket = cli.metrics_socket;
         }
         if let Some(m) = cli.seccomp {
             cfg.seccomp = m;

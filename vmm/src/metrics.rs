@@ -304,13 +304,13 @@ pub struct MetricsWriter {
     timer: TimerFd,
     interval_ms: u64,
     seq: u64,
-    sources: Sources,
+    sources: Arc<Sources>,
     write_errors: u64,
 }
 
 impl MetricsWriter {
     /// Opens (creates, appends to) the file and arms the timer.
-    pub fn new(cfg: &MetricsConfig, sources: Sources) -> anyhow::Result<MetricsWriter> {
+    pub fn new(cfg: &MetricsConfig, sources: Arc<Sources>) -> anyhow::Result<MetricsWriter> {
         use anyhow::Context;
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -365,13 +365,13 @@ impl MutEventSubscriber for MetricsWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bounce::{DmaDirection, DmaSource, Swiotlb, SwiotlbConfig};
     use std::sync::atomic::Ordering::Relaxed;
     use vm_memory::GuestAddress;
 
-    fn sources(bounced: bool) -> (Sources, Arc<QueueCounters>, Arc<ExitCounters>) {
+    pub(crate) fn sources(bounced: bool) -> (Sources, Arc<QueueCounters>, Arc<ExitCounters>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let dma = if bounced {
             let cfg = SwiotlbConfig {
@@ -455,7 +455,7 @@ mod tests {
                 path: path.clone(),
                 interval_ms: 100,
             },
-            s,
+            Arc::new(s),
         )
         .unwrap();
         let mut best = Duration::MAX;
@@ -493,7 +493,7 @@ mod tests {
             interval_ms: 10,
         };
         let (s, q, _) = sources(false);
-        let mut w = MetricsWriter::new(&cfg, s).unwrap();
+        let mut w = MetricsWriter::new(&cfg, Arc::new(s)).unwrap();
         w.write_line(false);
         q.chains.fetch_add(1, Relaxed);
         w.write_line(true);

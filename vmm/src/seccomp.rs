@@ -3,7 +3,8 @@
 //!
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read,
 //!   pread/pwrite/fdatasync/fallocate on the fds it already holds; `fcntl(F_DUPFD_CLOEXEC)`;
-//!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit;
+//!   re-reading /proc/self/smaps through an fd opened at set-up; `accept4` (non-blocking) on the
+//!   `--metrics-socket` listener; terminal `ioctl`s at exit;
 //!   `tgkill` of its own threads with the vCPU kick signal.
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
 //!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
@@ -272,6 +273,13 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_statx,
                 ],
             );
+            // --metrics-socket: a connection, non-blocking (crate::prometheus::ACCEPT_FLAGS).
+            one_of(
+                &mut r,
+                libc::SYS_accept4,
+                3,
+                &[crate::prometheus::ACCEPT_FLAGS as u64],
+            )?;
             // virtio-blk discard/write-zeroes duplicate the image fd (File::try_clone).
             one_of(
                 &mut r,

@@ -21,6 +21,7 @@ use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
 use crate::metrics::{MetricsWriter, Smaps, Sources};
+use crate::prometheus::MetricsSocket;
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, InputDrained, IrqTrigger, SerialPort, StdinInput};
 use crate::signals::Signals;
@@ -304,21 +305,25 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     }
     let mut smaps = Smaps::open();
     // Opened before the main thread's filter, which allows no open.
+    let sources = Arc::new(Sources {
+        dma: report.dma.clone(),
+        devices: device_counters,
+        vcpus: exit_counters,
+        statm: std::fs::File::open("/proc/self/statm").ok(),
+        start,
+    });
     let metrics = match &cfg.metrics {
         Some(m) => {
-            let sources = Sources {
-                dma: report.dma.clone(),
-                devices: device_counters,
-                vcpus: exit_counters,
-                statm: std::fs::File::open("/proc/self/statm").ok(),
-                start,
-            };
-            let w = Arc::new(Mutex::new(MetricsWriter::new(m, sources)?));
+            let w = Arc::new(Mutex::new(MetricsWriter::new(m, sources.clone())?));
             events.add_subscriber(w.clone());
             Some(w)
         }
         None => None,
     };
+    if let Some(path) = &cfg.metrics_socket {
+        let s = MetricsSocket::bind(path, sources)?;
+        events.add_subscriber(Arc::new(Mutex::new(s)));
+    }
     log::debug!("VM set up in {} us", start.elapsed().as_micros());
 
     // Set-up is over: from here on the main thread only serves the event loop.

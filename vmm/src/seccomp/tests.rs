@@ -272,17 +272,19 @@ fn memory_advice_and_remapping_only_as_glibc_uses_them() {
 }
 
 /// The fds `metrics_calls` uses, opened before the fork.
-static METRICS_FDS: [std::sync::atomic::AtomicI32; 3] = [
+static METRICS_FDS: [std::sync::atomic::AtomicI32; 4] = [
+    std::sync::atomic::AtomicI32::new(-1),
     std::sync::atomic::AtomicI32::new(-1),
     std::sync::atomic::AtomicI32::new(-1),
     std::sync::atomic::AtomicI32::new(-1),
 ];
 
-/// What `--metrics` does on the main thread after its filter is on: read the timerfd, pread
-/// /proc/self/statm, write a line to the metrics file; then a forbidden call (getppid).
+/// What `--metrics` and `--metrics-socket` do on the main thread after its filter is on: read
+/// the timerfd, pread /proc/self/statm, write a line to the metrics file, accept4 (non-blocking,
+/// nobody connecting: EAGAIN); then a forbidden call (getppid).
 fn metrics_calls() {
     use std::sync::atomic::Ordering::Relaxed;
-    let [timer, statm, file] = [0, 1, 2].map(|i| METRICS_FDS[i].load(Relaxed));
+    let [timer, statm, file, listener] = [0, 1, 2, 3].map(|i| METRICS_FDS[i].load(Relaxed));
     let mut buf = [0u8; 128];
     // SAFETY: raw reads and writes on fds the parent opened, into and from stack buffers.
     unsafe {
@@ -294,6 +296,15 @@ fn metrics_calls() {
         }
         if libc::write(file, b"{}\n".as_ptr().cast(), 3) != 3 {
             libc::_exit(94);
+        }
+        let fd = libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            crate::prometheus::ACCEPT_FLAGS,
+        );
+        if fd != -1 || errno() != libc::EAGAIN {
+            libc::_exit(95);
         }
     }
     passed();
@@ -320,6 +331,11 @@ fn the_main_filter_allows_what_metrics_lines_need() {
     METRICS_FDS[0].store(std::os::fd::AsRawFd::as_raw_fd(&timer), Relaxed);
     METRICS_FDS[1].store(statm.into_raw_fd(), Relaxed);
     METRICS_FDS[2].store(file.into_raw_fd(), Relaxed);
+    let sock = path.with_extension("sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    METRICS_FDS[3].store(listener.into_raw_fd(), Relaxed);
     let (status, err) = in_child(ThreadKind::Main, SeccompMode::Trap, metrics_calls);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
@@ -329,4 +345,5 @@ fn the_main_filter_allows_what_metrics_lines_need() {
     assert!(err.contains("(getppid)"), "{err:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&sock).unwrap();
 }
