@@ -145,3 +145,90 @@ fn metrics_file_gets_monotonic_lines_over_a_guest_boot() {
             > 0
     );
 }
+
+/// `--metrics-socket` under the default seccomp filters: curl (carried into the outer machine on
+/// the nested path) scrapes the socket every 300 ms while a guest boots and powers off.
+#[test]
+fn metrics_socket_serves_prometheus_text_during_a_guest_boot() {
+    let h = Harness::detect().unwrap_or_else(|e| panic!("cannot boot guests here: {e:#}"));
+    let k = kernel_artifacts().unwrap_or_else(|e| panic!("cannot build the guest: {e:#}"));
+    let microvm = microvm_binary().expect("microvm binary");
+    let curl = std::path::PathBuf::from("/usr/bin/curl");
+    assert!(
+        curl.is_file(),
+        "this test needs curl (apt-get install curl)"
+    );
+    let img = std::env::temp_dir().join(format!("microvm-metrics-sock-{}.img", std::process::id()));
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("disk image");
+    let sock = format!("/tmp/microvm-metrics-{}.sock", std::process::id());
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let script = format!(
+        "{} --kernel {} --initrd {} --disk \"$1\" --restricted-dma=1M --metrics-socket {sock} \
+         --cmdline {} >/tmp/mvm.out 2>&1 & pid=$!; n=0; \
+         while kill -0 $pid 2>/dev/null; do \
+           if [ -S {sock} ] && \"$2\" -s --http0.9 --unix-socket {sock} http://x/ >/tmp/scrape.new; \
+           then n=$((n+1)); mv /tmp/scrape.new /tmp/scrape.last; fi; sleep 0.3; \
+         done; wait $pid; echo \"status=$?\"; cat /tmp/mvm.out; echo \"scrapes=$n\"; \
+         echo {BEGIN}; cat /tmp/scrape.last; echo {END}; rm -f {sock}",
+        q(&microvm.to_string_lossy()),
+        q(&k.bzimage.to_string_lossy()),
+        q(&k.initramfs.to_string_lossy()),
+        q("console=ttyS0 reboot=k panic=1 microvm.test=boot"),
+    );
+    let run = Run {
+        program: Program::Host("/bin/sh".into()),
+        args: vec![
+            Arg::s("-c"),
+            Arg::s(script),
+            Arg::s("sh"),
+            Arg::disk_file(0),
+            Arg::file(&curl),
+        ],
+        files_to_carry: vec![microvm, k.bzimage.clone(), k.initramfs.clone()],
+        disks: vec![img.clone()],
+        timeout: Duration::from_secs(180),
+        marks: vec![],
+        echo: false,
+        stdio: StdioMode::Null,
+        signal_at_mark: None,
+    };
+    let o = h.run(&run);
+    let _ = std::fs::remove_file(&img);
+    let o = o.expect("harness run");
+    let text = o.stdout.replace('\r', "");
+    assert!(text.contains("status=0"), "{}", o.describe());
+    let scrapes: u32 = o
+        .value("scrapes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(scrapes >= 1, "no scrape succeeded:\n{}", o.describe());
+    let body = text
+        .split_once(BEGIN)
+        .and_then(|(_, r)| r.split_once(END))
+        .map(|(b, _)| b)
+        .unwrap_or("");
+    eprintln!(
+        "{scrapes} scrapes ({} path); the last has {} lines",
+        h.path(),
+        body.lines().count()
+    );
+    for want in [
+        "microvm_uptime_ms ",
+        "microvm_vcpu_exits_io_out ",
+        "microvm_vcpus_mmio_write{vcpus=\"0\"} ",
+        "microvm_devices_total_chains{devices=\"0\",kind=\"block\"} ",
+        "microvm_bounce_slots_total 512",
+        "microvm_bounce_pools_slots_used{pools=\"0\",kind=\"initial\"} ",
+    ] {
+        assert!(
+            body.contains(want),
+            "{want:?} missing in the scrape:\n{body}"
+        );
+    }
+    assert!(
+        !text.contains("socket-left"),
+        "the socket was not removed at exit"
+    );
+}

@@ -1,16 +1,21 @@
 //! `--metrics-socket PATH`: the `--metrics` counters as Prometheus text on a Unix socket. Each
-//! connection gets the current values and is closed (a scraper reads to EOF, e.g.
-//! `curl --unix-socket PATH http://x/` or `socat - UNIX-CONNECT:PATH`; the request, if any, is
-//! not read). The socket is bound at set-up; on the event loop a connection costs one
-//! `accept4` (non-blocking, so a client that never reads cannot hold the loop: what does not fit
-//! its socket buffer is dropped), one statistics snapshot, one `write` and one `close`.
+//! connection gets the current values once its request (anything, or nothing and a half-close)
+//! has arrived, and is closed: a scraper reads to EOF, e.g. `curl --http0.9 --unix-socket PATH
+//! http://x/` or `socat - UNIX-CONNECT:PATH </dev/null`. The request is read and dropped before
+//! the answer (closing a Unix socket with unread data makes the peer's read fail with
+//! ECONNRESET). The socket is bound at set-up; on the event loop a connection costs one
+//! `accept4` (non-blocking: a client that never reads cannot hold the loop, what does not fit
+//! its socket buffer is dropped), a few reads, one statistics snapshot, one `write`, one
+//! `close`. At most [`MAX_PENDING`] connections wait for their request; past that the oldest is
+//! closed.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -21,11 +26,17 @@ use crate::metrics::Sources;
 
 /// The flags of every `accept4` (the main thread's seccomp filter allows only these).
 pub const ACCEPT_FLAGS: libc::c_int = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+/// Connections waiting for their request.
+pub const MAX_PENDING: usize = 16;
+/// Event data of the listener (a connection's is its fd).
+const LISTENER: u32 = u32::MAX;
 
+/// The socket file stays after microvm exits: no seccomp filter allows `unlink` (a path-based
+/// call no filter can restrict to this path); the next bind to the same path replaces it.
 pub struct MetricsSocket {
     listener: UnixListener,
-    path: PathBuf,
     sources: Arc<Sources>,
+    pending: VecDeque<std::fs::File>,
 }
 
 impl MetricsSocket {
@@ -48,16 +59,16 @@ impl MetricsSocket {
             .context("cannot make the metrics socket non-blocking")?;
         Ok(MetricsSocket {
             listener,
-            path: path.to_path_buf(),
             sources,
+            pending: VecDeque::new(),
         })
     }
 
-    /// Answers every pending connection.
-    fn serve(&self) {
+    /// Takes every pending connection and waits for its request.
+    fn accept(&mut self, ops: &mut EventOps) {
         loop {
             // SAFETY: accept4 on our listening socket, no peer address wanted; the returned fd
-            // is owned by the OwnedFd below.
+            // is owned by the File below.
             let fd = unsafe {
                 libc::accept4(
                     self.listener.as_raw_fd(),
@@ -74,30 +85,59 @@ impl MetricsSocket {
                 return;
             }
             // SAFETY: `fd` was just returned by accept4 and is owned by nobody else.
-            let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            let text = text(&self.sources.line(0, false, 0));
-            if let Err(e) = conn.write_all(text.as_bytes()) {
-                log::debug!("metrics socket: write: {e}");
+            let conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            if self.pending.len() >= MAX_PENDING {
+                if let Some(old) = self.pending.pop_front() {
+                    let _ = ops.remove(Events::with_data(
+                        &old,
+                        old.as_raw_fd() as u32,
+                        EventSet::IN,
+                    ));
+                }
+            }
+            match ops.add(Events::with_data(&conn, fd as u32, EventSet::IN)) {
+                Ok(()) => self.pending.push_back(conn),
+                Err(e) => log::debug!("metrics socket: cannot watch a connection: {e:?}"),
             }
         }
     }
-}
 
-impl Drop for MetricsSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// The request (or its end) arrived on `fd`: drop it, answer, close.
+    fn answer(&mut self, fd: i32, ops: &mut EventOps) {
+        let Some(i) = self.pending.iter().position(|c| c.as_raw_fd() == fd) else {
+            return;
+        };
+        let Some(mut conn) = self.pending.remove(i) else {
+            return;
+        };
+        let _ = ops.remove(Events::with_data(&conn, fd as u32, EventSet::IN));
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match conn.read(&mut buf) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        let text = text(&self.sources.line(0, false, 0));
+        if let Err(e) = conn.write_all(text.as_bytes()) {
+            log::debug!("metrics socket: write: {e}");
+        }
     }
 }
 
 impl MutEventSubscriber for MetricsSocket {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(&self.listener, LISTENER, EventSet::IN)) {
             log::warn!("metrics socket not on the event loop: {e:?}");
         }
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        self.serve();
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == LISTENER {
+            self.accept(ops);
+        } else {
+            self.answer(events.fd(), ops);
+        }
     }
 }
 
@@ -195,6 +235,8 @@ mod tests {
 
     #[test]
     fn a_scrape_gets_the_current_counters() {
+        use event_manager::{EventManager, SubscriberOps};
+        use std::sync::Mutex;
         let dir = std::env::temp_dir().join(format!("microvm-prom-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.sock");
@@ -207,21 +249,41 @@ mod tests {
         vcpu.mmio_write
             .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
         let sock = MetricsSocket::bind(&path, Arc::new(sources)).unwrap();
-        let mut scrapes = Vec::new();
-        for _ in 0..2 {
-            scrapes.push(std::os::unix::net::UnixStream::connect(&path).unwrap());
+        let mut events: EventManager<Arc<Mutex<MetricsSocket>>> = EventManager::new().unwrap();
+        events.add_subscriber(Arc::new(Mutex::new(sock)));
+        // An HTTP client sends a request first; a reader half-closes without one.
+        let clients: Vec<_> = [true, false]
+            .into_iter()
+            .map(|request| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+                    if request {
+                        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                    } else {
+                        c.shutdown(std::net::Shutdown::Write).unwrap();
+                    }
+                    let mut t = String::new();
+                    c.read_to_string(&mut t).map(|_| t)
+                })
+            })
+            .collect();
+        while clients.iter().any(|c| !c.is_finished()) {
+            events.run_with_timeout(50).unwrap();
         }
-        sock.serve();
-        for mut c in scrapes {
-            let mut t = String::new();
-            c.read_to_string(&mut t).unwrap();
+        for c in clients {
+            let t = c.join().unwrap().expect("read to EOF without a reset");
             assert!(t.contains("microvm_vcpu_exits_mmio_write 3\n"), "{t}");
             assert!(t.contains("microvm_devices_total_chains{devices=\"0\",kind=\"block\"} 7\n"));
             assert!(t.contains("microvm_bounce_slots_total 128\n"), "{t}");
             assert!(t.contains("microvm_bounce_pools_slots_used{pools=\"0\",kind=\"initial\"}"));
         }
-        drop(sock);
-        assert!(!path.exists(), "the socket is removed at exit");
+        drop(events);
+        // Left for the next bind to replace (no filter allows unlink).
+        assert!(path.exists());
+        let (sources, _, _) = crate::metrics::tests::sources(false);
+        drop(MetricsSocket::bind(&path, Arc::new(sources)).unwrap());
+        std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"x").unwrap();
         let (sources, _, _) = crate::metrics::tests::sources(false);
         assert!(MetricsSocket::bind(&path, Arc::new(sources)).is_err());
