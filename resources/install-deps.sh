@@ -10,6 +10,8 @@ PACKAGES=(
     linux-image-cloud-amd64
     # guest initramfs and disk tools carried into it
     busybox-static cpio xz-utils zstd e2fsprogs fio iproute2
+    # tests/metrics.rs scrapes --metrics-socket with it
+    curl
     # guest kernel
     linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev
     ca-certificates

@@ -37,7 +37,7 @@ pub use error::{BlockCause, DmaError};
 pub use notify::{DmaWaker, EventNotifier};
 pub use owned::OwnedDmaBuffer;
 pub use pool::MapAttrs;
-pub use queue::{Chain, Desc, DmaQueue, QueueError};
+pub use queue::{Chain, Desc, DmaQueue, QueueCounters, QueueCountersSnapshot, QueueError};
 pub use stats::{
     BlockingStats, ConversionCount, Conversions, ConversionsBy, Failures, Payer, PoolStats,
     StatsSnapshot,

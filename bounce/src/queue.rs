@@ -4,6 +4,10 @@
 //! shared memory) and are read in place here; the buffers descriptors point at are streaming DMA
 //! and reach the device only through [`Dma::map`].
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
@@ -70,11 +74,63 @@ pub enum QueueError {
     InvalidRings,
 }
 
+/// Monotonic counters of one virtqueue, shared with whoever reports them (the VMM's metrics).
+/// Their writers are serialised (the queue is `&mut` to its device, which the transport's lock
+/// holds), so an update is a plain load and store ([`QueueCounters::add`]): no locked
+/// instruction on the request path; readers see each counter move forward. They outlive the
+/// [`DmaQueue`]s of successive activations, so a driver reset does not set them back.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Notifications the transport served (guest kicks, and its own re-kicks past the budget).
+    pub notifications: AtomicU64,
+    /// Well-formed chains popped (requests).
+    pub chains: AtomicU64,
+    /// Malformed chains returned unused.
+    pub malformed: AtomicU64,
+    /// Bytes of the driver's device-readable descriptors (e.g. a block write's header + data).
+    pub bytes_from_driver: AtomicU64,
+    /// Used lengths returned (bytes the device wrote into the driver's buffers).
+    pub bytes_to_driver: AtomicU64,
+    /// Requests the device answered with an error status (counted by the device).
+    pub errors: AtomicU64,
+}
+
+/// [`QueueCounters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCountersSnapshot {
+    pub notifications: u64,
+    pub chains: u64,
+    pub malformed: u64,
+    pub bytes_from_driver: u64,
+    pub bytes_to_driver: u64,
+    pub errors: u64,
+}
+
+impl QueueCounters {
+    /// Adds `n` to `c`. Only for serialised writers (see the type's documentation): concurrent
+    /// writers could lose updates, readers cannot see a torn or decreasing value.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> QueueCountersSnapshot {
+        QueueCountersSnapshot {
+            notifications: self.notifications.load(Relaxed),
+            chains: self.chains.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            bytes_from_driver: self.bytes_from_driver.load(Relaxed),
+            bytes_to_driver: self.bytes_to_driver.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+}
+
 /// A split virtqueue bound to a [`Dma`] handle.
 pub struct DmaQueue {
     queue: Queue,
     dma: Dma,
     src: DmaSource,
+    counters: Arc<QueueCounters>,
 }
 
 impl DmaQueue {
@@ -83,7 +139,22 @@ impl DmaQueue {
             queue: Queue::new(max_size)?,
             dma,
             src,
+            counters: Arc::default(),
         })
+    }
+
+    /// Counts into `counters` from now on (the transport keeps one set per queue index).
+    pub fn set_counters(&mut self, counters: Arc<QueueCounters>) {
+        self.counters = counters;
+    }
+
+    pub fn counters(&self) -> &QueueCounters {
+        &self.counters
+    }
+
+    /// The device answered a request with an error status.
+    pub fn count_error(&self) {
+        QueueCounters::add(&self.counters.errors, 1);
     }
 
     /// The queue's registers, for the transport. Its memory-touching methods need a guest memory
@@ -125,8 +196,12 @@ impl DmaQueue {
         let head = chain.head_index();
         let mut descs = Vec::new();
         let mut ends_cleanly = false;
+        let mut readable = 0u64;
         for d in chain {
             ends_cleanly = !d.has_next();
+            if !d.is_write_only() {
+                readable += u64::from(d.len());
+            }
             descs.push(Desc {
                 addr: d.addr(),
                 len: d.len(),
@@ -134,8 +209,11 @@ impl DmaQueue {
             });
         }
         if !ends_cleanly {
+            QueueCounters::add(&self.counters.malformed, 1);
             return Err(QueueError::MalformedChain { head });
         }
+        QueueCounters::add(&self.counters.chains, 1);
+        QueueCounters::add(&self.counters.bytes_from_driver, readable);
         Ok(Some(Chain { head, descs }))
     }
 
@@ -168,6 +246,7 @@ impl DmaQueue {
     /// Returns a chain to the driver with `len` bytes written by the device.
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
         self.queue.add_used(self.dma.guest_memory(), head, len)?;
+        QueueCounters::add(&self.counters.bytes_to_driver, u64::from(len));
         Ok(())
     }
 
@@ -225,6 +304,12 @@ mod tests {
         assert!(!c.descs[0].writable && c.descs[1].writable);
         assert!(q.pop().unwrap().is_none());
         q.add_used(c.head, 512).unwrap();
+        q.count_error();
+        let n = q.counters().snapshot();
+        assert_eq!(
+            (n.chains, n.bytes_from_driver, n.bytes_to_driver, n.errors),
+            (1, 16, 512, 1)
+        );
     }
 
     #[test]
@@ -259,5 +344,6 @@ mod tests {
             q.pop(),
             Err(QueueError::MalformedChain { head: 0 })
         ));
+        assert_eq!(q.counters().snapshot().malformed, 1);
     }
 }

@@ -14,6 +14,7 @@ pub mod artifacts;
 pub mod bootstat;
 pub mod cpio;
 pub mod exec;
+pub mod fio;
 pub mod nested;
 pub mod probe;
 pub mod setup;

@@ -7,6 +7,7 @@ use bounce::SwiotlbConfig;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsConfig;
 use crate::seccomp::{SeccompMode, ThreadKind};
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -61,6 +62,14 @@ pub struct Cli {
     /// Record every DMA map/unmap/sync to PATH (JSON lines; replay with bounce-replay).
     #[arg(long, value_name = "PATH")]
     pub dma_trace: Option<PathBuf>,
+    /// Append a JSON line of counters (bounce pools, devices, vCPU exits, RSS) to PATH every
+    /// DURATION (default 1s: `250ms`, `1s`, `2m`) and when the VM ends.
+    #[arg(long, value_name = "PATH[,interval=DURATION]")]
+    pub metrics: Option<String>,
+    /// Serve the same counters as Prometheus text on a Unix socket at PATH (one scrape per
+    /// connection).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
     /// Seccomp filters on every thread: trap (a forbidden system call ends microvm with a
     /// message and status 148), kill (the kernel kills it, no message), log (allowed, logged by
     /// the kernel's audit log), off [default: trap].
@@ -130,6 +139,12 @@ pub struct VmConfig {
     pub guest_swiotlb: bool,
     #[serde(default)]
     pub dma_trace: Option<PathBuf>,
+    /// `--metrics`: periodic JSON lines.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// `--metrics-socket`: Prometheus text on a Unix socket.
+    #[serde(default)]
+    pub metrics_socket: Option<PathBuf>,
     #[serde(default)]
     pub seccomp: SeccompMode,
     /// Probe /dev/kvm's speed at start (`--no-kvm-probe` turns it off).
@@ -239,6 +254,8 @@ impl VmConfig {
                     restricted_dma: None,
                     guest_swiotlb: false,
                     dma_trace: None,
+                    metrics: None,
+                    metrics_socket: None,
                     seccomp: SeccompMode::default(),
                     seccomp_selftest: None,
                     kvm_probe: true,
@@ -289,6 +306,12 @@ impl VmConfig {
         if cli.dma_trace.is_some() {
             cfg.dma_trace = cli.dma_trace;
         }
+        if let Some(m) = &cli.metrics {
+            cfg.metrics = Some(MetricsConfig::parse(m)?);
+        }
+        if cli.metrics_socket.is_some() {
+            cfg.metrics_socket = cli.metrics_socket;
+        }
         if let Some(m) = cli.seccomp {
             cfg.seccomp = m;
         }
@@ -307,6 +330,9 @@ impl VmConfig {
                 "kernel {} does not exist or is not a file",
                 self.kernel.display()
             );
+        }
+        if let Some(m) = &self.metrics {
+            m.validate()?;
         }
         if let Some(i) = &self.initrd {
             if !i.is_file() {
@@ -455,5 +481,35 @@ mod tests {
         assert_eq!(c.restricted_dma.as_deref(), Some("8M"));
         let c = Cli::try_parse_from(["microvm", "--kernel", "k"]).unwrap();
         assert!(c.restricted_dma.is_none());
+    }
+
+    #[test]
+    fn metrics_flag_and_json() {
+        let m = MetricsConfig::parse("/tmp/m.jsonl").unwrap();
+        assert_eq!(
+            (m.path.to_str(), m.interval_ms),
+            (Some("/tmp/m.jsonl"), 1000)
+        );
+        let m = MetricsConfig::parse("m.jsonl,interval=100ms").unwrap();
+        assert_eq!(m.interval_ms, 100);
+        assert_eq!(
+            MetricsConfig::parse("m,interval=2").unwrap().interval_ms,
+            2000
+        );
+        assert_eq!(
+            MetricsConfig::parse("m,interval=1.5s").unwrap().interval_ms,
+            1500
+        );
+        assert_eq!(
+            MetricsConfig::parse("m,interval=2m").unwrap().interval_ms,
+            120_000
+        );
+        assert!(MetricsConfig::parse("m,interval=5ms").is_err());
+        assert!(MetricsConfig::parse("m,interval=x").is_err());
+        assert!(MetricsConfig::parse("m,bogus=1").is_err());
+        assert!(MetricsConfig::parse(",interval=1s").is_err());
+        let j: MetricsConfig = serde_json::from_str(r#"{"path": "m.jsonl"}"#).unwrap();
+        assert_eq!(j.interval_ms, 1000);
+        assert!(serde_json::from_str::<MetricsConfig>(r#"{"path": "m", "bogus": 1}"#).is_err());
     }
 }

@@ -11,6 +11,7 @@ mod logger;
 mod memory;
 mod metrics;
 mod mptable;
+mod prometheus;
 mod seccomp;
 mod serial;
 mod signals;

@@ -2,16 +2,18 @@
 //! handles anything the guest controls.
 //!
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read on
-//!   the fds it already holds (eventfds, stdin, taps, the signalfd); re-reading
-//!   /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit; `tgkill` of
-//!   its own threads with the vCPU kick signal.
+//!   the fds it already holds (eventfds, stdin, taps, the signalfd, the metrics timerfd);
+//!   re-reading /proc/self/smaps and /proc/self/statm (seek, read) through fds opened at
+//!   set-up; `accept4` (non-blocking) on the `--metrics-socket` listener; terminal `ioctl`s at
+//!   exit; `tgkill` of its own threads with the vCPU kick signal.
 //! - `blkN` (one thread per virtio-blk device, with its own event loop), installed before its
 //!   loop starts: epoll; read (eventfds); pread/pwrite/fdatasync/fallocate on the image;
 //!   `fcntl(F_DUPFD_CLOEXEC)`; `io_uring_enter` for the io_uring engine (rings are set up, and
 //!   their eventfds registered, before any filter: no thread may `io_uring_setup` or
 //!   `io_uring_register`).
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
-//!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
+//!   `KVM_GET_SREGS`, `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs
+//!   on MMIO exits).
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
 //!   nothing more, it only allocates, maps pools, sleeps and waits.
 //!
@@ -90,6 +92,12 @@ vmm_sys_util::ioctl_ior_nr!(
     kvm_bindings::KVMIO,
     0x81,
     kvm_bindings::kvm_regs
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_SREGS,
+    kvm_bindings::KVMIO,
+    0x83,
+    kvm_bindings::kvm_sregs
 );
 vmm_sys_util::ioctl_iowr_nr!(
     KVM_TRANSLATE,
@@ -274,6 +282,13 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                 ],
             );
             one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
+            // --metrics-socket: a connection, non-blocking (crate::prometheus::ACCEPT_FLAGS).
+            one_of(
+                &mut r,
+                libc::SYS_accept4,
+                3,
+                &[crate::prometheus::ACCEPT_FLAGS as u64],
+            )?;
             // Restoring the terminal at exit (isatty, tcgetattr, tcsetattr TCSANOW).
             one_of(&mut r, libc::SYS_ioctl, 1, &[libc::TCGETS, libc::TCSETS])?;
         }
@@ -286,6 +301,8 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     KVM_RUN(),
                     // An exit microvm cannot handle is reported with RIP and instruction bytes.
                     KVM_GET_REGS(),
+                    // A triple fault is reported with the vCPU's control registers too.
+                    KVM_GET_SREGS(),
                     KVM_TRANSLATE(),
                     // virtio-net feature negotiation and reset run on MMIO exits.
                     devices::virtio::TUNSETOFFLOAD,

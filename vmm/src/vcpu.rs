@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::io;
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -61,8 +62,75 @@ impl Drop for KickTarget {
     }
 }
 
+/// One vCPU's exits to the VMM by kind (monotonic; written only by its own thread, with a plain
+/// load and store, no locked instruction; read by the metrics writer).
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    pub io_in: AtomicU64,
+    pub io_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    pub hlt: AtomicU64,
+    /// KVM_RUN interrupted by a signal (a kick) or `immediate_exit`.
+    pub intr: AtomicU64,
+    pub shutdown: AtomicU64,
+    pub system_event: AtomicU64,
+    /// Internal errors, failed entries, and any other exit microvm does not handle.
+    pub other: AtomicU64,
+}
+
+/// [`ExitCounters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExitSnapshot {
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub hlt: u64,
+    pub intr: u64,
+    pub shutdown: u64,
+    pub system_event: u64,
+    pub other: u64,
+}
+
+impl ExitCounters {
+    pub fn snapshot(&self) -> ExitSnapshot {
+        ExitSnapshot {
+            io_in: self.io_in.load(Relaxed),
+            io_out: self.io_out.load(Relaxed),
+            mmio_read: self.mmio_read.load(Relaxed),
+            mmio_write: self.mmio_write.load(Relaxed),
+            hlt: self.hlt.load(Relaxed),
+            intr: self.intr.load(Relaxed),
+            shutdown: self.shutdown.load(Relaxed),
+            system_event: self.system_event.load(Relaxed),
+            other: self.other.load(Relaxed),
+        }
+    }
+}
+
+impl ExitSnapshot {
+    pub fn add(&mut self, o: &ExitSnapshot) {
+        self.io_in += o.io_in;
+        self.io_out += o.io_out;
+        self.mmio_read += o.mmio_read;
+        self.mmio_write += o.mmio_write;
+        self.hlt += o.hlt;
+        self.intr += o.intr;
+        self.shutdown += o.shutdown;
+        self.system_event += o.system_event;
+        self.other += o.other;
+    }
+}
+
+/// One writer (the vCPU's thread): no read-modify-write needed.
+fn inc(c: &AtomicU64) {
+    c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
 pub struct Vcpu {
     pub id: u8,
+    pub exits: Arc<ExitCounters>,
     pub fd: VcpuFd,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
@@ -79,28 +147,33 @@ impl Vcpu {
             }
             let reason = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    inc(&self.exits.io_in);
                     self.pio.read(u64::from(port), data);
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    inc(&self.exits.io_out);
                     if !self.pio.write(u64::from(port), data) {
                         log::trace!("unhandled write to port {port:#x}");
                     }
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    inc(&self.exits.mmio_read);
                     if !self.mmio.read(addr, data) {
                         log::debug!("unhandled MMIO read at {addr:#x}");
                     }
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    inc(&self.exits.mmio_write);
                     if !self.mmio.write(addr, data) {
                         log::debug!("unhandled MMIO write at {addr:#x}");
                     }
                     continue;
                 }
                 Ok(VcpuExit::Shutdown) => {
+                    inc(&self.exits.shutdown);
                     log::warn!(
                         "vCPU {}: guest triple fault (KVM_EXIT_SHUTDOWN): it crashed, or rebooted \
                          with reboot=t; {}",
@@ -109,27 +182,33 @@ impl Vcpu {
                     );
                     ExitReason::TripleFault
                 }
-                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
-                        log::info!("vCPU {}: KVM shutdown event: guest powered off", self.id);
-                        ExitReason::PowerOff
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    inc(&self.exits.system_event);
+                    match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
+                            log::info!("vCPU {}: KVM shutdown event: guest powered off", self.id);
+                            ExitReason::PowerOff
+                        }
+                        kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                            log::info!("vCPU {}: KVM reset event: guest rebooted", self.id);
+                            ExitReason::Reboot
+                        }
+                        other => self.fatal(&format!("KVM system event {other}")),
                     }
-                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
-                        log::info!("vCPU {}: KVM reset event: guest rebooted", self.id);
-                        ExitReason::Reboot
-                    }
-                    other => self.fatal(&format!("KVM system event {other}")),
-                },
+                }
                 Ok(VcpuExit::Hlt) => {
+                    inc(&self.exits.hlt);
                     log::info!("vCPU {} halted", self.id);
                     ExitReason::PowerOff
                 }
                 // A kick (or another signal): the loop's check decides whether to go on.
                 Ok(VcpuExit::Intr) => {
+                    inc(&self.exits.intr);
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
                 }
                 Ok(VcpuExit::InternalError) => {
+                    inc(&self.exits.other);
                     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // active member of the exit union.
                     let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
@@ -140,14 +219,19 @@ impl Vcpu {
                     };
                     self.fatal(&what)
                 }
-                Ok(VcpuExit::FailEntry(reason, cpu)) => self.fatal(&format!(
-                    "KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
-                )),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    inc(&self.exits.other);
+                    self.fatal(&format!(
+                        "KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+                    ))
+                }
                 Ok(other) => {
+                    inc(&self.exits.other);
                     let what = format!("unhandled KVM exit {other:?}");
                     self.fatal(&what)
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    inc(&self.exits.intr);
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
                 }

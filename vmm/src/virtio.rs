@@ -20,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{DiskEngine, NetConfig as NetSpec, VmConfig};
-use crate::metrics::DmaReport;
+use crate::metrics::{DeviceCounters, DmaReport};
 
 /// virtio-mmio windows start here, inside the 32-bit MMIO gap.
 const MMIO_BASE: u64 = 0xd000_0000;
@@ -200,8 +200,18 @@ pub struct Threaded {
     pub transport: Arc<Mutex<MmioTransport>>,
 }
 
+fn kind_name(device_type: u32) -> &'static str {
+    match device_type {
+        devices::virtio::TYPE_BLOCK => "block",
+        devices::virtio::TYPE_NET => "net",
+        devices::virtio::TYPE_RNG => "rng",
+        _ => "other",
+    }
+}
+
 /// Creates the devices, puts them on `mmio` and on `events` (or, for virtio-blk, in `threaded`
-/// for a thread of their own), and announces them on `cmdline`.
+/// for a thread of their own), and announces them on `cmdline`. Returns each device's queue
+/// counters (for `--metrics`).
 pub fn attach(
     cfg: &VmConfig,
     vm: &VmFd,
@@ -210,8 +220,9 @@ pub fn attach(
     events: &mut EventManager<Subscriber>,
     threaded: &mut Vec<Threaded>,
     cmdline: &mut Cmdline,
-) -> Result<()> {
+) -> Result<Vec<DeviceCounters>> {
     let devs = build_devices(cfg)?;
+    let mut counters = Vec::new();
     if devs.len() > IRQS.len() {
         bail!(
             "{} virtio devices requested; microvm supports at most {}",
@@ -240,6 +251,11 @@ pub fn attach(
                 .map_err(|e| anyhow!("cannot register the ioeventfd of queue {q}: {e}"))?;
         }
         let is_blk = transport.device_type() == devices::virtio::TYPE_BLOCK;
+        counters.push(DeviceCounters {
+            index,
+            kind: kind_name(transport.device_type()),
+            queues: transport.queue_counters().to_vec(),
+        });
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(base, MMIO_SIZE, transport.clone())?;
         if is_blk {
@@ -254,7 +270,7 @@ pub fn attach(
             .add_virtio_mmio_device(MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
             .map_err(|e| anyhow!("kernel command line too long for the virtio devices: {e}"))?;
     }
-    Ok(())
+    Ok(counters)
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ use crate::config::VmConfig;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::legacy::{AcpiPm, AcpiReset, BootTimer, PvPanic, I8042};
-use crate::metrics::Smaps;
+use crate::metrics::{MetricsWriter, Smaps, Sources};
+use crate::prometheus::MetricsSocket;
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use crate::serial::{Console, InputDrained, IrqTrigger, SerialPort, StdinInput};
 use crate::signals::Signals;
@@ -185,7 +186,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         }),
     )?;
     let mut threaded = Vec::new();
-    virtio::attach(
+    let device_counters = virtio::attach(
         cfg,
         &vm,
         &report.dma,
@@ -269,6 +270,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         report_kvm_speed(p);
     }
     let mut threads = Vec::new();
+    let mut exit_counters = Vec::new();
     for id in 0..cfg.cpus {
         let fd = vm
             .create_vcpu(u64::from(id))
@@ -283,8 +285,11 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         if id == 0 {
             cpu::setup_boot_regs(&fd, &mem, entry)?;
         }
+        let exits = Arc::new(vcpu::ExitCounters::default());
+        exit_counters.push(exits.clone());
         let vcpu = Vcpu {
             id,
+            exits,
             fd,
             pio: pio.clone(),
             mmio: mmio.clone(),
@@ -311,6 +316,26 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         device_threads.push(DeviceThread::spawn(dev, &filters, &exit)?);
     }
     let mut smaps = Smaps::open();
+    // Opened before the main thread's filter, which allows no open.
+    let sources = Arc::new(Sources {
+        dma: report.dma.clone(),
+        devices: device_counters,
+        vcpus: exit_counters,
+        statm: std::fs::File::open("/proc/self/statm").ok(),
+        start,
+    });
+    let metrics = match &cfg.metrics {
+        Some(m) => {
+            let w = Arc::new(Mutex::new(MetricsWriter::new(m, sources.clone())?));
+            events.add_subscriber(w.clone());
+            Some(w)
+        }
+        None => None,
+    };
+    if let Some(path) = &cfg.metrics_socket {
+        let s = MetricsSocket::bind(path, sources)?;
+        events.add_subscriber(Arc::new(Mutex::new(s)));
+    }
     log::debug!("VM set up in {} us", start.elapsed().as_micros());
 
     // Set-up is over: from here on the main thread only serves the event loop.
@@ -320,6 +345,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
             log::info!("VM exit: {reason:?}");
             stop_vcpus(threads);
             DeviceThread::stop_all(device_threads);
+            if let Some(m) = &metrics {
+                m.lock().unwrap_or_else(|e| e.into_inner()).write_line(true);
+            }
             crate::metrics::log_memory_overhead(&mut smaps, &mem, &report.dma);
             report.log();
             return Ok(reason);

@@ -339,7 +339,7 @@ impl Block {
                             let what = if write { "write" } else { "fdatasync" };
                             let r = Err(disk.durability(what, Err(e)).unwrap_err().into());
                             let head = p.head;
-                            let len = disk.complete(p, r);
+                            let len = disk.complete(q, p, r);
                             q.add_used(head, len)?;
                             return Ok(1);
                         }
@@ -359,7 +359,7 @@ impl Block {
             };
             let r = disk.run_sync(&p);
             let head = p.head;
-            let len = disk.complete(p, r);
+            let len = disk.complete(q, p, r);
             q.add_used(head, len)?;
             Ok(1)
         };
@@ -479,7 +479,7 @@ impl Block {
                 (Ok(_), _) => Ok(()),
             };
             let head = p.head;
-            let len = self.disk.complete(p, r);
+            let len = self.disk.complete(q, p, r);
             if let Some(slot) = used.get_mut(c.queue) {
                 *slot += 1;
             }

@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
-use bounce::{Dma, DmaQueue, DmaSource};
+use bounce::{Dma, DmaQueue, DmaSource, QueueCounters};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -112,6 +112,8 @@ pub struct MmioTransport {
     opts: MmioOptions,
     interrupt: Arc<Interrupt>,
     queue_evts: Vec<EventFd>,
+    /// Per queue index, across activations (monotonic: a reset does not clear them).
+    counters: Vec<Arc<QueueCounters>>,
     control_evt: EventFd,
     max_sizes: Vec<u16>,
     queues: Vec<QueueRegs>,
@@ -145,6 +147,7 @@ impl MmioTransport {
             opts,
             interrupt: Interrupt::new(irqfd),
             queue_evts,
+            counters: max_sizes.iter().map(|_| Arc::default()).collect(),
             control_evt: EventFd::new(EFD_NONBLOCK)?,
             queues: vec![QueueRegs::default(); max_sizes.len()],
             max_sizes,
@@ -163,6 +166,11 @@ impl MmioTransport {
     /// `base + NOTIFY_OFFSET` with datamatch = its index.
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// Each queue's counters, in queue order (for metrics; they live as long as any holder).
+    pub fn queue_counters(&self) -> &[Arc<QueueCounters>] {
+        &self.counters
     }
 
     /// The interrupt (InterruptStatus + irqfd).
@@ -293,6 +301,9 @@ impl MmioTransport {
             };
             let mut q = DmaQueue::new(max, self.dma.clone(), src)
                 .map_err(|source| ActivateError::Queue { index, source })?;
+            if let Some(c) = self.counters.get(index) {
+                q.set_counters(c.clone());
+            }
             if regs.ready {
                 let size = regs.size;
                 if size == 0 || !size.is_power_of_two() || size > max {
@@ -510,6 +521,9 @@ impl MmioTransport {
                     return;
                 };
                 let _ = evt.read();
+                if let Some(c) = self.counters.get(i as usize) {
+                    QueueCounters::add(&c.notifications, 1);
+                }
                 self.process_queue(i as usize);
             }
         }

@@ -136,6 +136,7 @@ impl Net {
         };
         drain_queue(q, irq, QUEUE_BUDGET, |q, chain| {
             let Some(len) = gather(q, chain, tx_buf) else {
+                q.count_error();
                 return 0;
             };
             // `gather` returns frames of VNET_HDR_LEN bytes or more.
@@ -144,12 +145,16 @@ impl Net {
             };
             if let Err(e) = hdr::sanitize_tx(header, *acked) {
                 crate::warn_limited!("virtio-net: TX chain {}: frame dropped: {e}", chain.head);
+                q.count_error();
                 return 0;
             }
             match tap.write_frame(&tx_buf[..len]) {
                 Ok(_) => {}
                 // A full tap drops the frame, as a NIC with a full wire would.
-                Err(e) => log::debug!("virtio-net: tap write: {e}"),
+                Err(e) => {
+                    log::debug!("virtio-net: tap write: {e}");
+                    q.count_error();
+                }
             }
             0
         })

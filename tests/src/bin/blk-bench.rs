@@ -13,18 +13,14 @@
 //! MB/s and IOPS side by side with the ratio, and where the bounce time goes (statistics).
 
 use std::fs;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use microvm_tests::cpio::CpioWriter;
+use microvm_tests::fio::initramfs_with_fio;
 use microvm_tests::{
-    artifacts::cache_dir, bounce_statistics, kernel_artifacts, microvm_binary, nested, Arg,
-    Harness, Program, Run,
+    bounce_statistics, kernel_artifacts, microvm_binary, Arg, Harness, Program, Run,
 };
 
-const FIO: &str = "/usr/bin/fio";
 const JOBS: &[&str] = &["seq-read", "seq-write", "rand-read", "rand-write"];
 const RUN_MARK: &str = "@@BLK-BENCH-RUN ";
 
@@ -77,62 +73,6 @@ fn parse() -> Result<Opts> {
     Ok(o)
 }
 
-/// The test initramfs with fio and its libraries appended (cached by the inputs' sizes
-/// and times).
-fn bench_initrd(base: &Path) -> Result<PathBuf> {
-    if !Path::new(FIO).is_file() {
-        bail!("{FIO} missing: apt-get install fio");
-    }
-    let mut files = vec![PathBuf::from(FIO)];
-    files.extend(nested::shared_libraries(Path::new(FIO))?);
-    let mut key = format!("{}", base.display());
-    for f in &files {
-        let m = fs::metadata(f).with_context(|| format!("{}", f.display()))?;
-        key.push_str(&format!(
-            "{}:{}:{:?};",
-            f.display(),
-            m.len(),
-            m.modified().ok()
-        ));
-    }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    let out = cache_dir()?.join(format!("bench-initrd-v2-{:016x}.img", h.finish()));
-    if out.is_file() {
-        return Ok(out);
-    }
-    let tmp = out.with_extension("tmp");
-    let mut w = BufWriter::new(fs::File::create(&tmp)?);
-    let base_bytes = fs::read(base)?;
-    w.write_all(&base_bytes)?;
-    // Linux reads an uncompressed cpio after a compressed one only at a 4-byte offset.
-    w.write_all(&vec![0u8; (4 - base_bytes.len() % 4) % 4])?;
-    let mut c = CpioWriter::new(w);
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in &files {
-        let name = f.to_string_lossy().trim_start_matches('/').to_string();
-        let mut d = Path::new(&name).parent();
-        let mut chain = Vec::new();
-        while let Some(p) = d.filter(|p| !p.as_os_str().is_empty()) {
-            chain.push(p.to_string_lossy().to_string());
-            d = p.parent();
-        }
-        for p in chain.into_iter().rev() {
-            if dirs.insert(p.clone()) {
-                c.dir(&p)?;
-            }
-        }
-        let real = f.canonicalize()?;
-        c.host_file(&name, &real)?;
-    }
-    c.finish()?
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-    fs::rename(&tmp, &out)?;
-    Ok(out)
-}
-
 /// One job's figures: read KiB/s, read IOPS, write KiB/s, write IOPS.
 fn job_figures(text: &str, job: &str) -> Option<[f64; 4]> {
     let key = format!("bench-{job}=");
@@ -150,7 +90,7 @@ fn real_main() -> Result<()> {
     let o = parse()?;
     let h = Harness::detect()?;
     let k = kernel_artifacts()?;
-    let initrd = bench_initrd(&k.initramfs)?;
+    let initrd = initramfs_with_fio(&k.initramfs)?;
     let microvm = microvm_binary()?;
     let img = std::env::temp_dir().join(format!("blk-bench-{}.img", std::process::id()));
     fs::File::create(&img)?.set_len(128 << 20)?;

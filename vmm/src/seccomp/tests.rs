@@ -71,6 +71,7 @@ fn threads_get_only_what_they_need() {
 fn ioctl_numbers() {
     assert_eq!(KVM_RUN(), 0xae80);
     assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+    assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
     assert_eq!(KVM_TRANSLATE(), 0xc018_ae85);
     assert_eq!(devices::virtio::TUNSETOFFLOAD, 0x4004_54d0);
 }
@@ -324,4 +325,83 @@ fn io_uring_enter_only_on_device_threads_and_setup_nowhere() {
             assert!(err.contains("(io_uring_enter)"), "{kind:?}: {err:?}");
         }
     }
+}
+
+/// The fds `metrics_calls` uses, opened before the fork.
+static METRICS_FDS: [std::sync::atomic::AtomicI32; 4] = [
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+];
+
+/// What `--metrics` and `--metrics-socket` do on the main thread after its filter is on: read
+/// the timerfd, seek and read /proc/self/statm, write a line to the metrics file, accept4 (non-blocking,
+/// nobody connecting: EAGAIN); then a forbidden call (getppid).
+fn metrics_calls() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let [timer, statm, file, listener] = [0, 1, 2, 3].map(|i| METRICS_FDS[i].load(Relaxed));
+    let mut buf = [0u8; 128];
+    // SAFETY: raw reads and writes on fds the parent opened, into and from stack buffers.
+    unsafe {
+        if libc::read(timer, buf.as_mut_ptr().cast(), 8) != 8 {
+            libc::_exit(92);
+        }
+        if libc::lseek(statm, 0, libc::SEEK_SET) != 0
+            || libc::read(statm, buf.as_mut_ptr().cast(), buf.len()) <= 0
+        {
+            libc::_exit(93);
+        }
+        if libc::write(file, b"{}\n".as_ptr().cast(), 3) != 3 {
+            libc::_exit(94);
+        }
+        let fd = libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            crate::prometheus::ACCEPT_FLAGS,
+        );
+        if fd != -1 || errno() != libc::EAGAIN {
+            libc::_exit(95);
+        }
+    }
+    passed();
+    // SAFETY: no arguments, no side effects; forbidden, ends the child.
+    unsafe { libc::getppid() };
+}
+
+#[test]
+fn the_main_filter_allows_what_metrics_lines_need() {
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut timer = vmm_sys_util::timerfd::TimerFd::new().unwrap();
+    timer
+        .reset(std::time::Duration::from_millis(1), None)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let path = std::env::temp_dir().join(format!("seccomp-metrics-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let statm = std::fs::File::open("/proc/self/statm").unwrap();
+    METRICS_FDS[0].store(std::os::fd::AsRawFd::as_raw_fd(&timer), Relaxed);
+    METRICS_FDS[1].store(statm.into_raw_fd(), Relaxed);
+    METRICS_FDS[2].store(file.into_raw_fd(), Relaxed);
+    let sock = path.with_extension("sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    METRICS_FDS[3].store(listener.into_raw_fd(), Relaxed);
+    let (status, err) = in_child(ThreadKind::Main, SeccompMode::Trap, metrics_calls);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+        "status {status:#x}, stderr {err:?}"
+    );
+    assert!(err.starts_with(PASSED), "{err:?}");
+    assert!(err.contains("(getppid)"), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&sock).unwrap();
 }

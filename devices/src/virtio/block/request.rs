@@ -184,9 +184,11 @@ impl Disk {
                 data,
                 status,
             }),
-            Ok(Parsed::Inline(written)) => Start::Done(answer(chain.head, status, written, Ok(()))),
+            Ok(Parsed::Inline(written)) => {
+                Start::Done(answer(q, chain.head, status, written, Ok(())))
+            }
             Err(RequestError::Dma(DmaError::WouldBlock { .. })) => Start::Deferred,
-            Err(e) => Start::Done(answer(chain.head, status, 0, Err(e))),
+            Err(e) => Start::Done(answer(q, chain.head, status, 0, Err(e))),
         }
     }
 
@@ -242,7 +244,7 @@ impl Disk {
 
     /// Answers a prepared request with the outcome of its I/O: unmaps its data (a read's data
     /// reaches the guest here), then writes and unmaps the status byte. Returns the used length.
-    pub fn complete(&mut self, p: Prepared, r: Result<(), RequestError>) -> u32 {
+    pub fn complete(&mut self, q: &DmaQueue, p: Prepared, r: Result<(), RequestError>) -> u32 {
         let Prepared {
             head,
             kind,
@@ -264,7 +266,7 @@ impl Disk {
             (Ok(()), IoKind::Read) => u32::try_from(len).unwrap_or(u32::MAX),
             _ => 0,
         };
-        answer(head, status, written, r)
+        answer(q, head, status, written, r)
     }
 
     fn execute(&mut self, q: &DmaQueue, descs: &[Desc]) -> Result<Parsed, RequestError> {
@@ -434,11 +436,18 @@ impl Disk {
 /// Writes the status for `r` into the mapped status byte and unmaps it; returns the used length
 /// (`written` data bytes plus the status byte, or `written` alone if the status byte could not
 /// be written).
-fn answer(head: u16, mut status: OwnedDmaBuffer, written: u32, r: Result<(), RequestError>) -> u32 {
+fn answer(
+    q: &DmaQueue,
+    head: u16,
+    mut status: OwnedDmaBuffer,
+    written: u32,
+    r: Result<(), RequestError>,
+) -> u32 {
     let code = match r {
         Ok(()) => VIRTIO_BLK_S_OK,
         Err(e) => {
             log::debug!("virtio-blk: request at head {head} failed: {e}");
+            q.count_error();
             e.status()
         }
     };
