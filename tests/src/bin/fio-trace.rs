@@ -2,6 +2,7 @@
 //! `--restricted-dma`, through the harness (direct or nested path), and copies it out.
 //!
 //! usage: fio-trace OUT.jsonl [--runtime SECONDS] [--pool SIZE] [--bounce K=V,...] [--cpus N]
+//!                  [--engine uring|sync]
 //!
 //! fio (Debian's, with its `ldd` libraries) and the guest script (`fio-trace.sh`, below) are
 //! appended to the test initramfs as an uncompressed cpio, as `blk-bench` does (the same
@@ -12,6 +13,9 @@
 //! The trace is written by microvm into a second disk image given as a regular file
 //! (`Arg::disk_file`: on the nested path a copy in the outer machine's tmpfs, copied back into
 //! the host image when microvm exits), then cut at its first NUL byte into OUT.
+//! `--engine` is microvm's disk engine, passed as `--disk PATH,engine=E`: `uring` by default,
+//! asked for explicitly so that a host without io_uring fails the run instead of falling back
+//! to `sync` (one request at a time) unnoticed.
 //! It prints fio's figures (emulated on the nested path: only the trace matters) and microvm's
 //! bounce statistics of the run.
 
@@ -63,6 +67,7 @@ struct Opts {
     pool: String,
     bounce: Option<String>,
     cpus: u32,
+    engine: String,
 }
 
 fn parse() -> Result<Opts> {
@@ -73,6 +78,7 @@ fn parse() -> Result<Opts> {
         pool: "64M".into(),
         bounce: None,
         cpus: 2,
+        engine: "uring".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -82,8 +88,15 @@ fn parse() -> Result<Opts> {
             "--pool" => o.pool = val()?,
             "--bounce" => o.bounce = Some(val()?),
             "--cpus" => o.cpus = val()?.parse().context("--cpus")?,
+            "--engine" => match val()?.as_str() {
+                e @ ("uring" | "sync") => o.engine = e.to_string(),
+                e => bail!("--engine {e}: expected uring or sync"),
+            },
             "-h" | "--help" => {
-                println!("usage: fio-trace OUT.jsonl [--runtime SECONDS] [--pool SIZE] [--bounce K=V,...] [--cpus N]");
+                println!(
+                    "usage: fio-trace OUT.jsonl [--runtime SECONDS] [--pool SIZE] \
+                     [--bounce K=V,...] [--cpus N] [--engine uring|sync]"
+                );
                 std::process::exit(0);
             }
             _ if out.is_none() && !a.starts_with('-') => out = Some(PathBuf::from(a)),
@@ -165,12 +178,13 @@ fn real_main() -> Result<()> {
 
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut cmd = format!(
-        "{} --kernel {} --initrd {} --memory 1024 --cpus {} --disk \"$1\" --dma-trace \"$2\" \
-         --restricted-dma={} --cmdline {}",
+        "{} --kernel {} --initrd {} --memory 1024 --cpus {} --disk \"$1\",engine={} \
+         --dma-trace \"$2\" --restricted-dma={} --cmdline {}",
         q(&microvm.to_string_lossy()),
         q(&k.bzimage.to_string_lossy()),
         q(&initrd.to_string_lossy()),
         o.cpus,
+        o.engine,
         o.pool,
         q(&format!(
             "console=ttyS0 reboot=k panic=1 microvm.test=fio-trace bench.runtime={}",
@@ -199,8 +213,9 @@ fn real_main() -> Result<()> {
         signal_at_mark: None,
     };
     eprintln!(
-        "fio-trace: {} path, fio {} s per job, --restricted-dma={} {}",
+        "fio-trace: {} path, disk engine {}, fio {} s per job, --restricted-dma={} {}",
         h.path(),
+        o.engine,
         o.runtime,
         o.pool,
         o.bounce.as_deref().unwrap_or("")
