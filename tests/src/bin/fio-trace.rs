@@ -4,9 +4,9 @@
 //! usage: fio-trace OUT.jsonl [--runtime SECONDS] [--pool SIZE] [--bounce K=V,...] [--cpus N]
 //!                  [--engine uring|sync]
 //!
-//! fio (Debian's, with its `ldd` libraries) and the guest script (`fio-trace.sh`, below) are
-//! appended to the test initramfs as an uncompressed cpio, as `blk-bench` does (the same
-//! code, copied: blk-bench is left as it is). The guest runs, on a 128 MiB image, one after
+//! fio (Debian's, with its `ldd` libraries) is appended to the test initramfs
+//! ([`microvm_tests::fio`], as for `blk-bench`); the guest script is
+//! `resources/guest/tests/fio-trace.sh`. The guest runs, on a 128 MiB image, one after
 //! the other: random 4 KiB reads and writes (60 % reads), libaio, iodepth 32, 2 jobs (one per
 //! vCPU, so both virtio-blk queues carry requests); sequential 64 KiB reads; sequential 64 KiB
 //! writes (libaio, iodepth 8, 1 job); `--direct=1` throughout, each job `--runtime` seconds.
@@ -20,38 +20,16 @@
 //! bounce statistics of the run.
 
 use std::fs;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use microvm_tests::cpio::CpioWriter;
+
 use microvm_tests::{
-    artifacts::cache_dir, bounce_statistics, kernel_artifacts, microvm_binary, nested, Arg,
-    Harness, Program, Run,
+    bounce_statistics, fio, kernel_artifacts, microvm_binary, Arg, Harness, Program, Run,
 };
 
-const FIO: &str = "/usr/bin/fio";
 const DONE: &str = "@@FIO-TRACE-DONE";
-
-/// The guest side: `fio-trace-JOB=READ_IOPS WRITE_IOPS` per job, from fio's terse output.
-const SCRIPT: &str = r#"#!/bin/sh
-# fio-trace (tests/src/bin/fio-trace.rs): fio on /dev/vda while microvm records a DMA trace.
-RUNTIME=8
-for word in $(cat /proc/cmdline); do case "$word" in bench.runtime=*) RUNTIME=${word#bench.runtime=} ;; esac; done
-run() {
-    name=$1; shift
-    echo "fio-trace-start $name uptime=$(cut -d' ' -f1 /proc/uptime)"
-    out=$(fio --name="$name" --filename=/dev/vda --size=64M --direct=1 --ioengine=libaio \
-        --runtime="$RUNTIME" --time_based --group_reporting --minimal "$@" 2>/tmp/fio.err) \
-        || { echo "fio-trace-$name=FAILED $(cat /tmp/fio.err)"; exit 1; }
-    echo "fio-trace-$name=$(echo "$out" | awk -F';' '{print $8, $49}')"
-}
-run rand-4k --rw=randrw --rwmixread=60 --bs=4k --iodepth=32 --numjobs=2
-run seq-read-64k --rw=read --bs=64k --iodepth=8
-run seq-write-64k --rw=write --bs=64k --iodepth=8
-echo "@@FIO-TRACE-DONE"
-"#;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -107,68 +85,11 @@ fn parse() -> Result<Opts> {
     Ok(o)
 }
 
-/// The test initramfs with fio, its libraries and the guest script appended (cached by the
-/// inputs' sizes and times and the script).
-fn trace_initrd(base: &Path) -> Result<PathBuf> {
-    if !Path::new(FIO).is_file() {
-        bail!("{FIO} missing: apt-get install fio");
-    }
-    let mut files = vec![PathBuf::from(FIO)];
-    files.extend(nested::shared_libraries(Path::new(FIO))?);
-    let mut key = format!("{}{SCRIPT}", base.display());
-    for f in &files {
-        let m = fs::metadata(f).with_context(|| format!("{}", f.display()))?;
-        key.push_str(&format!(
-            "{}:{}:{:?};",
-            f.display(),
-            m.len(),
-            m.modified().ok()
-        ));
-    }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    let out = cache_dir()?.join(format!("fio-trace-initrd-{:016x}.img", h.finish()));
-    if out.is_file() {
-        return Ok(out);
-    }
-    let tmp = out.with_extension("tmp");
-    let mut w = BufWriter::new(fs::File::create(&tmp)?);
-    let base_bytes = fs::read(base)?;
-    w.write_all(&base_bytes)?;
-    // Linux reads an uncompressed cpio after a compressed one only at a 4-byte offset.
-    w.write_all(&vec![0u8; (4 - base_bytes.len() % 4) % 4])?;
-    let mut c = CpioWriter::new(w);
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in &files {
-        let name = f.to_string_lossy().trim_start_matches('/').to_string();
-        let mut d = Path::new(&name).parent();
-        let mut chain = Vec::new();
-        while let Some(p) = d.filter(|p| !p.as_os_str().is_empty()) {
-            chain.push(p.to_string_lossy().to_string());
-            d = p.parent();
-        }
-        for p in chain.into_iter().rev() {
-            if dirs.insert(p.clone()) {
-                c.dir(&p)?;
-            }
-        }
-        let real = f.canonicalize()?;
-        c.host_file(&name, &real)?;
-    }
-    c.file("tests/fio-trace.sh", 0o755, SCRIPT.as_bytes())?;
-    c.finish()?
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-    fs::rename(&tmp, &out)?;
-    Ok(out)
-}
-
 fn real_main() -> Result<()> {
     let o = parse()?;
     let h = Harness::detect()?;
     let k = kernel_artifacts()?;
-    let initrd = trace_initrd(&k.initramfs)?;
+    let initrd = fio::initramfs_with_fio(&k.initramfs)?;
     let microvm = microvm_binary()?;
     let pid = std::process::id();
     let img = std::env::temp_dir().join(format!("fio-trace-{pid}.img"));
