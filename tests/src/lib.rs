@@ -126,6 +126,24 @@ pub struct Run {
 }
 
 impl Run {
+    /// `/bin/sh -c SCRIPT sh ARGS...` (the script sees `args` as `$1`, `$2`, ...), 60 s timeout,
+    /// nothing carried or attached: set those with struct update syntax.
+    pub fn shell(script: impl Into<String>, args: Vec<Arg>) -> Run {
+        let mut all = vec![Arg::s("-c"), Arg::s(script.into()), Arg::s("sh")];
+        all.extend(args);
+        Run {
+            program: Program::Host("/bin/sh".into()),
+            args: all,
+            files_to_carry: Vec::new(),
+            disks: Vec::new(),
+            timeout: Duration::from_secs(60),
+            marks: Vec::new(),
+            echo: false,
+            stdio: StdioMode::Null,
+            signal_at_mark: None,
+        }
+    }
+
     /// `microvm` with these arguments, 120 s timeout, timing [`INIT_OK`].
     pub fn microvm(args: Vec<Arg>) -> Run {
         Run {

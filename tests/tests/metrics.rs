@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use microvm_tests::{kernel_artifacts, microvm_binary, Arg, Harness, Program, Run, StdioMode};
+use microvm_tests::{kernel_artifacts, microvm_binary, Arg, Harness, Run};
 use serde_json::Value;
 
 const BEGIN: &str = "@@METRICS-BEGIN";
@@ -66,20 +66,10 @@ fn metrics_file_gets_monotonic_lines_over_a_guest_boot() {
         q("console=ttyS0 reboot=k panic=1 microvm.test=boot"),
     );
     let run = Run {
-        program: Program::Host("/bin/sh".into()),
-        args: vec![
-            Arg::s("-c"),
-            Arg::s(script),
-            Arg::s("sh"),
-            Arg::disk_file(0),
-        ],
         files_to_carry: vec![microvm, k.bzimage.clone(), k.initramfs.clone()],
         disks: vec![img.clone()],
         timeout: Duration::from_secs(180),
-        marks: vec![],
-        echo: false,
-        stdio: StdioMode::Null,
-        signal_at_mark: None,
+        ..Run::shell(script, vec![Arg::disk_file(0)])
     };
     let o = h.run(&run);
     let _ = std::fs::remove_file(&img);
@@ -178,21 +168,10 @@ fn metrics_socket_serves_prometheus_text_during_a_guest_boot() {
         q("console=ttyS0 reboot=k panic=1 microvm.test=boot"),
     );
     let run = Run {
-        program: Program::Host("/bin/sh".into()),
-        args: vec![
-            Arg::s("-c"),
-            Arg::s(script),
-            Arg::s("sh"),
-            Arg::disk_file(0),
-            Arg::file(&curl),
-        ],
         files_to_carry: vec![microvm, k.bzimage.clone(), k.initramfs.clone()],
         disks: vec![img.clone()],
         timeout: Duration::from_secs(180),
-        marks: vec![],
-        echo: false,
-        stdio: StdioMode::Null,
-        signal_at_mark: None,
+        ..Run::shell(script, vec![Arg::disk_file(0), Arg::file(&curl)])
     };
     let o = h.run(&run);
     let _ = std::fs::remove_file(&img);

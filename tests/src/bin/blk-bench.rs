@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use microvm_tests::fio::initramfs_with_fio;
-use microvm_tests::{
-    bounce_statistics, kernel_artifacts, microvm_binary, Arg, Harness, Program, Run,
-};
+use microvm_tests::{bounce_statistics, kernel_artifacts, microvm_binary, Arg, Harness, Run};
 
 const JOBS: &[&str] = &["seq-read", "seq-write", "rand-read", "rand-write"];
 const RUN_MARK: &str = "@@BLK-BENCH-RUN ";
@@ -121,20 +119,10 @@ fn real_main() -> Result<()> {
          echo '{RUN_MARK}on'; {base} {on} 2>&1; echo \"status=$?\""
     );
     let run = Run {
-        program: Program::Host("/bin/sh".into()),
-        args: vec![
-            Arg::s("-c"),
-            Arg::s(script),
-            Arg::s("sh"),
-            Arg::disk_file(0),
-        ],
         files_to_carry: vec![microvm.clone(), k.bzimage.clone(), initrd.clone()],
         disks: vec![img.clone()],
         timeout: Duration::from_secs(120 + 2 * 4 * u64::from(o.runtime) * 3),
-        marks: vec![],
-        echo: false,
-        stdio: microvm_tests::StdioMode::Null,
-        signal_at_mark: None,
+        ..Run::shell(script, vec![Arg::disk_file(0)])
     };
     eprintln!(
         "blk-bench: {} path, fio {} s per job, pool {} {}",

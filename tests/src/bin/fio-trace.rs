@@ -24,10 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-
-use microvm_tests::{
-    bounce_statistics, fio, kernel_artifacts, microvm_binary, Arg, Harness, Program, Run,
-};
+use microvm_tests::{bounce_statistics, fio, kernel_artifacts, microvm_binary, Arg, Harness, Run};
 
 const DONE: &str = "@@FIO-TRACE-DONE";
 
@@ -117,21 +114,12 @@ fn real_main() -> Result<()> {
     }
     let script = format!("{cmd} 2>&1; echo \"status=$?\"");
     let run = Run {
-        program: Program::Host("/bin/sh".into()),
-        args: vec![
-            Arg::s("-c"),
-            Arg::s(script),
-            Arg::s("sh"),
-            Arg::disk_file(0),
-            Arg::disk_file(1),
-        ],
         files_to_carry: vec![microvm.clone(), k.bzimage.clone(), initrd.clone()],
         disks: vec![img.clone(), trace_img.clone()],
         timeout: Duration::from_secs(300 + 3 * 4 * u64::from(o.runtime)),
         marks: vec![DONE.to_string()],
         echo: true,
-        stdio: microvm_tests::StdioMode::Null,
-        signal_at_mark: None,
+        ..Run::shell(script, vec![Arg::disk_file(0), Arg::disk_file(1)])
     };
     eprintln!(
         "fio-trace: {} path, disk engine {}, fio {} s per job, --restricted-dma={} {}",
