@@ -147,7 +147,7 @@ pub fn debian_cloud_kernel() -> Result<PathBuf> {
             found.push((version.to_string(), e.path()));
         }
     }
-    found.sort_by_key(|(v, _)| crate::nested::version_key(v));
+    found.sort_by_key(|(v, _)| crate::nested::outer_image::version_key(v));
     let (_, path) = found.pop().context(
         "Debian's cloud kernel is not installed (no /boot/vmlinuz-*-cloud-amd64): \
          apt-get install linux-image-cloud-amd64 (resources/install-deps.sh does), \
