@@ -27,9 +27,11 @@ use bounce::{Chain, Desc, DmaBuffer, DmaError, DmaQueue};
 use image::Image;
 use thiserror::Error;
 
+use crate::rate_limiter::{self, LimiterConfig, RateLimiter, RateLimiterError};
+
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
-    VirtioDevice, QUEUE_BUDGET, TYPE_BLOCK,
+    drain_queue_limited, feature, read_config_bytes, ActivateError, DeviceError, Interrupt,
+    QueueState, VirtioDevice, QUEUE_BUDGET, TYPE_BLOCK,
 };
 
 pub const SECTOR_SHIFT: u32 = 9;
@@ -86,6 +88,8 @@ pub struct BlockConfig {
     /// [`SIZE_MAX`]. With restricted DMA the VMM passes the pools' longest mapping: the device's
     /// DMA limit, which Linux applies to virtio-blk segments too (`dma_max_mapping_size`).
     pub size_max: u32,
+    /// Bytes and operations per second (none: unlimited); see [`crate::rate_limiter`].
+    pub rate_limit: LimiterConfig,
 }
 
 impl Default for BlockConfig {
@@ -96,6 +100,7 @@ impl Default for BlockConfig {
             num_queues: 1,
             queue_size: 256,
             size_max: SIZE_MAX,
+            rate_limit: LimiterConfig::default(),
         }
     }
 }
@@ -111,6 +116,8 @@ pub enum BlockError {
     Locked,
     #[error("cannot lock the disk image: {0}")]
     Lock(io::Error),
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// Why a request failed; each maps to the status the spec asks for.
@@ -181,6 +188,8 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     queues: Vec<DmaQueue>,
     interrupt: Option<Arc<Interrupt>>,
+    /// Shared by all queues; kept across resets (a reset must not refill the buckets).
+    limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -196,6 +205,7 @@ impl Block {
                 queue_size: qs,
             });
         }
+        let limiter = rate_limiter::optional(cfg.rate_limit)?;
         let image = Image::new(file);
         image.lock(cfg.readonly)?;
         let len = image.len().map_err(BlockError::Metadata)?;
@@ -250,7 +260,14 @@ impl Block {
             config,
             queues: Vec::new(),
             interrupt: None,
+            limiter,
         })
+    }
+
+    /// Replaces the rate limiter made from `BlockConfig::rate_limit` (e.g. one on a
+    /// [`crate::rate_limiter::ManualClock`]); before the device joins an event loop.
+    pub fn set_rate_limiter(&mut self, limiter: Option<RateLimiter>) {
+        self.limiter = limiter;
     }
 
     /// Capacity in 512-byte sectors.
@@ -306,6 +323,7 @@ impl VirtioDevice for Block {
             disk,
             queues,
             interrupt,
+            limiter,
             ..
         } = self;
         let (Some(queue), Some(interrupt)) = (queues.get_mut(index), interrupt.as_ref()) else {
@@ -317,9 +335,22 @@ impl VirtioDevice for Block {
             );
             return Ok(QueueState::Drained);
         }
-        drain_queue(queue, interrupt, QUEUE_BUDGET, |q, chain| {
+        let limiter = limiter
+            .as_mut()
+            .map(|l| (l, limit::request_bytes as fn(&Chain) -> u64));
+        drain_queue_limited(queue, interrupt, QUEUE_BUDGET, limiter, |q, chain| {
             disk.process_chain(q, chain)
         })
+    }
+
+    fn rate_limiter_fds(&self) -> Vec<std::os::unix::io::RawFd> {
+        self.limiter.iter().map(RateLimiter::timer_fd).collect()
+    }
+
+    fn rate_limiter_event(&mut self, _index: usize) {
+        if let Some(l) = &mut self.limiter {
+            l.on_timer();
+        }
     }
 
     fn reset(&mut self) {
@@ -577,6 +608,7 @@ fn map_all<'q>(q: &'q DmaQueue, data: &[Desc]) -> Result<Vec<DmaBuffer<'q>>, Req
 }
 
 mod image;
+mod limit;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ use super::*;
 use crate::virtio::test_utils::*;
 
 mod durability;
+mod limit;
 
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x11_0000;
