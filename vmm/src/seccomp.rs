@@ -4,6 +4,7 @@
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read,
 //!   pread/pwrite/fdatasync/fallocate on the fds it already holds; `fcntl(F_DUPFD_CLOEXEC)`;
 //!   re-reading /proc/self/smaps through an fd opened at set-up; terminal `ioctl`s at exit;
+//!   `timerfd_settime` (relative, flags 0) for the devices' rate limiters;
 //!   `tgkill` of its own threads with the vCPU kick signal.
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
 //!   `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs on MMIO exits).
@@ -272,6 +273,10 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_statx,
                 ],
             );
+            // Rate limiters arm their timerfd (created at set-up) relative to now, flags 0:
+            // not TFD_TIMER_ABSTIME nor TFD_TIMER_CANCEL_ON_SET. The timer's expirations are
+            // read with `read`.
+            one_of(&mut r, libc::SYS_timerfd_settime, 1, &[0])?;
             // virtio-blk discard/write-zeroes duplicate the image fd (File::try_clone).
             one_of(
                 &mut r,

@@ -249,6 +249,9 @@ pub(crate) fn chain_bytes(chain: &bounce::Chain) -> u64 {
     chain.descs.iter().map(|d| u64::from(d.len)).sum()
 }
 
+/// The bytes a rate limiter charges for a chain.
+pub(crate) type ChainCost = fn(&bounce::Chain) -> u64;
+
 /// [`drain_queue`] with a rate limiter: each chain is charged one operation and `cost(chain)`
 /// bytes before it is handled; a chain the limiter refuses goes back in the ring and the queue
 /// is left [`QueueState::Throttled`] until the limiter's timer fires.
@@ -256,7 +259,7 @@ pub(crate) fn drain_queue_limited<F>(
     queue: &mut DmaQueue,
     interrupt: &Interrupt,
     budget: usize,
-    mut limiter: Option<(&mut RateLimiter, fn(&bounce::Chain) -> u64)>,
+    mut limiter: Option<(&mut RateLimiter, ChainCost)>,
     mut handle: F,
 ) -> Result<QueueState, DeviceError>
 where

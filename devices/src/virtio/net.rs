@@ -454,8 +454,10 @@ mod tests {
     use super::*;
     use crate::virtio::test_utils::*;
 
+    mod limit;
+
     /// A SOCK_SEQPACKET pair: one frame per read/write, like a tap.
-    fn fake_tap() -> (Tap, File) {
+    pub(super) fn fake_tap() -> (Tap, File) {
         let mut fds = [0; 2];
         // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
         let r = unsafe {
@@ -472,21 +474,21 @@ mod tests {
         (Tap::from_file(a), b)
     }
 
-    fn frame(n: usize, fill: u8) -> Vec<u8> {
+    pub(super) fn frame(n: usize, fill: u8) -> Vec<u8> {
         let mut f = vec![0u8; VNET_HDR_LEN];
         f.extend(vec![fill; n]);
         f
     }
 
-    struct Rig<'a> {
-        net: Net,
-        rx: TestQueue<'a>,
-        tx: TestQueue<'a>,
-        peer: File,
+    pub(super) struct Rig<'a> {
+        pub(super) net: Net,
+        pub(super) rx: TestQueue<'a>,
+        pub(super) tx: TestQueue<'a>,
+        pub(super) peer: File,
         _irqfd: vmm_sys_util::eventfd::EventFd,
     }
 
-    fn rig(mem: &vm_memory::GuestMemoryMmap) -> Rig<'_> {
+    pub(super) fn rig(mem: &vm_memory::GuestMemoryMmap) -> Rig<'_> {
         let (tap, peer) = fake_tap();
         let mut net = Net::new(tap, NetConfig::default()).unwrap();
         // A socket takes no offloads: none offered.
