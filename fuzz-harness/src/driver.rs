@@ -390,8 +390,40 @@ fn in_memory(a: u64, n: u32) -> std::ops::Range<u64> {
     a.min(end)..end
 }
 
+/// Ranges sorted and merged, for lookups in O(log n) (a hostile table yields thousands).
+fn merged(mut v: Vec<Range>) -> Vec<Range> {
+    v.retain(|&(s, e)| s < e);
+    v.sort_unstable();
+    let mut out: Vec<Range> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Whether `a` lies in one of `ranges` (sorted and merged by [`merged`]).
 fn inside(ranges: &[Range], a: u64) -> bool {
-    ranges.iter().any(|&(s, e)| s <= a && a < e)
+    let i = ranges.partition_point(|&(s, _)| s <= a);
+    i > 0 && a < ranges[i - 1].1
+}
+
+/// Whether two merged range lists overlap.
+fn overlaps(a: &[Range], b: &[Range]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].0 < b[j].1 && b[j].0 < a[i].1 {
+            return true;
+        }
+        if a[i].1 <= b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    false
 }
 
 /// What one round left, for comparing two runs with different fills.
@@ -471,6 +503,8 @@ pub fn check_round(
     }
     // Bytes in a ring or in any readable buffer may change for other reasons, or be copied
     // from the fill: they count as written.
+    let readable = merged(readable);
+    let ring_areas = merged(ring_areas);
     let mut k = 0;
     for (_, entries) in used {
         for &(id, _) in entries {
@@ -487,15 +521,12 @@ pub fn check_round(
             k += 1;
         }
     }
-    let overlap = writable.iter().any(|&(ws, we)| {
-        readable
-            .iter()
-            .any(|&(rs, re)| ws < re && rs < we && ws < we && rs < re)
-    });
-    log.tainted = overlap;
+    let writable = merged(writable);
+    log.tainted = overlaps(&writable, &readable);
     // Nothing outside writable buffers and used rings changed.
     let mut allowed = writable;
     allowed.extend(rings.iter().map(Layout::used_range));
+    let allowed = merged(allowed);
     let changed: BTreeSet<usize> = before
         .iter()
         .zip(after)
@@ -617,6 +648,16 @@ mod tests {
         let after = snapshot(&mem);
         let used = ring.new_used(&mem);
         check_round(&before, &after, &[l], &[(l, used)])
+    }
+
+    #[test]
+    fn range_lookups() {
+        let r = merged(vec![(10, 20), (15, 30), (40, 50), (5, 5)]);
+        assert_eq!(r, vec![(10, 30), (40, 50)]);
+        assert!(inside(&r, 10) && inside(&r, 29) && inside(&r, 45));
+        assert!(!inside(&r, 9) && !inside(&r, 30) && !inside(&r, 50) && !inside(&r, 5));
+        assert!(overlaps(&r, &[(29, 31)]));
+        assert!(!overlaps(&r, &[(30, 40), (50, 60)]));
     }
 
     #[test]
