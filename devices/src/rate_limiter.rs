@@ -227,7 +227,7 @@ impl Timer {
             },
             it_value: libc::timespec {
                 tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+                tv_nsec: libc::c_long::from(d.subsec_nanos()),
             },
         };
         // SAFETY: `spec` is a valid itimerspec that outlives the call; no old value is asked.

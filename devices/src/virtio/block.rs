@@ -343,8 +343,8 @@ impl VirtioDevice for Block {
         })
     }
 
-    fn rate_limiter_fds(&self) -> Vec<std::os::unix::io::RawFd> {
-        self.limiter.iter().map(RateLimiter::timer_fd).collect()
+    fn rate_limiter_fds(&self) -> Vec<(usize, std::os::unix::io::RawFd)> {
+        self.limiter.iter().map(|l| (0, l.timer_fd())).collect()
     }
 
     fn rate_limiter_event(&mut self, _index: usize) {

@@ -559,7 +559,7 @@ impl MutEventSubscriber for MmioTransport {
                 log::error!("virtio-mmio: registering queue {i} eventfd: {e:?}");
             }
         }
-        for (i, fd) in self.device.rate_limiter_fds().into_iter().enumerate() {
+        for (i, fd) in self.device.rate_limiter_fds() {
             let token = TOKEN_LIMITER.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
                 log::error!("virtio-mmio: registering rate limiter timer {i}: {e:?}");

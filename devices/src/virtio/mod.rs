@@ -180,9 +180,10 @@ pub trait VirtioDevice: Send {
     fn backend_interest(&self) -> Option<(RawFd, EventSet)> {
         None
     }
-    /// The timerfds of the device's rate limiters (see [`crate::rate_limiter`]), fixed for the
-    /// device's life: the transport polls them from the start.
-    fn rate_limiter_fds(&self) -> Vec<RawFd> {
+    /// The timerfds of the device's rate limiters (see [`crate::rate_limiter`]) with the index
+    /// each is known by in [`VirtioDevice::rate_limiter_event`], fixed for the device's life:
+    /// the transport polls them from the start.
+    fn rate_limiter_fds(&self) -> Vec<(usize, RawFd)> {
         Vec::new()
     }
     /// Rate limiter `index`'s timer fired (the device must read it: it is polled

@@ -405,12 +405,12 @@ impl VirtioDevice for Net {
             .then(|| (self.tap.as_raw_fd(), EventSet::IN))
     }
 
-    fn rate_limiter_fds(&self) -> Vec<RawFd> {
-        // Index 0 is RX, 1 TX, whichever exist (both or neither: one configuration).
+    fn rate_limiter_fds(&self) -> Vec<(usize, RawFd)> {
+        // Index 0 is RX, 1 TX.
         [&self.rx_limiter, &self.tx_limiter]
             .into_iter()
-            .flatten()
-            .map(RateLimiter::timer_fd)
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i, l.timer_fd())))
             .collect()
     }
 

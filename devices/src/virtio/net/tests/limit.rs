@@ -30,6 +30,9 @@ fn tx_bandwidth_is_enforced_and_frames_wait_in_the_ring() {
         ops: None,
     };
     r.net.set_rate_limiters(None, limiter(&clock, cfg));
+    // The transport hands index 1 back for the TX limiter's timer, even with no RX limiter.
+    let ids: Vec<usize> = r.net.rate_limiter_fds().iter().map(|&(i, _)| i).collect();
+    assert_eq!(ids, vec![1]);
     let f = frame(PAYLOAD, 0x33);
     r.tx.write(0x10_0000, &f);
     let mut elapsed = Duration::ZERO;
@@ -81,6 +84,8 @@ fn rx_frame_rate_is_enforced_and_the_tap_is_not_polled_while_throttled() {
         }),
     };
     r.net.set_rate_limiters(limiter(&clock, cfg), None);
+    let ids: Vec<usize> = r.net.rate_limiter_fds().iter().map(|&(i, _)| i).collect();
+    assert_eq!(ids, vec![0]);
     let f = frame(PAYLOAD, 0x44);
     let mut elapsed = Duration::ZERO;
     let mut delivered = 0u64;
