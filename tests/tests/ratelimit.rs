@@ -51,7 +51,11 @@ fn a_bandwidth_limited_disk_reads_no_faster_than_its_limit() {
         o.describe()
     );
     assert_eq!(o.status, Some(0), "{}", o.describe());
-    assert!(!o.stderr.contains("forbidden system call"), "{}", o.describe());
+    assert!(
+        !o.stderr.contains("forbidden system call"),
+        "{}",
+        o.describe()
+    );
     let ms = |key: &str| -> f64 {
         o.value(key)
             .unwrap_or_else(|| panic!("no {key}\n{}", o.describe()))
