@@ -92,7 +92,7 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
         // hostile ring; the checks below still hold for whatever it did before it.
         let _ = blk.process_queue(0);
         let after = snapshot(&mem);
-        let used = ring.new_used(&mem);
+        let used = ring.new_used(&before, &mem);
         logs.push(check_round(&before, &after, &[layout], &[(layout, used)]));
         assert_eq!(
             slots_used(&dma),

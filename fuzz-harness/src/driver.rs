@@ -270,31 +270,37 @@ impl Ring {
         }
     }
 
-    /// The used entries the device added since the last call: `(head, len)`.
-    pub fn new_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
-        let idx: u16 = mem
-            .read_obj(GuestAddress(self.layout.used + 2))
-            .unwrap_or(0);
+    /// The used entries the device added in a round: `(head, len)`, with `before` the guest
+    /// memory as the round started. A hostile driver may overwrite its own used index (a buffer
+    /// placed over the ring): then the device's count and the ring disagree, and the round's
+    /// entries are not checked (the harness takes up the device's count again).
+    pub fn new_used(&mut self, before: &[u8], mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let at = self.layout.used + 2;
+        let old = rd::<2>(before, at).map_or(0, u16::from_le_bytes);
+        let idx: u16 = mem.read_obj(GuestAddress(at)).unwrap_or(0);
+        if idx == old {
+            return Vec::new();
+        }
+        let clobbered = old != self.seen_used;
         let n = idx.wrapping_sub(self.seen_used);
-        // A device can return at most what was made available; more is a device bug.
+        self.seen_used = idx;
+        if clobbered {
+            return Vec::new();
+        }
+        // A device returns at most what was made available.
         assert!(
-            n <= self
-                .layout
-                .size
-                .max(self.avail_idx.wrapping_sub(self.seen_used)),
+            n <= self.layout.size.max(self.avail_idx.wrapping_sub(old)),
             "used index moved by {n}"
         );
-        let out = (0..n)
+        (0..n)
             .map(|k| {
-                let i = self.seen_used.wrapping_add(k) % self.layout.size;
+                let i = old.wrapping_add(k) % self.layout.size;
                 let e = self.layout.used + 4 + 8 * u64::from(i);
                 let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(0);
                 let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
                 (id, len)
             })
-            .collect();
-        self.seen_used = idx;
-        out
+            .collect()
     }
 }
 
@@ -646,7 +652,7 @@ mod tests {
         let before = snapshot(&mem);
         device(&mem, &l, len, at, written);
         let after = snapshot(&mem);
-        let used = ring.new_used(&mem);
+        let used = ring.new_used(&before, &mem);
         check_round(&before, &after, &[l], &[(l, used)])
     }
 
@@ -695,7 +701,7 @@ mod tests {
         let before = snapshot(&mem);
         mem.write_obj(16u32, GuestAddress(l.used + 4)).unwrap();
         mem.write_obj(1u16, GuestAddress(l.used + 2)).unwrap();
-        let used = ring.new_used(&mem);
+        let used = ring.new_used(&before, &mem);
         check_round(&before, &snapshot(&mem), &[l], &[(l, used)]);
     }
 }

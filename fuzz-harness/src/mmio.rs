@@ -28,8 +28,8 @@ pub enum Kind {
 
 #[derive(Arbitrary, Debug)]
 pub enum Action {
-    /// A 32-bit register write (offset `4 * reg`, below config space; the queue address
-    /// registers are written only by `Setup`, so the harness knows where the rings are).
+    /// A 32-bit register write (offset `4 * reg`, below config space; QueueNum and the queue
+    /// addresses are written only by `Setup`, so the harness knows where the rings are).
     Write {
         reg: u8,
         value: u32,
@@ -73,6 +73,12 @@ pub struct Input {
 }
 
 const SIZES: [u16; 8] = [16, 8, 4, 2, 1, 0, 3, 512];
+
+/// Registers only `Setup` writes, so the harness knows where the rings are and how large:
+/// QueueNum and the queue addresses.
+fn harness_owned(off: u64) -> bool {
+    off == 0x38 || (0x80..=0xa4).contains(&off)
+}
 
 pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
@@ -154,7 +160,7 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
             match a {
                 Action::Write { reg, value } => {
                     let off = 4 * u64::from(*reg % 64);
-                    if !(0x80..=0xa4).contains(&off) {
+                    if !harness_owned(off) {
                         w(&t, off, *value);
                     }
                 }
@@ -167,7 +173,7 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
                     write,
                 } => {
                     let off = u64::from(*offset % 0x1000);
-                    if (0x80..0xa8).contains(&off) {
+                    if harness_owned(off & !3) {
                         continue;
                     }
                     let mut d = data.clone();
@@ -263,9 +269,18 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
         let used = layouts
             .iter()
             .zip(rings.iter_mut())
-            .map(|(l, ring)| (*l, ring.new_used(&mem)))
+            .map(|(l, ring)| (*l, ring.new_used(&before, &mem)))
             .collect::<Vec<_>>();
-        logs.push(check_round(&before, &after, &layouts, &used));
+        // After a reset the queue addresses are 0 until the next `Setup`: a driver that makes
+        // a queue ready then has the device use rings at address 0.
+        let mut rings = layouts.clone();
+        rings.push(Layout {
+            desc: 0,
+            avail: 0,
+            used: 0,
+            size: QSIZE,
+        });
+        logs.push(check_round(&before, &after, &rings, &used));
         if let Some(p) = &mut peer {
             let mut buf = vec![0u8; 70_000];
             while let Ok(n) = std::io::Read::read(p, &mut buf) {

@@ -132,7 +132,7 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
         let used = layouts
             .iter()
             .zip(rings.iter_mut())
-            .map(|(l, r)| (*l, r.new_used(&mem)))
+            .map(|(l, r)| (*l, r.new_used(&before, &mem)))
             .collect::<Vec<_>>();
         // TX chains are only read: their used length is 0.
         assert!(used[1].1.iter().all(|&(_, len)| len == 0), "TX used length");
