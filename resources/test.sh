@@ -40,4 +40,20 @@ step "loom model of the bounce area spinlock"
 # After nextest: only bounce is rebuilt with the feature, its dependencies are nextest's.
 cargo test -p bounce --features loom --lib spinlock
 
+step "fuzz targets, ${FUZZ_SECONDS:=20} s each (fuzz/README.md)"
+# The same harnesses ran above over the checked-in corpus as ordinary tests (microvm-fuzz).
+if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
+    FUZZ_OUT="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/fuzz"
+    for t in blk net mmio dma; do
+        mkdir -p "$FUZZ_OUT/corpus/$t"
+        (cd fuzz && CARGO_TARGET_DIR="$FUZZ_OUT" cargo +nightly fuzz run -O "$t" \
+            "$FUZZ_OUT/corpus/$t" "corpus/$t" -- -max_total_time="$FUZZ_SECONDS" \
+            -rss_limit_mb=3000 -timeout=20 -print_final_stats=1 2>&1 | tail -15)
+        # (pipefail: a crash fails the step; the input is in fuzz/artifacts/$t/.)
+    done
+else
+    echo "SKIPPED: the fuzz targets need a nightly toolchain and cargo-fuzz" \
+        "(rustup toolchain install nightly; cargo install cargo-fuzz); their corpus ran as tests above"
+fi
+
 step "done in $(( $(date +%s) - T0 ))s"

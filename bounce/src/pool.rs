@@ -29,6 +29,13 @@ unsafe impl Send for PoolMem {}
 // SAFETY: as above; &PoolMem only hands out the base pointer.
 unsafe impl Sync for PoolMem {}
 
+/// Pools are prefaulted (`MAP_POPULATE`), except under Miri, which only models plain private
+/// anonymous mappings (the flag changes no semantics).
+#[cfg(not(miri))]
+const POPULATE: libc::c_int = libc::MAP_POPULATE;
+#[cfg(miri)]
+const POPULATE: libc::c_int = 0;
+
 impl PoolMem {
     pub(crate) fn new(len: usize) -> Option<PoolMem> {
         if len == 0 {
@@ -40,7 +47,7 @@ impl PoolMem {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | POPULATE,
                 -1,
                 0,
             )

@@ -12,4 +12,5 @@
 
 pub mod bus;
 pub mod log_limit;
+pub mod rate_limiter;
 pub mod virtio;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use bounce::SwiotlbConfig;
 use clap::Parser;
+use devices::rate_limiter::{BucketConfig, LimiterConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::MetricsConfig;
@@ -36,11 +37,13 @@ pub struct Cli {
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     pub cpus: Option<u8>,
-    /// A virtio-blk disk backed by a raw image file; repeatable.
-    #[arg(long, value_name = "PATH[,readonly]")]
+    /// A virtio-blk disk backed by a raw image file, optionally rate-limited (bw= bytes/s,
+    /// bw-burst=, iops=, iops-burst=; K/M/G suffixes); repeatable.
+    #[arg(long, value_name = "PATH[,readonly][,bw=B/s][,iops=N]...")]
     pub disk: Vec<String>,
-    /// A virtio-net device on an existing tap interface; repeatable.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    /// A virtio-net device on an existing tap interface, optionally rate-limited in each
+    /// direction (bw= bytes/s, bw-burst=, pps= frames/s, pps-burst=); repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,bw=B/s][,pps=N]...")]
     pub net: Vec<String>,
     /// A virtio-rng device fed from the host's getrandom.
     #[arg(long)]
@@ -89,10 +92,14 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub readonly: bool,
+    /// `{"bytes": {"rate": B/s, "burst": B, "one_time_burst": B}, "ops": {...}}`.
+    #[serde(default)]
+    pub rate_limit: LimiterConfig,
     /// The I/O engine; `None`: io_uring where the kernel has it, else sync.
     #[serde(default)]
     pub engine: Option<DiskEngine>,
@@ -107,10 +114,14 @@ pub enum DiskEngine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetConfig {
     pub tap: String,
     #[serde(default)]
     pub mac: Option<String>,
+    /// As for disks (`ops` are frames); each direction gets its own buckets.
+    #[serde(default)]
+    pub rate_limit: LimiterConfig,
 }
 
 /// The resolved configuration. Also the JSON file's schema.
@@ -191,42 +202,90 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .with_context(|| format!("size {s:?} is too large"))
 }
 
+/// Rate limit options of `--disk` and `--net`: `bw=` bytes per second and `bw-burst=` bytes
+/// (K/M/G), `ops=` (`iops=` or `pps=`) per second and `ops-burst=`. Returns `false` for a key
+/// that is not one of them.
+fn parse_limit(limit: &mut LimiterConfig, ops_name: &str, key: &str, v: &str) -> Result<bool> {
+    let bucket = |b: &mut Option<BucketConfig>| *b.get_or_insert(BucketConfig::per_second(0));
+    let (slot, burst) = match key {
+        "bw" => (&mut limit.bytes, false),
+        "bw-burst" => (&mut limit.bytes, true),
+        k if k == ops_name => (&mut limit.ops, false),
+        k if k.strip_prefix(ops_name) == Some("-burst") => (&mut limit.ops, true),
+        _ => return Ok(false),
+    };
+    let mut b = bucket(slot);
+    let n = parse_size(v).with_context(|| format!("{key}={v}"))?;
+    if burst {
+        b.burst = n;
+    } else {
+        b.rate = n;
+    }
+    *slot = Some(b);
+    Ok(true)
+}
+
+fn check_limit(what: &str, limit: &LimiterConfig) -> Result<()> {
+    for (name, b) in [("bw", limit.bytes), ("ops", limit.ops)] {
+        if b.is_some_and(|b| b.rate == 0) {
+            bail!(
+                "{what}: a rate limit's {name} rate must be above 0 (a burst alone limits nothing)"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parse_disk(s: &str) -> Result<DiskConfig> {
     let mut parts = s.split(',');
     let path = parts.next().filter(|p| !p.is_empty());
     let Some(path) = path else {
-        bail!("--disk {s:?}: expected PATH[,readonly][,engine=uring|sync]")
+        bail!("--disk {s:?}: expected PATH[,readonly][,engine=uring|sync][,bw=B/s][,iops=N]...")
     };
     let mut disk = DiskConfig {
         path: path.into(),
         readonly: false,
         engine: None,
+        rate_limit: LimiterConfig::default(),
     };
     for opt in parts {
-        match opt {
-            "readonly" | "ro" => disk.readonly = true,
-            "engine=uring" | "engine=io_uring" => disk.engine = Some(DiskEngine::Uring),
-            "engine=sync" => disk.engine = Some(DiskEngine::Sync),
+        match opt.split_once('=') {
+            None if opt == "readonly" || opt == "ro" => disk.readonly = true,
+            Some(("engine", "uring" | "io_uring")) => disk.engine = Some(DiskEngine::Uring),
+            Some(("engine", "sync")) => disk.engine = Some(DiskEngine::Sync),
+            Some((k, v)) if parse_limit(&mut disk.rate_limit, "iops", k, v)? => {}
             _ => bail!(
-                "--disk {s:?}: unknown option {opt:?} (expected readonly or engine=uring|sync)"
+                "--disk {s:?}: unknown option {opt:?} (expected readonly, engine=uring|sync, \
+                 bw=, bw-burst=, iops=, iops-burst=)"
             ),
         }
     }
+    check_limit(&format!("--disk {s:?}"), &disk.rate_limit)?;
     Ok(disk)
 }
 
 fn parse_net(s: &str) -> Result<NetConfig> {
     let mut tap = None;
     let mut mac = None;
+    let mut rate_limit = LimiterConfig::default();
     for kv in s.split(',') {
         match kv.split_once('=') {
             Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
             Some(("mac", v)) => mac = Some(v.to_string()),
-            _ => bail!("--net {s:?}: expected tap=NAME[,mac=MAC]"),
+            Some((k, v)) if parse_limit(&mut rate_limit, "pps", k, v)? => {}
+            _ => bail!(
+                "--net {s:?}: expected tap=NAME[,mac=MAC][,bw=B/s][,bw-burst=B][,pps=N]\
+                 [,pps-burst=N]"
+            ),
         }
     }
     let tap = tap.with_context(|| format!("--net {s:?}: tap=NAME is required"))?;
-    Ok(NetConfig { tap, mac })
+    check_limit(&format!("--net {s:?}"), &rate_limit)?;
+    Ok(NetConfig {
+        tap,
+        mac,
+        rate_limit,
+    })
 }
 
 impl VmConfig {
@@ -322,6 +381,7 @@ impl VmConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        self.validate_limits()?;
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             bail!("--cpus {} is out of range: 1 to {MAX_CPUS}", self.cpus);
         }
@@ -338,6 +398,16 @@ impl VmConfig {
             if !i.is_file() {
                 bail!("initrd {} does not exist or is not a file", i.display());
             }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<()> {
+        for d in &self.disks {
+            check_limit(&format!("disk {}", d.path.display()), &d.rate_limit)?;
+        }
+        for n in &self.nets {
+            check_limit(&format!("net {}", n.tap), &n.rate_limit)?;
         }
         Ok(())
     }
@@ -400,6 +470,7 @@ mod tests {
                 path: "/a.img".into(),
                 readonly: true,
                 engine: None,
+                rate_limit: LimiterConfig::default(),
             }
         );
         assert_eq!(
@@ -419,6 +490,60 @@ mod tests {
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
         assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+    }
+
+    #[test]
+    fn rate_limits_in_json() {
+        let json = r#"{"kernel": "k",
+            "disks": [{"path": "d.img", "rate_limit":
+                {"bytes": {"rate": 1048576, "burst": 65536, "one_time_burst": 8388608},
+                 "ops": {"rate": 100}}}],
+            "nets": [{"tap": "tap0", "rate_limit": {"ops": {"rate": 1000, "burst": 10}}}]}"#;
+        let cfg: VmConfig = serde_json::from_str(json).unwrap();
+        let d = &cfg.disks[0].rate_limit;
+        assert_eq!(
+            d.bytes,
+            Some(BucketConfig {
+                rate: 1 << 20,
+                burst: 64 << 10,
+                one_time_burst: 8 << 20
+            })
+        );
+        assert_eq!(d.ops, Some(BucketConfig::per_second(100)));
+        assert_eq!(cfg.nets[0].rate_limit.ops.map(|b| b.burst), Some(10));
+        assert!(cfg.validate_limits().is_ok());
+        // A misspelt field is an error, not an unlimited device.
+        let bad = r#"{"kernel": "k", "disks": [{"path": "d.img", "rate_limits": {}}]}"#;
+        assert!(serde_json::from_str::<VmConfig>(bad).is_err());
+        let zero = r#"{"kernel": "k", "disks": [{"path": "d.img",
+            "rate_limit": {"ops": {"rate": 0}}}]}"#;
+        let cfg: VmConfig = serde_json::from_str(zero).unwrap();
+        assert!(cfg.validate_limits().is_err());
+    }
+
+    #[test]
+    fn rate_limit_options() {
+        let d = parse_disk("/a.img,bw=10M,iops=1000,bw-burst=1M").unwrap();
+        let bucket = |rate, burst| BucketConfig {
+            rate,
+            burst,
+            one_time_burst: 0,
+        };
+        assert_eq!(d.rate_limit.bytes, Some(bucket(10 << 20, 1 << 20)));
+        assert_eq!(d.rate_limit.ops, Some(bucket(1000, 0)));
+        let d = parse_disk("/a.img,iops-burst=50,iops=100,readonly").unwrap();
+        assert!(d.readonly);
+        assert_eq!(d.rate_limit.ops, Some(bucket(100, 50)));
+        assert_eq!(d.rate_limit.bytes, None);
+        // A burst without a rate, a zero rate, pps on a disk, iops on a net: refused.
+        assert!(parse_disk("/a.img,bw-burst=1M").is_err());
+        assert!(parse_disk("/a.img,bw=0").is_err());
+        assert!(parse_disk("/a.img,pps=10").is_err());
+        assert!(parse_disk("/a.img,bw=fast").is_err());
+        let n = parse_net("tap=tap0,bw=1M,pps=5000,pps-burst=100").unwrap();
+        assert_eq!(n.rate_limit.bytes, Some(bucket(1 << 20, 0)));
+        assert_eq!(n.rate_limit.ops, Some(bucket(5000, 100)));
+        assert!(parse_net("tap=tap0,iops=10").is_err());
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read on
 //!   the fds it already holds (eventfds, stdin, taps, the signalfd, the metrics timerfd);
 //!   re-reading /proc/self/smaps and /proc/self/statm (seek, read) through fds opened at
-//!   set-up; `accept4` (non-blocking) on the `--metrics-socket` listener; terminal `ioctl`s at
-//!   exit; `tgkill` of its own threads with the vCPU kick signal.
+//!   set-up; `accept4` (non-blocking) on the `--metrics-socket` listener; `timerfd_settime`
+//!   (relative, flags 0) for virtio-net's rate limiters; terminal `ioctl`s at exit; `tgkill` of
+//!   its own threads with the vCPU kick signal.
 //! - `blkN` (one thread per virtio-blk device, with its own event loop), installed before its
 //!   loop starts: epoll; read (eventfds); pread/pwrite/fdatasync/fallocate on the image;
-//!   `fcntl(F_DUPFD_CLOEXEC)`; `io_uring_enter` for the io_uring engine (rings are set up, and
-//!   their eventfds registered, before any filter: no thread may `io_uring_setup` or
-//!   `io_uring_register`).
+//!   `fcntl(F_DUPFD_CLOEXEC)`; `timerfd_settime` (relative) for its rate limiter;
+//!   `io_uring_enter` for the io_uring engine (rings are set up, and their eventfds
+//!   registered, before any filter: no thread may `io_uring_setup` or `io_uring_register`).
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
 //!   `KVM_GET_SREGS`, `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs
 //!   on MMIO exits).
@@ -282,6 +283,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                 ],
             );
             one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
+            rate_limiter_timers(&mut r)?;
             // --metrics-socket: a connection, non-blocking (crate::prometheus::ACCEPT_FLAGS).
             one_of(
                 &mut r,
@@ -344,9 +346,17 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                 1,
                 &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
             )?;
+            rate_limiter_timers(&mut r)?;
         }
     }
     Ok(r)
+}
+
+/// Rate limiters (virtio-net's on the main thread, virtio-blk's on its thread) arm their
+/// timerfd, created at set-up, relative to now with flags 0: not TFD_TIMER_ABSTIME nor
+/// TFD_TIMER_CANCEL_ON_SET. Its expirations are read with `read`.
+fn rate_limiter_timers(r: &mut Rules) -> Result<(), BackendError> {
+    one_of(r, libc::SYS_timerfd_settime, 1, &[0])
 }
 
 /// The BPF program of `kind`'s filter under `mode` (none for [`SeccompMode::Off`]).

@@ -116,6 +116,7 @@ fn net_device(spec: &NetSpec, index: usize) -> Result<Net> {
         NetConfig {
             mac,
             queue_size: QUEUE_SIZE,
+            rate_limit: spec.rate_limit,
         },
     )
     .with_context(|| format!("cannot set up virtio-net on tap {:?}", spec.tap))
@@ -170,6 +171,7 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                     .restricted_dma
                     .as_ref()
                     .map_or(u32::MAX, |p| p.max_mapping_size()),
+                rate_limit: disk.rate_limit,
                 engine,
             },
         )

@@ -43,6 +43,8 @@ use request::{Disk, IoKind, Prepared, RequestError, Start};
 use thiserror::Error;
 use virtio_queue::QueueT;
 
+use crate::rate_limiter::{self, LimiterConfig, RateLimiter, RateLimiterError};
+
 use super::{
     feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState, VirtioDevice,
     QUEUE_BUDGET, TYPE_BLOCK,
@@ -104,6 +106,8 @@ pub struct BlockConfig {
     /// [`SIZE_MAX`]. With restricted DMA the VMM passes the pools' longest mapping: the device's
     /// DMA limit, which Linux applies to virtio-blk segments too (`dma_max_mapping_size`).
     pub size_max: u32,
+    /// Bytes and operations per second (none: unlimited); see [`crate::rate_limiter`].
+    pub rate_limit: LimiterConfig,
     /// What does the reads, writes and flushes.
     pub engine: Engine,
 }
@@ -151,6 +155,7 @@ impl Default for BlockConfig {
             queue_size: 256,
             size_max: SIZE_MAX,
             engine: Engine::Sync,
+            rate_limit: LimiterConfig::default(),
         }
     }
 }
@@ -170,6 +175,8 @@ pub enum BlockError {
     EventFd(io::Error),
     #[error("cannot set up io_uring: {0}")]
     Uring(io::Error),
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// Per-queue state beside the `DmaQueue`.
@@ -196,6 +203,8 @@ pub struct Block {
     queues: Vec<DmaQueue>,
     ctx: Vec<QueueCtx>,
     interrupt: Option<Arc<Interrupt>>,
+    /// Shared by all queues; kept across resets (a reset must not refill the buckets).
+    limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -211,6 +220,7 @@ impl Block {
                 queue_size: qs,
             });
         }
+        let limiter = rate_limiter::optional(cfg.rate_limit)?;
         let image = Image::new(file);
         image.lock(cfg.readonly)?;
         let notifier = Arc::new(EventNotifier::new().map_err(BlockError::EventFd)?);
@@ -279,7 +289,14 @@ impl Block {
             config,
             queues: Vec::new(),
             interrupt: None,
+            limiter,
         })
+    }
+
+    /// Replaces the rate limiter made from `BlockConfig::rate_limit` (e.g. one on a
+    /// [`crate::rate_limiter::ManualClock`]); before the device joins an event loop.
+    pub fn set_rate_limiter(&mut self, limiter: Option<RateLimiter>) {
+        self.limiter = limiter;
     }
 
     /// Capacity in 512-byte sectors.
@@ -315,6 +332,7 @@ impl Block {
             uring,
             queues,
             ctx,
+            limiter,
             ..
         } = self;
         let (Some(q), Some(cx)) = (queues.get_mut(index), ctx.get_mut(index)) else {
@@ -406,7 +424,21 @@ impl Block {
                         // Completions bring the event loop back (driver notifications stay off).
                         break 'drain QueueState::Drained;
                     }
+                    if limiter.as_ref().is_some_and(|l| l.is_blocked()) {
+                        // The limiter's timer brings the event loop back.
+                        break 'drain QueueState::Throttled;
+                    }
                     match q.pop() {
+                        // Charged once, when first taken: a chain deferred for pool space
+                        // below is not charged again when it is retried.
+                        Ok(Some(chain))
+                            if limiter
+                                .as_mut()
+                                .is_some_and(|l| !l.consume(limit::request_bytes(&chain))) =>
+                        {
+                            q.undo_pop();
+                            break 'drain QueueState::Throttled;
+                        }
                         Ok(Some(chain)) => match disk.start(q, &chain) {
                             Start::Deferred => {
                                 cx.deferred.push_back(chain);
@@ -615,6 +647,16 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn rate_limiter_fds(&self) -> Vec<(usize, std::os::unix::io::RawFd)> {
+        self.limiter.iter().map(|l| (0, l.timer_fd())).collect()
+    }
+
+    fn rate_limiter_event(&mut self, _index: usize) {
+        if let Some(l) = &mut self.limiter {
+            l.on_timer();
+        }
+    }
+
     fn reset(&mut self) {
         // Runs on a vCPU thread: waits (sleeping, no io_uring call) for the requests in flight,
         // whose buffers the driver may reuse once the reset is seen; they are not answered.
@@ -641,6 +683,7 @@ impl VirtioDevice for Block {
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod image;
+mod limit;
 mod request;
 mod uring;
 

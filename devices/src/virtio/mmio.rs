@@ -80,6 +80,8 @@ const CONFIG_SPACE: u64 = 0x100;
 /// Event data tokens: queue eventfds use their index.
 pub(crate) const TOKEN_CONTROL: u32 = u32::MAX - 1;
 const TOKEN_BACKEND: u32 = u32::MAX - 2;
+/// Rate limiter timers: `TOKEN_LIMITER + i` for the device's limiter `i`.
+pub(crate) const TOKEN_LIMITER: u32 = 0x8000_0000;
 
 /// The guest kernel parameter announcing a device at `base` with interrupt `irq`.
 pub fn cmdline_fragment(base: u64, irq: u32) -> String {
@@ -486,7 +488,8 @@ impl MmioTransport {
             return;
         }
         match self.device.process_queue(index) {
-            Ok(QueueState::Drained) => {}
+            // Throttled: the device's rate limiter timer brings the event loop back.
+            Ok(QueueState::Drained | QueueState::Throttled) => {}
             // The budget ran out: signal the queue's eventfd ourselves, so the (level-triggered)
             // event loop comes back to it after serving every other ready fd.
             Ok(QueueState::MoreWork) => match self.queue_evts.get(index).map(|e| e.write(1)) {
@@ -513,6 +516,13 @@ impl MmioTransport {
                     if let Err(e) = self.device.process_backend(set) {
                         self.device_failed(&e);
                     }
+                }
+            }
+            i if i >= TOKEN_LIMITER => {
+                // Always let the device read its timer, active or not: it is level-triggered.
+                self.device.rate_limiter_event((i - TOKEN_LIMITER) as usize);
+                for q in 0..self.queue_evts.len() {
+                    self.process_queue(q);
                 }
             }
             i => {
@@ -561,6 +571,12 @@ impl MutEventSubscriber for MmioTransport {
             let token = u32::try_from(i).unwrap_or(u32::MAX);
             if let Err(e) = ops.add(Events::with_data(evt, token, EventSet::IN)) {
                 log::error!("virtio-mmio: registering queue {i} eventfd: {e:?}");
+            }
+        }
+        for (i, fd) in self.device.rate_limiter_fds() {
+            let token = TOKEN_LIMITER.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
+                log::error!("virtio-mmio: registering rate limiter timer {i}: {e:?}");
             }
         }
         if let Err(e) = ops.add(Events::with_data(

@@ -15,6 +15,8 @@ use event_manager::EventSet;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::rate_limiter::RateLimiter;
+
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -178,6 +180,15 @@ pub trait VirtioDevice: Send {
     fn backend_interest(&self) -> Option<(RawFd, EventSet)> {
         None
     }
+    /// The timerfds of the device's rate limiters (see [`crate::rate_limiter`]) with the index
+    /// each is known by in [`VirtioDevice::rate_limiter_event`], fixed for the device's life:
+    /// the transport polls them from the start.
+    fn rate_limiter_fds(&self) -> Vec<(usize, RawFd)> {
+        Vec::new()
+    }
+    /// Rate limiter `index`'s timer fired (the device must read it: it is polled
+    /// level-triggered). The transport then serves every queue again.
+    fn rate_limiter_event(&mut self, _index: usize) {}
     /// The backend fd from [`VirtioDevice::backend_interest`] is ready.
     fn process_backend(&mut self, _events: EventSet) -> Result<(), DeviceError> {
         Ok(())
@@ -201,6 +212,9 @@ pub enum QueueState {
     /// The budget ran out. Chains may be left and driver notifications may still be disabled:
     /// the transport must process the queue again without waiting for the guest.
     MoreWork,
+    /// A rate limiter refused the next chain, which was put back: the device serves the queue
+    /// again when the limiter's timer fires (driver notifications stay disabled meanwhile).
+    Throttled,
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling what lies outside `config`.
@@ -223,6 +237,30 @@ pub(crate) fn drain_queue<F>(
     queue: &mut DmaQueue,
     interrupt: &Interrupt,
     budget: usize,
+    handle: F,
+) -> Result<QueueState, DeviceError>
+where
+    F: FnMut(&DmaQueue, &bounce::Chain) -> u32,
+{
+    drain_queue_limited(queue, interrupt, budget, None, handle)
+}
+
+/// The bytes a chain's request moves, for a rate limiter: its buffers' total length.
+pub(crate) fn chain_bytes(chain: &bounce::Chain) -> u64 {
+    chain.descs.iter().map(|d| u64::from(d.len)).sum()
+}
+
+/// The bytes a rate limiter charges for a chain.
+pub(crate) type ChainCost = fn(&bounce::Chain) -> u64;
+
+/// [`drain_queue`] with a rate limiter: each chain is charged one operation and `cost(chain)`
+/// bytes before it is handled; a chain the limiter refuses goes back in the ring and the queue
+/// is left [`QueueState::Throttled`] until the limiter's timer fires.
+pub(crate) fn drain_queue_limited<F>(
+    queue: &mut DmaQueue,
+    interrupt: &Interrupt,
+    budget: usize,
+    mut limiter: Option<(&mut RateLimiter, ChainCost)>,
     mut handle: F,
 ) -> Result<QueueState, DeviceError>
 where
@@ -235,8 +273,17 @@ where
             if used >= budget {
                 break 'drain QueueState::MoreWork;
             }
+            if limiter.as_ref().is_some_and(|(l, _)| l.is_blocked()) {
+                break 'drain QueueState::Throttled;
+            }
             match queue.pop() {
                 Ok(Some(chain)) => {
+                    if let Some((l, cost)) = limiter.as_mut() {
+                        if !l.consume(cost(&chain)) {
+                            queue.undo_pop();
+                            break 'drain QueueState::Throttled;
+                        }
+                    }
                     let len = handle(queue, &chain);
                     queue.add_used(chain.head, len)?;
                 }

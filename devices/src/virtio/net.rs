@@ -26,10 +26,12 @@ use event_manager::EventSet;
 pub use super::tap::Tap;
 use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN};
 use super::{
-    drain_queue, feature, read_config_bytes, ActivateError, DeviceError, Interrupt, QueueState,
-    VirtioDevice, QUEUE_BUDGET, TYPE_NET,
+    chain_bytes, drain_queue_limited, feature, read_config_bytes, ActivateError, DeviceError,
+    Interrupt, QueueState, VirtioDevice, QUEUE_BUDGET, TYPE_NET,
 };
 pub use hdr::TxHeaderError;
+
+use crate::rate_limiter::{self, LimiterConfig, RateLimiter};
 
 pub const VIRTIO_NET_F_CSUM: u32 = 0;
 pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
@@ -55,6 +57,9 @@ pub const RX_BURST: usize = 64;
 pub struct NetConfig {
     pub mac: [u8; 6],
     pub queue_size: u16,
+    /// Frames (`ops`) and bytes per second, applied to each direction with its own buckets
+    /// (none: unlimited); bytes are the Ethernet frame's, without the virtio-net header.
+    pub rate_limit: LimiterConfig,
 }
 
 impl Default for NetConfig {
@@ -62,6 +67,7 @@ impl Default for NetConfig {
         NetConfig {
             mac: [0x06, 0, 0, 0, 0, 1],
             queue_size: 256,
+            rate_limit: LimiterConfig::default(),
         }
     }
 }
@@ -82,6 +88,11 @@ pub struct Net {
     tx_buf: Box<[u8]>,
     /// The features the driver accepted (what TX headers may ask for).
     acked: u64,
+    /// Rate limiters of RX (index 0) and TX (index 1), kept across resets.
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
+    /// The RX limiter refused the pending frame: stop polling the tap until its timer fires.
+    rx_throttled: bool,
 }
 
 impl Net {
@@ -104,6 +115,8 @@ impl Net {
                 | feature(VIRTIO_NET_F_HOST_TSO6);
         }
         tap.set_offload(0)?;
+        let limiter = || rate_limiter::optional(cfg.rate_limit).map_err(io::Error::other);
+        let (rx_limiter, tx_limiter) = (limiter()?, limiter()?);
         let mut config = [0u8; 12];
         config[..6].copy_from_slice(&cfg.mac);
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
@@ -119,7 +132,17 @@ impl Net {
             rx_starved: false,
             tx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             acked: 0,
+            rx_limiter,
+            tx_limiter,
+            rx_throttled: false,
         })
+    }
+
+    /// Replaces the RX and TX rate limiters made from `NetConfig::rate_limit` (e.g. ones on a
+    /// [`crate::rate_limiter::ManualClock`]); before the device joins an event loop.
+    pub fn set_rate_limiters(&mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
     }
 
     fn process_tx(&mut self) -> Result<QueueState, DeviceError> {
@@ -129,12 +152,16 @@ impl Net {
             interrupt,
             tx_buf,
             acked,
+            tx_limiter,
             ..
         } = self;
         let (Some(q), Some(irq)) = (queues.get_mut(TX), interrupt.as_ref()) else {
             return Err(DeviceError::NoSuchQueue(TX));
         };
-        drain_queue(q, irq, QUEUE_BUDGET, |q, chain| {
+        let limiter = tx_limiter
+            .as_mut()
+            .map(|l| (l, tx_frame_bytes as fn(&Chain) -> u64));
+        drain_queue_limited(q, irq, QUEUE_BUDGET, limiter, |q, chain| {
             let Some(len) = gather(q, chain, tx_buf) else {
                 q.count_error();
                 return 0;
@@ -170,6 +197,8 @@ impl Net {
             rx_buf,
             rx_pending,
             rx_starved,
+            rx_limiter,
+            rx_throttled,
             ..
         } = self;
         let (Some(q), Some(irq)) = (queues.get_mut(RX), interrupt.as_ref()) else {
@@ -178,6 +207,10 @@ impl Net {
         let mut used = false;
         let mut frames = 0;
         while frames < RX_BURST {
+            if rx_limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+                *rx_throttled = true;
+                break;
+            }
             let len = match *rx_pending {
                 Some(len) => len,
                 None => match tap.read_frame(rx_buf) {
@@ -195,6 +228,14 @@ impl Net {
             *rx_pending = Some(len);
             match q.pop() {
                 Ok(Some(chain)) => {
+                    // Charged only for a frame that has a chain to go to: a refused one stays
+                    // pending and the chain goes back.
+                    let bytes = (len - VNET_HDR_LEN) as u64;
+                    if rx_limiter.as_mut().is_some_and(|l| !l.consume(bytes)) {
+                        q.undo_pop();
+                        *rx_throttled = true;
+                        break;
+                    }
                     let n = scatter(q, &chain, &mut rx_buf[..len]);
                     q.add_used(chain.head, n)?;
                     used = true;
@@ -225,6 +266,11 @@ impl Net {
         }
         Ok(())
     }
+}
+
+/// What a TX chain costs its rate limiter: the frame's bytes, without the virtio-net header.
+fn tx_frame_bytes(chain: &Chain) -> u64 {
+    chain_bytes(chain).saturating_sub(VNET_HDR_LEN as u64)
 }
 
 /// Copies a TX chain into `buf`; `None` (frame dropped) if it is malformed or too large.
@@ -360,7 +406,30 @@ impl VirtioDevice for Net {
     }
 
     fn backend_interest(&self) -> Option<(RawFd, EventSet)> {
-        (!self.queues.is_empty() && !self.rx_starved).then(|| (self.tap.as_raw_fd(), EventSet::IN))
+        (!self.queues.is_empty() && !self.rx_starved && !self.rx_throttled)
+            .then(|| (self.tap.as_raw_fd(), EventSet::IN))
+    }
+
+    fn rate_limiter_fds(&self) -> Vec<(usize, RawFd)> {
+        // Index 0 is RX, 1 TX.
+        [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i, l.timer_fd())))
+            .collect()
+    }
+
+    fn rate_limiter_event(&mut self, index: usize) {
+        let l = match index {
+            0 => self.rx_limiter.as_mut(),
+            _ => self.tx_limiter.as_mut(),
+        };
+        if let Some(l) = l {
+            l.on_timer();
+        }
+        if index == 0 {
+            self.rx_throttled = false;
+        }
     }
 
     fn process_backend(&mut self, events: EventSet) -> Result<(), DeviceError> {
@@ -390,8 +459,10 @@ mod tests {
     use super::*;
     use crate::virtio::test_utils::*;
 
+    mod limit;
+
     /// A SOCK_SEQPACKET pair: one frame per read/write, like a tap.
-    fn fake_tap() -> (Tap, File) {
+    pub(super) fn fake_tap() -> (Tap, File) {
         let mut fds = [0; 2];
         // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
         let r = unsafe {
@@ -408,21 +479,21 @@ mod tests {
         (Tap::from_file(a), b)
     }
 
-    fn frame(n: usize, fill: u8) -> Vec<u8> {
+    pub(super) fn frame(n: usize, fill: u8) -> Vec<u8> {
         let mut f = vec![0u8; VNET_HDR_LEN];
         f.extend(vec![fill; n]);
         f
     }
 
-    struct Rig<'a> {
-        net: Net,
-        rx: TestQueue<'a>,
-        tx: TestQueue<'a>,
-        peer: File,
+    pub(super) struct Rig<'a> {
+        pub(super) net: Net,
+        pub(super) rx: TestQueue<'a>,
+        pub(super) tx: TestQueue<'a>,
+        pub(super) peer: File,
         _irqfd: vmm_sys_util::eventfd::EventFd,
     }
 
-    fn rig(mem: &vm_memory::GuestMemoryMmap) -> Rig<'_> {
+    pub(super) fn rig(mem: &vm_memory::GuestMemoryMmap) -> Rig<'_> {
         let (tap, peer) = fake_tap();
         let mut net = Net::new(tap, NetConfig::default()).unwrap();
         // A socket takes no offloads: none offered.
@@ -576,7 +647,7 @@ mod tests {
             tap,
             NetConfig {
                 mac: [2, 3, 4, 5, 6, 7],
-                queue_size: 256,
+                ..Default::default()
             },
         )
         .unwrap();

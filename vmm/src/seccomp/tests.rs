@@ -405,3 +405,64 @@ fn the_main_filter_allows_what_metrics_lines_need() {
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&sock).unwrap();
 }
+
+/// A timerfd made before the filter (as rate limiters make theirs at set-up).
+static TIMERFD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn timerfd_relative_then_absolute() {
+    let fd = TIMERFD.load(std::sync::atomic::Ordering::SeqCst);
+    let mut spec: libc::itimerspec = zeroed_itimerspec();
+    spec.it_value.tv_nsec = 1_000_000;
+    // SAFETY: a valid itimerspec; no old value asked.
+    let r = unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) };
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a stack buffer (EAGAIN: not expired yet).
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8) };
+    if r == 0 {
+        passed();
+    }
+    // SAFETY: as above, with TFD_TIMER_ABSTIME, which no filter allows.
+    unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+}
+
+fn zeroed_itimerspec() -> libc::itimerspec {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    libc::itimerspec {
+        it_interval: zero,
+        it_value: zero,
+    }
+}
+
+#[test]
+fn timerfd_settime_only_relative_and_only_on_the_event_loop() {
+    // SAFETY: no pointers; checked below.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK) };
+    assert!(fd >= 0);
+    TIMERFD.store(fd, std::sync::atomic::Ordering::SeqCst);
+    let (status, err) = in_child(
+        ThreadKind::Main,
+        SeccompMode::Trap,
+        timerfd_relative_then_absolute,
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+        "status {status:#x}, stderr {err:?}"
+    );
+    assert!(err.starts_with(PASSED), "{err:?}");
+    assert!(err.contains("(timerfd_settime)"), "{err:?}");
+    // blk threads arm their limiter's timer too (checked by the same rule: flags 0).
+    for kind in [ThreadKind::Vcpu, ThreadKind::Worker] {
+        let (status, err) = in_child(kind, SeccompMode::Trap, timerfd_relative_then_absolute);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        assert!(!err.starts_with(PASSED), "{kind:?}: {err:?}");
+        assert!(err.contains("(timerfd_settime)"), "{kind:?}: {err:?}");
+    }
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+}

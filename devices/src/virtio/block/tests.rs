@@ -6,6 +6,7 @@ use super::*;
 use crate::virtio::test_utils::*;
 
 mod durability;
+mod limit;
 mod uring;
 
 const HDR: u64 = 0x10_0000;

@@ -366,3 +366,5 @@ fn a_queue_left_with_work_is_served_again_without_a_notification_and_others_stil
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 }
+
+mod limit;
