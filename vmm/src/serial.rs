@@ -1,6 +1,6 @@
 //! The guest console: a 16550A (vm-superio) on the process's stdout, fed from stdin.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -130,7 +130,7 @@ impl MutEventSubscriber for StdinInput {
         }
         let mut buf = [0u8; 64];
         let n = room.min(buf.len());
-        match io::stdin().lock().read(&mut buf[..n]) {
+        match read_stdin(&mut buf[..n]) {
             Ok(0) => {
                 // EOF: stop polling, the guest keeps running.
                 let _ = ops.remove(Self::stdin_events());
@@ -147,4 +147,13 @@ impl MutEventSubscriber for StdinInput {
             }
         }
     }
+}
+
+/// One `read(2)` of fd 0 into `buf`. Not `io::stdin()`: std buffers stdin, so reading fewer
+/// bytes than are waiting (the FIFO's room) would leave the rest in std's buffer, where epoll
+/// cannot see it: typed input stuck until the next key.
+fn read_stdin(buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reads at most `buf.len()` bytes into `buf`, which lives across the call.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
