@@ -40,7 +40,7 @@ step "loom model of the bounce area spinlock"
 # After nextest: only bounce is rebuilt with the feature, its dependencies are nextest's.
 cargo test -p bounce --features loom --lib spinlock
 
-step "fuzz targets, ${FUZZ_SECONDS:=20} s each (fuzz/README.md)"
+step "fuzz targets, ${FUZZ_SECONDS:=10} s each (fuzz/README.md)"
 # The same harnesses ran above over the checked-in corpus as ordinary tests (microvm-fuzz).
 if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
     FUZZ_OUT="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/fuzz"

@@ -204,6 +204,11 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             cmd.push(' ');
             cmd.push_str(&shell_quote(a.as_bytes()));
         }
+        if spec.stdio == StdioMode::Console {
+            // The outer init's stdin is /dev/null (ttyS0 is its output only); an interactive
+            // program reads what is typed into QEMU's stdin, which arrives on ttyS0.
+            cmd.push_str(" </dev/ttyS0");
+        }
         let script = format!(
             "#!/bin/sh\necho \"@@MVH-OUTER-READY uptime=$(cut -d' ' -f1 /proc/uptime)@@\"\ncd /tmp\n{}{cmd}\n{}",
             {
