@@ -426,7 +426,6 @@ fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathBuf>> {
     Ok(Some(PathBuf::from(name)))
 }
 
-/// (seconds since start, KiB of slots in use) from a metrics file.
 /// (seconds since start, KiB of slots in use, KiB high water so far) of each metrics line.
 type Occupancy = Vec<(f64, f64, f64)>;
 
