@@ -300,7 +300,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
     let limit = spec.timeout + OUTER_SLACK;
     let mut failed_attempts = Vec::new();
     let mut attempt = 0;
-    let (a, report) = loop {
+    let (a, report, failed) = loop {
         attempt += 1;
         let _ = fs::remove_file(&report_file);
         let _ = fs::remove_file(&kernel_file);
@@ -319,13 +319,13 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             .filter(|l| l.trim_start().starts_with('{'))
             .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
         let started = a.boot.is_some();
-        let machine_failed = report.is_none() || a.stop.is_some() || kernel_panicked(&a.kernel_log);
+        let failed = report.is_none() || a.stop.is_some() || kernel_panicked(&a.kernel_log);
         // Once the program has started, a rerun must not change what it sees: no host disk
         // image it may have written, no person at its terminal, no output already shown.
         let rerun_ok =
             !started || (spec.disks.is_empty() && spec.stdio != StdioMode::Console && !spec.echo);
         let setup_failed = started && crate::setup::failed_output(&a.console).is_some();
-        if machine_failed && rerun_ok && !setup_failed && attempt < OUTER_ATTEMPTS {
+        if failed && rerun_ok && !setup_failed && attempt < OUTER_ATTEMPTS {
             // harness-exec reports every outcome of the program (its status, a signal, its
             // own timeout); no report, a frozen or a panicked outer kernel is the outer
             // machine's failure (QEMU TCG's emulated SVM), recognised by those signatures and
@@ -346,11 +346,10 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             failed_attempts.push(failure.to_string());
             continue;
         }
-        break (a, report);
+        break (a, report, failed);
     };
     let qemu_err = quiet_qemu_stderr(&a.qemu_err);
     let kernel_said = kernel_failure(&a.kernel_log);
-    let failed = report.is_none() || a.stop.is_some() || kernel_panicked(&a.kernel_log);
     if failed && a.stop.is_none() {
         if let Some(out) = crate::setup::failed_output(&a.console) {
             bail!("{what}: the setup lines failed before the program started:\n{out}");
