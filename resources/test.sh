@@ -32,8 +32,8 @@ step "cargo build --release (microvm, harness helpers)"
 cargo build --release -p vmm -p microvm-tests
 
 step "cargo nextest run --workspace"
-# Guest boot tests are in the 'guest-boots' test group (.config/nextest.toml): one at
-# a time, because a nested boot uses both cores.
+# Guest boot tests are in the 'guest-boots' test group (.config/nextest.toml); on the
+# nested path the harness runs one outer machine per free core (tests/README.md, "Slots").
 cargo nextest run --workspace --no-fail-fast
 
 step "loom model of the bounce area spinlock"
@@ -43,10 +43,13 @@ cargo test -p bounce --features loom --lib spinlock
 step "fuzz targets, ${FUZZ_SECONDS:=10} s each (fuzz/README.md)"
 # The same harnesses ran above over the checked-in corpus as ordinary tests (microvm-fuzz).
 if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
+    # The sanitizer build's dependencies are the same in every checkout: built once per
+    # machine (MICROVM_FUZZ_TARGET_DIR, like the kernel store); new inputs stay in this one.
+    FUZZ_BUILD=${MICROVM_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/microvm/fuzz-target}
     FUZZ_OUT="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/fuzz"
     for t in blk net mmio dma; do
         mkdir -p "$FUZZ_OUT/corpus/$t"
-        (cd fuzz && CARGO_TARGET_DIR="$FUZZ_OUT" cargo +nightly fuzz run -O "$t" \
+        (cd fuzz && CARGO_TARGET_DIR="$FUZZ_BUILD" cargo +nightly fuzz run -O "$t" \
             "$FUZZ_OUT/corpus/$t" "corpus/$t" -- -max_total_time="$FUZZ_SECONDS" \
             -rss_limit_mb=3000 -timeout=20 -print_final_stats=1 2>&1 | tail -15)
         # (pipefail: a crash fails the step; the input is in fuzz/artifacts/$t/.)

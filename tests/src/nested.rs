@@ -25,13 +25,13 @@ use crate::cpio::CpioWriter;
 use crate::exec::{ExecReport, StdioMode};
 
 pub mod config;
-mod lock;
+pub mod lock;
 pub(crate) mod outer_image;
 mod qemu;
 pub mod watch;
 
 pub use config::{qemu_version, OuterConfig};
-use lock::FileLock;
+use lock::Slot;
 pub use outer_image::{base_initramfs, find_outer_kernel, shared_libraries, OuterKernel};
 use outer_image::{resolve_modules, BUSYBOX};
 use qemu::run_outer;
@@ -40,8 +40,6 @@ pub use watch::{OuterError, OuterFailure};
 
 /// Extra time for the outer machine to boot and power off, on top of the run's timeout.
 const OUTER_SLACK: Duration = Duration::from_secs(180);
-/// Outer machine boots tried before giving up, when the machine itself fails (see `run`).
-const OUTER_ATTEMPTS: u32 = 3;
 
 /// One program run inside the outer machine.
 #[derive(Debug, Clone)]
@@ -296,7 +294,11 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         "outer machine ({machine}) running {}",
         spec.program.display()
     );
-    let _lock = FileLock::acquire(&cache_dir()?.join(".nested.lock"), &what)?;
+    let _slot = Slot::acquire(
+        &lock::slot_dir(&cache_dir()?),
+        lock::slots(config.smp)?,
+        &what,
+    )?;
     let limit = spec.timeout + OUTER_SLACK;
     let mut failed_attempts = Vec::new();
     let mut attempt = 0;
@@ -325,12 +327,12 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         let rerun_ok =
             !started || (spec.disks.is_empty() && spec.stdio != StdioMode::Console && !spec.echo);
         let setup_failed = started && crate::setup::failed_output(&a.console).is_some();
-        if failed && rerun_ok && !setup_failed && attempt < OUTER_ATTEMPTS {
+        if failed && rerun_ok && !setup_failed && attempt < config.attempts {
             // harness-exec reports every outcome of the program (its status, a signal, its
             // own timeout); no report, a frozen or a panicked outer kernel is the outer
             // machine's failure (QEMU TCG's emulated SVM), recognised by those signatures and
             // never by the program's result. It is said here and kept in
-            // OuterInfo::failed_attempts; the third failure in a row is an error.
+            // OuterInfo::failed_attempts; the last allowed failure (`MICROVM_OUTER_ATTEMPTS`) is an error.
             let failure = classify_attempt(&a, &qemu_log, &kernel);
             let why = format!(
                 "outer machine attempt {attempt} failed {} ({failure}, after {:.1?}); rerunning",

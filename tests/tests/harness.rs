@@ -148,14 +148,26 @@ fn stdio_modes_reach_the_program() {
     assert_eq!(out.stderr, "to-err\n", "{}", out.describe());
 }
 
+/// The freeze bound these tests use: short, so a test that waits one out takes seconds.
+const TEST_FREEZE_AFTER: u64 = 8;
+
 /// A run of `script` (sh) on the nested path, whatever the probe says: the outer machine's
 /// watch is what these tests check, and the nested path works on any host with QEMU.
+/// One boot (no rerun of a failed outer machine: the failure is what is tested) and a
+/// freeze bound of [`TEST_FREEZE_AFTER`].
 fn nested_sh(
     script: &str,
     timeout_s: u64,
 ) -> (anyhow::Result<microvm_tests::Outcome>, std::time::Duration) {
     use microvm_tests::{Arg, Program, Run};
     use std::time::{Duration, Instant};
+    // Each test is its own process under nextest; under `cargo test` the three tests that
+    // call this set the same values.
+    std::env::set_var(microvm_tests::nested::config::ENV_ATTEMPTS, "1");
+    std::env::set_var(
+        microvm_tests::nested::config::ENV_FREEZE_AFTER,
+        TEST_FREEZE_AFTER.to_string(),
+    );
     let h = Harness::with_path(PathKind::Nested);
     let run = Run {
         program: Program::Host("/bin/sh".into()),
@@ -208,8 +220,8 @@ fn outer_kernel_panic_is_reported_as_such() {
 /// 600 s timeout.
 #[test]
 fn frozen_outer_machine_is_reported_as_such() {
-    use microvm_tests::nested::watch::FREEZE_AFTER;
     use microvm_tests::nested::{OuterError, OuterFailure};
+    const FREEZE_AFTER: std::time::Duration = std::time::Duration::from_secs(TEST_FREEZE_AFTER);
     let (r, _) = nested_sh("echo stopping-everything; kill -STOP -1; sleep 600", 600);
     let e = r.expect_err("the outer machine froze: the run must fail");
     let oe = e
@@ -233,8 +245,7 @@ fn frozen_outer_machine_is_reported_as_such() {
 /// outer machine's heartbeat goes on.
 #[test]
 fn a_quiet_program_is_not_a_frozen_machine() {
-    use microvm_tests::nested::watch::FREEZE_AFTER;
-    let quiet = FREEZE_AFTER.as_secs() + 10;
+    let quiet = TEST_FREEZE_AFTER + 10;
     let (r, _) = nested_sh(&format!("sleep {quiet}; echo awake"), 120);
     let out = r.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(out.status, Some(0), "{}", out.describe());

@@ -10,9 +10,13 @@
 //! | `MICROVM_OUTER_MEMORY` | [`DEFAULT_MEMORY_MIB`] | the outer machine's RAM, MiB |
 //! | `MICROVM_OUTER_APPEND` | (none) | extra outer kernel command-line options |
 //! | `MICROVM_OUTER_KERNEL` | newest `/boot/vmlinuz-*-cloud-amd64` | the outer kernel ([`super::find_outer_kernel`]) |
+//! | `MICROVM_OUTER_ATTEMPTS` | [`DEFAULT_ATTEMPTS`] | boots of the outer machine a run may take when the machine itself fails (see `nested::run`) |
+//! | `MICROVM_OUTER_FREEZE_AFTER` | [`super::watch::FREEZE_AFTER`] | seconds without heartbeat and console output after which the machine counts as frozen |
+//! | `MICROVM_NESTED_SLOTS` | host cores / outer vCPUs | outer machines at once, machine-wide ([`super::lock`]) |
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -35,6 +39,12 @@ pub const ENV_TCG_THREAD: &str = "MICROVM_OUTER_TCG_THREAD";
 pub const ENV_SMP: &str = "MICROVM_OUTER_SMP";
 pub const ENV_MEMORY: &str = "MICROVM_OUTER_MEMORY";
 pub const ENV_APPEND: &str = "MICROVM_OUTER_APPEND";
+pub const ENV_ATTEMPTS: &str = "MICROVM_OUTER_ATTEMPTS";
+pub const ENV_FREEZE_AFTER: &str = "MICROVM_OUTER_FREEZE_AFTER";
+
+/// Boots a run may take when the outer machine itself fails (frozen, panicked, no report):
+/// the residual failures of TCG's emulated SVM, recognised by their signature.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
 
 /// The outer kernel's command line before [`OuterConfig::append`]. `oops=panic`: an oops in
 /// the outer kernel ends the machine at once (reported as an outer kernel panic) instead of
@@ -71,6 +81,10 @@ pub struct OuterConfig {
     pub memory_mib: u32,
     /// Extra kernel command-line options (after [`BASE_CMDLINE`], so they win).
     pub append: String,
+    /// Boots of the outer machine a run may take when the machine itself fails.
+    pub attempts: u32,
+    /// No heartbeat and no console output this long: the machine froze.
+    pub freeze_after: Duration,
 }
 
 impl OuterConfig {
@@ -109,7 +123,24 @@ impl OuterConfig {
                 _ => bail!("{ENV_MEMORY}={v}: expected MiB, at least 512"),
             },
         };
+        let attempts = match get(ENV_ATTEMPTS) {
+            None => DEFAULT_ATTEMPTS,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=10).contains(&n) => n,
+                _ => bail!("{ENV_ATTEMPTS}={v}: expected a number of boots from 1 to 10"),
+            },
+        };
+        let freeze_after = match get(ENV_FREEZE_AFTER) {
+            None => super::watch::FREEZE_AFTER,
+            Some(v) => match v.parse::<u64>() {
+                // Below a few seconds a loaded host's scheduling gaps would read as freezes.
+                Ok(n) if (5..=600).contains(&n) => Duration::from_secs(n),
+                _ => bail!("{ENV_FREEZE_AFTER}={v}: expected seconds from 5 to 600"),
+            },
+        };
         Ok(OuterConfig {
+            attempts,
+            freeze_after,
             memory_mib,
             qemu: PathBuf::from(get(ENV_QEMU).unwrap_or_else(|| DEFAULT_QEMU.to_string())),
             cpu,
@@ -234,6 +265,8 @@ mod tests {
             ]
         );
         assert_eq!(c.kernel_cmdline(), BASE_CMDLINE);
+        assert_eq!(c.attempts, DEFAULT_ATTEMPTS);
+        assert_eq!(c.freeze_after, super::super::watch::FREEZE_AFTER);
         // Empty means default too.
         assert_eq!(cfg(&[(ENV_CPU, " "), (ENV_SMP, "")])?, c);
         Ok(())
@@ -248,7 +281,11 @@ mod tests {
             (ENV_SMP, "1"),
             (ENV_MEMORY, "3072"),
             (ENV_APPEND, "loglevel=7 nokaslr"),
+            (ENV_ATTEMPTS, "1"),
+            (ENV_FREEZE_AFTER, "8"),
         ])?;
+        assert_eq!(c.attempts, 1);
+        assert_eq!(c.freeze_after, Duration::from_secs(8));
         assert_eq!(
             c.qemu_args(),
             [
@@ -287,6 +324,9 @@ mod tests {
             (ENV_SMP, "two"),
             (ENV_MEMORY, "256"),
             (ENV_CPU, "EPYC, +svm"),
+            (ENV_ATTEMPTS, "0"),
+            (ENV_FREEZE_AFTER, "1"),
+            (ENV_FREEZE_AFTER, "soon"),
         ] {
             let e = cfg(&[(k, v)]).expect_err("must be rejected");
             assert!(format!("{e:#}").contains(k), "{e:#}");

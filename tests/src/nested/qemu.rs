@@ -111,7 +111,7 @@ pub(super) fn run_outer(
         all
     });
 
-    let mut watch = Watch::default();
+    let mut watch = Watch::new(config.freeze_after);
     // ttyS1 (heartbeats, report) and ttyS2 (kernel messages) as QEMU writes them.
     let mut ttys1 = FileTail::new(report_file);
     let mut ttys2 = FileTail::new(kernel_file);

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 /// The heartbeat line's prefix (`@@MVH-HB <n> <uptime>@@`).
 pub const HEARTBEAT: &str = "@@MVH-HB";
-/// No heartbeat and no console output this long: the machine froze.
+/// No heartbeat and no console output this long: the machine froze (the default of
+/// `MICROVM_OUTER_FREEZE_AFTER`, [`super::config::OuterConfig::freeze_after`]).
 pub const FREEZE_AFTER: Duration = Duration::from_secs(25);
 /// No heartbeat this long: frozen even if the console still prints (a kernel printing stall
 /// warnings while user space is stuck).
@@ -61,15 +62,33 @@ pub enum Stop {
 }
 
 /// What the harness knows while an outer machine runs; times are from QEMU's start.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Watch {
+    freeze_after: Duration,
     heartbeats: u64,
     last_heartbeat: Option<Duration>,
     last_console: Duration,
     panic_at: Option<Duration>,
 }
 
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch::new(FREEZE_AFTER)
+    }
+}
+
 impl Watch {
+    /// A watch that declares the machine frozen after `freeze_after` of silence.
+    pub fn new(freeze_after: Duration) -> Watch {
+        Watch {
+            freeze_after,
+            heartbeats: 0,
+            last_heartbeat: None,
+            last_console: Duration::ZERO,
+            panic_at: None,
+        }
+    }
+
     /// `count` heartbeats seen so far, at `now`.
     pub fn heartbeats(&mut self, count: u64, now: Duration) {
         if count > self.heartbeats {
@@ -106,8 +125,8 @@ impl Watch {
             None => {}
             Some(hb) => {
                 let silent = now.saturating_sub(hb);
-                if (silent >= FREEZE_AFTER && console_silent >= FREEZE_AFTER)
-                    || silent >= STALL_AFTER
+                if (silent >= self.freeze_after && console_silent >= self.freeze_after)
+                    || silent >= STALL_AFTER.max(self.freeze_after)
                 {
                     return Some(Stop::Froze(Freeze {
                         heartbeats: self.heartbeats,
