@@ -86,7 +86,7 @@ fn fixture(dir: &Path) {
 fn a_report_from_a_fixture_has_every_plot_and_the_table() {
     let dir = std::env::temp_dir().join(format!("lab-report-{}", std::process::id()));
     fixture(&dir);
-    let md_path = report(&dir, &dir).unwrap();
+    let md_path = report(std::slice::from_ref(&dir), &dir, &[]).unwrap();
     let md = std::fs::read_to_string(&md_path).unwrap();
     for f in [
         "throughput-rr4k.svg",
@@ -119,7 +119,9 @@ fn a_report_from_a_fixture_has_every_plot_and_the_table() {
 #[test]
 fn an_empty_results_directory_is_an_error() {
     let dir = std::env::temp_dir().join(format!("lab-report-empty-{}", std::process::id()));
-    let e = report(&dir, &dir).unwrap_err().to_string();
+    let e = report(std::slice::from_ref(&dir), &dir, &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no results"), "{e}");
 }
 
