@@ -93,13 +93,30 @@ pub fn curves(text: &str, op: &str) -> Result<Vec<Curve>> {
     Ok(out)
 }
 
-/// "1 us", "10 ms": a log axis tick.
+/// Three significant figures, without trailing zeros.
+fn sig3(v: f64) -> String {
+    let d = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.d$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// "1 us", "10 ms", "3.84 ms": a log axis tick or a legend figure.
 fn ns_label(ns: f64) -> String {
     match ns {
-        v if v >= 1e9 => format!("{} s", v / 1e9),
-        v if v >= 1e6 => format!("{} ms", v / 1e6),
-        v if v >= 1e3 => format!("{} us", v / 1e3),
-        v => format!("{v} ns"),
+        v if v >= 1e9 => format!("{} s", sig3(v / 1e9)),
+        v if v >= 1e6 => format!("{} ms", sig3(v / 1e6)),
+        v if v >= 1e3 => format!("{} us", sig3(v / 1e3)),
+        v => format!("{} ns", sig3(v)),
     }
 }
 
@@ -139,6 +156,7 @@ pub fn plot(curves_by_op: &[(&str, Vec<Curve>)], out: &Path) -> Result<Vec<PathB
         let mut cdf = ChartBuilder::on(&l)
             .caption("CDF", ("sans-serif", 16))
             .margin(12)
+            .margin_right(30)
             .x_label_area_size(45)
             .y_label_area_size(70)
             .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)
@@ -155,6 +173,7 @@ pub fn plot(curves_by_op: &[(&str, Vec<Curve>)], out: &Path) -> Result<Vec<PathB
         let mut tail = ChartBuilder::on(&r)
             .caption("tail (log-log)", ("sans-serif", 16))
             .margin(12)
+            .margin_right(30)
             .x_label_area_size(45)
             .y_label_area_size(70)
             .build_cartesian_2d((lo..hi).log_scale(), (1e-5..1.0).log_scale())
@@ -295,5 +314,8 @@ mod tests {
         assert_eq!(ns_label(100.0), "100 ns");
         assert_eq!(ns_label(1000.0), "1 us");
         assert_eq!(ns_label(1e7), "10 ms");
+        assert_eq!(ns_label(3_839_999.0), "3.84 ms");
+        assert_eq!(ns_label(2575.0), "2.58 us");
+        assert_eq!(ns_label(641.0), "641 ns");
     }
 }

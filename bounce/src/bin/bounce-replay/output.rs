@@ -119,6 +119,7 @@ impl Outcome {
             "config_given": config,
             "cell": cells,
             "records": self.records,
+            "lanes": format!("{:?}", self.lanes).to_lowercase(),
             "threads": self.threads,
             "config": self.cfg,
             "wall_ns": self.wall_ns,
@@ -278,7 +279,7 @@ mod tests {
         let opts = crate::engine::Opts {
             timed: false,
             may_block: false,
-            lanes: crate::engine::Lanes::Queue,
+            lanes: crate::engine::Lanes::Auto,
         };
         let o = crate::engine::replay(&recs, &mem, "size=1M", &opts).unwrap();
         let row = csv_row(&["1M".into()], 0, &o);
