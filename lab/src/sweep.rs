@@ -88,13 +88,13 @@ impl Backend for HarnessBackend {
                 inputs.initrd.clone(),
             ],
             disks: vec![self.img.clone()],
-            timeout: runner::batch_timeout(spec, batch.len()),
+            timeout: runner::batch_timeout(spec, batch.len()) + runner::net_allowance(batch),
             marks: vec![],
             echo: false,
             stdio: StdioMode::Null,
             signal_at_mark: None,
         };
-        Ok(h.run(&run)?.stdout)
+        Ok(h.run_with_setup(&run, &runner::net_setup(batch))?.stdout)
     }
 }
 
