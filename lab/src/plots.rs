@@ -313,6 +313,22 @@ pub(crate) fn throughput_plot(
     } else {
         (1024.0, 1024.0)
     };
+    // A network transfer has a throughput and no IOPS: one panel.
+    if !rows.is_empty() && rows.iter().all(|r| r.engine == "tap") {
+        let root = SVGBackend::new(&path, (700, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (s, b) = series(rows, axes, |r| mb_s(r.kib_s()));
+        draw_panel(
+            &root,
+            &format!("{workload}: network throughput"),
+            "MB/s over the tap (timed in the guest)",
+            &s,
+            b,
+            pools,
+        )?;
+        root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        return Ok(PathBuf::from(name));
+    }
     let root = SVGBackend::new(&path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let (l, r) = root.split_horizontally(600);
