@@ -178,12 +178,15 @@ pub fn report(dirs: &[PathBuf], out: &Path, replays: &[PathBuf]) -> Result<PathB
         "Points are means over the repetitions that succeeded, vertical bars their minimum and \
          maximum; a configuration whose cells all failed has no point (see the table).\n"
     )?;
-    if let Some((n, median, max)) = spread(&rows, Row::iops) {
+    // IOPS for fio cells, throughput for network transfers (which have no IOPS).
+    let speed = |r: &Row| if r.engine == "tap" { r.kib_s() } else { r.iops() };
+    if let Some((n, median, max)) = spread(&rows, speed) {
         writeln!(
             md,
             "Run-to-run spread: over the {n} cells with two or more successful repetitions, the \
-             fastest repetition had {median:.2}x the IOPS of the slowest (median), up to \
-             {max:.2}x. Differences between configurations smaller than that are noise.\n"
+             fastest repetition had {median:.2}x the IOPS (network transfers: the throughput) of \
+             the slowest (median), up to {max:.2}x. Differences between configurations smaller \
+             than that are noise.\n"
         )?;
     }
     if let Some(p) = conversions_plot(out, &rows)? {
