@@ -519,8 +519,8 @@ pub(crate) fn occupancy_plot(
         }
     }
     policies.sort();
-    let root = SVGBackend::new(&path, ((420 * pools.len() as u32 + 80).max(900), 500))
-        .into_drawing_area();
+    let root =
+        SVGBackend::new(&path, ((420 * pools.len() as u32 + 80).max(900), 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let root = root
         .titled(

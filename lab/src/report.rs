@@ -179,7 +179,13 @@ pub fn report(dirs: &[PathBuf], out: &Path, replays: &[PathBuf]) -> Result<PathB
          maximum; a configuration whose cells all failed has no point (see the table).\n"
     )?;
     // IOPS for fio cells, throughput for network transfers (which have no IOPS).
-    let speed = |r: &Row| if r.engine == "tap" { r.kib_s() } else { r.iops() };
+    let speed = |r: &Row| {
+        if r.engine == "tap" {
+            r.kib_s()
+        } else {
+            r.iops()
+        }
+    };
     if let Some((n, median, max)) = spread(&rows, speed) {
         writeln!(
             md,
