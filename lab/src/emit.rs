@@ -109,9 +109,16 @@ pub fn parallel(spec: &Spec, job: &Job<'_>) -> String {
         .collect()
 }
 
-/// A cell's time limit in minutes (Slurm's `--time`), as the harness bounds a batch of one.
+/// A cell's time limit in minutes (Slurm's `--time`), as the harness bounds a batch of one
+/// (the longest cell: a network transfer has more time), plus the builds' allowance.
 fn runner_minutes(spec: &Spec) -> u64 {
-    crate::runner::batch_timeout(spec, 1).as_secs().div_ceil(60) + 5
+    let cells = spec.cells();
+    let longest = cells
+        .iter()
+        .map(|c| crate::runner::batch_timeout(spec, 1) + crate::runner::net_allowance(&[(0, c)]))
+        .max()
+        .unwrap_or_default();
+    longest.as_secs().div_ceil(60) + 5
 }
 
 #[cfg(test)]
