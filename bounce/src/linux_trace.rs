@@ -70,6 +70,8 @@ pub struct ConvertSummary {
 /// One parsed event line.
 struct Event<'l> {
     pid: u32,
+    /// The task's name (`comm`).
+    comm: &'l str,
     cpu: u16,
     t_ns: u64,
     name: &'l str,
@@ -147,10 +149,10 @@ fn parse_line(line: &str) -> Option<Result<Event<'_>, String>> {
     } else {
         ""
     };
-    let pid = task
+    let (comm, pid) = task
         .rsplit_once('-')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(0);
+        .map(|(c, p)| (c.trim(), p.parse().unwrap_or(0)))
+        .unwrap_or(("", 0));
     let payload = &line[toks[k].0 + toks[k].1.len()..];
     let mut words = payload.split_whitespace();
     let device = match words.next() {
@@ -160,6 +162,7 @@ fn parse_line(line: &str) -> Option<Result<Event<'_>, String>> {
     let fields = words.filter_map(|w| w.split_once('=')).collect();
     Some(Ok(Event {
         pid,
+        comm,
         cpu,
         t_ns,
         name,
@@ -197,6 +200,8 @@ struct Converter {
     sg_by_phys: HashMap<(u16, u64), u64>,
     out: Vec<TraceRecord>,
     sum: ConvertSummary,
+    /// PIDs whose name a record carries already.
+    named: std::collections::HashSet<u32>,
 }
 
 /// `DMA_MAPPING_ERROR`.
@@ -215,11 +220,15 @@ impl Converter {
 
     fn base(&mut self, e: &Event<'_>, dir: DmaDirection) -> TraceRecord {
         let t0 = *self.t0.get_or_insert(e.t_ns);
+        // The task's name with its first event (`<...>` when the trace lost it).
+        let thread_name = (self.named.insert(e.pid) && !e.comm.is_empty() && e.comm != "<...>")
+            .then(|| e.comm.to_string());
         TraceRecord {
             t_ns: e.t_ns.saturating_sub(t0),
             device: self.device(e.device),
             queue: e.cpu,
             thread: Some(e.pid),
+            thread_name,
             dir,
             ..Default::default()
         }
@@ -445,6 +454,7 @@ pub fn convert_linux_trace(
         sg_by_phys: HashMap::new(),
         out: Vec::new(),
         sum: ConvertSummary::default(),
+        named: Default::default(),
     };
     for (n, line) in input.lines().enumerate() {
         let line = line?;

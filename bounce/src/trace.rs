@@ -13,7 +13,10 @@
 //! `t_ns`: nanoseconds since the recorder was created; `id`: the mapping (a map and the syncs and
 //! unmap of the same buffer share it); `addr`: the guest (original) address; `op`: `map`,
 //! `unmap`, `sync_for_cpu`, `sync_for_device`; `thread`: a small number the recorder gives each
-//! thread that records (1, 2, ... in order of first record; not an OS id). Optional fields
+//! thread that records (1, 2, ... in order of first record; not an OS id); `thread_name`: that
+//! thread's name (`blk0`, `vcpu1`, `main`: microvm's event loop), on the thread's first record
+//! only (added 2026-12-01 without a version change: readers ignore fields they do not know, and
+//! traces without it still load; [`thread_names`] collects them). Optional fields
 //! (absent when zero or unknown): `min_align_mask`, `alloc_align_mask`, `may_block` (the map's
 //! attributes); `bounce`: the bounce address, in the model's synthetic address space (from
 //! [`crate::BOUNCE_BASE`]; never a host address; absent for a direct `Dma`); `pool` and
@@ -77,6 +80,9 @@ pub struct TraceRecord {
     pub queue: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<u32>,
+    /// The recording thread's name, on its first record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_name: Option<String>,
     pub addr: u64,
     pub len: u32,
     pub dir: DmaDirection,
@@ -113,6 +119,7 @@ impl Default for TraceRecord {
             device: 0,
             queue: 0,
             thread: None,
+            thread_name: None,
             addr: 0,
             len: 0,
             dir: DmaDirection::Bidirectional,
@@ -204,14 +211,34 @@ thread_local! {
     static THREAD: Cell<u32> = const { Cell::new(0) };
 }
 
-/// This thread's number in traces (given at its first record, process-wide).
-fn thread_no() -> u32 {
+/// This thread's number in traces (given at its first record, process-wide), and its name
+/// when this is its first record.
+fn thread_no() -> (u32, Option<String>) {
     THREAD.with(|t| {
         if t.get() == 0 {
             t.set(NEXT_THREAD.fetch_add(1, Relaxed));
+            let name = std::thread::current()
+                .name()
+                .map_or_else(|| format!("thread-{}", t.get()), str::to_string);
+            return (t.get(), Some(name));
         }
-        t.get()
+        (t.get(), None)
     })
+}
+
+/// The recorded threads: number, name (if the trace names it), records.
+pub fn thread_names(recs: &[TraceRecord]) -> Vec<(u32, Option<String>, usize)> {
+    let mut m: std::collections::BTreeMap<u32, (Option<String>, usize)> = Default::default();
+    for r in recs {
+        if let Some(t) = r.thread {
+            let e = m.entry(t).or_default();
+            e.1 += 1;
+            if e.0.is_none() {
+                e.0.clone_from(&r.thread_name);
+            }
+        }
+    }
+    m.into_iter().map(|(t, (n, c))| (t, n, c)).collect()
 }
 
 /// Writes trace records to any `Write` (a file, or memory in tests).
@@ -255,13 +282,15 @@ impl TraceRecorder {
         dir: DmaDirection,
         x: Extra<'_>,
     ) {
+        let (thread, thread_name) = thread_no();
         let r = TraceRecord {
             t_ns: self.epoch.elapsed().as_nanos() as u64,
             op,
             id,
             device: src.device,
             queue: src.queue,
-            thread: Some(thread_no()),
+            thread: Some(thread),
+            thread_name,
             addr,
             len: len as u32,
             dir,
@@ -447,11 +476,68 @@ mod tests {
     }
 
     #[test]
-    fn threads_get_distinct_small_numbers() {
-        let here = thread_no();
-        assert_eq!(here, thread_no());
-        let there = std::thread::spawn(thread_no).join().unwrap();
-        assert_ne!(here, there);
-        assert!(here > 0 && there > 0);
+    fn threads_get_distinct_small_numbers_and_their_names_once() {
+        let (here, _) = thread_no();
+        assert_eq!(thread_no(), (here, None));
+        let there = std::thread::Builder::new()
+            .name("blk0".into())
+            .spawn(|| (thread_no(), thread_no()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(there.0 .1.as_deref(), Some("blk0"));
+        assert_eq!(there.1, (there.0 .0, None));
+        assert_ne!(here, there.0 .0);
+        assert!(here > 0 && there.0 .0 > 0);
+    }
+
+    #[test]
+    fn recorded_traces_name_their_threads() {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let rec = std::sync::Arc::new(TraceRecorder::new(Box::new(Shared(buf.clone()))));
+        let src = DmaSource::default();
+        let extra = || Extra {
+            attrs: MapAttrs::default(),
+            bounce: None,
+            pool: None,
+            range: None,
+            error: None,
+        };
+        for name in ["vcpu1", "blk0"] {
+            let r = rec.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    for _ in 0..3 {
+                        r.record(TraceOp::Map, 1, src, 0, 8, DmaDirection::ToDevice, extra());
+                    }
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+        rec.flush().unwrap();
+        let text = String::from_utf8(buf.lock().clone()).unwrap();
+        assert_eq!(text.matches("\"thread_name\"").count(), 2, "{text}");
+        let recs = read_trace(text.as_bytes()).unwrap();
+        let names = thread_names(&recs);
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[0].1.as_deref(), Some("vcpu1"));
+        assert_eq!(names[1].1.as_deref(), Some("blk0"));
+        assert_eq!((names[0].2, names[1].2), (3, 3));
+        // A version-2 trace from before names were recorded still loads, unnamed.
+        let old = "{\"format\":\"bounce-dma-trace\",\"version\":2}\n{\"t_ns\":1,\"op\":\"map\",\"id\":1,\"device\":0,\"queue\":0,\"thread\":4,\"addr\":0,\"len\":8,\"dir\":\"to_device\"}\n";
+        let recs = read_trace(old.as_bytes()).unwrap();
+        assert_eq!(thread_names(&recs), vec![(4, None, 1)]);
     }
 }

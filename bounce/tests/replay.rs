@@ -184,6 +184,8 @@ fn sweep_replays_every_cell_with_a_thread_per_queue() {
     let (csv, jsonl) = (dir.join("out.csv"), dir.join("out.jsonl"));
     let out = replay(&[
         gz.to_str().unwrap(),
+        "--lanes",
+        "queue",
         "--config",
         "areas=2",
         "--sweep",
@@ -249,6 +251,11 @@ fn sweep_replays_every_cell_with_a_thread_per_queue() {
     let out = replay(&[trace.to_str().unwrap(), "--lanes", "one", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["threads"], 1);
+    // By default a trace recorded by one thread replays on one (both queues, as recorded).
+    let out = replay(&[trace.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&v["threads"], &v["lanes"]), (&1.into(), &"thread".into()));
+    assert_eq!(v["recorded_threads"][0]["thread"], 1);
     std::fs::remove_dir_all(&dir).ok();
 }
 

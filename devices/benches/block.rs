@@ -5,13 +5,22 @@
 //! Completions are waited for as the event loop does: poll the device's eventfd, then
 //! `process_backend`. After criterion's groups, one table with the ratios side by side
 //! (bounced/direct time, uring vs sync IOPS), from its own interleaved timing.
+//! A second table measures `--metrics` at 100 ms: bounced DMA with and without a metrics
+//! thread that, every 100 ms, snapshots the pool statistics (JSON) and the queue's counters and
+//! appends the line to a file, as microvm's event loop does on its own thread beside the
+//! disk's (`vmm/src/metrics.rs`), with a second plain bounced driver as an A/A control (the
+//! noise floor of the same measurement).
 //! `CARGO_TARGET_DIR=... cargo bench -p devices --bench block`
-//! (`BLK_BENCH_TABLE_ONLY=1`: the table alone.)
+//! (`BLK_BENCH_TABLE_ONLY=1`: the tables alone; `BLK_BENCH_METRICS_ONLY=1`: the metrics table
+//! alone, `BLK_BENCH_ROUNDS=N` interleaved rounds of 120 ms samples, default 21.)
 
+use std::io::Write;
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bounce::{Dma, DmaQueue, DmaSource};
+use bounce::{Dma, DmaQueue, DmaSource, QueueCounters};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use devices::virtio::block::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use devices::virtio::{Block, BlockConfig, Engine, Interrupt, VirtioDevice};
@@ -33,8 +42,83 @@ const DISK: u64 = 64 << 20;
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 
+/// `--metrics PATH,interval=100ms`: a thread (microvm's event loop) appending a line every
+/// 100 ms from the pool statistics and the queue's counters; stopped and joined on drop.
+struct MetricsThread {
+    stop: Arc<AtomicBool>,
+    /// Lines written and the thread's CPU time (ns).
+    handle: Option<std::thread::JoinHandle<(u64, u64)>>,
+    started: Instant,
+}
+
+/// This thread's CPU time so far (ns).
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one timespec, valid across the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+impl MetricsThread {
+    fn start(dma: Dma, counters: Arc<QueueCounters>) -> MetricsThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                let file = TempFile::new().unwrap();
+                let mut f = file.as_file();
+                let mut lines = 0u64;
+                let mut next = Instant::now() + Duration::from_millis(100);
+                while !s.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep(next - now);
+                        continue;
+                    }
+                    next += Duration::from_millis(100);
+                    let stats = dma.stats().map(|s| s.to_json()).unwrap_or_default();
+                    let line = format!(
+                        "{{\"seq\":{lines},\"queue\":{:?},\"bounce\":{stats}}}\n",
+                        counters.snapshot()
+                    );
+                    f.write_all(line.as_bytes()).unwrap();
+                    lines += 1;
+                }
+                (lines, thread_cpu_ns())
+            })
+            .unwrap();
+        MetricsThread {
+            stop,
+            handle: Some(handle),
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops the thread: (lines, its CPU time, the time it ran).
+    fn finish(&mut self) -> (u64, Duration, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let ran = self.started.elapsed();
+        let (lines, cpu) = self
+            .handle
+            .take()
+            .map_or((0, 0), |h| h.join().unwrap_or((0, 0)));
+        (lines, Duration::from_nanos(cpu), ran)
+    }
+}
+
+impl Drop for MetricsThread {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 struct Driver {
     mem: GuestMemoryMmap,
+    _metrics: Option<MetricsThread>,
     blk: Block,
     avail_idx: u16,
     _irq: EventFd,
@@ -46,6 +130,10 @@ struct Driver {
 
 impl Driver {
     fn new(bounced: bool, engine: Engine) -> Driver {
+        Driver::with_metrics(bounced, engine, false)
+    }
+
+    fn with_metrics(bounced: bool, engine: Engine, metrics: bool) -> Driver {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
         mem.write_slice(&vec![0x5a; 8 << 20], GuestAddress(0))
             .unwrap();
@@ -70,13 +158,17 @@ impl Driver {
         q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
-        let mut dq = DmaQueue::new(QSIZE, dma, DmaSource::default()).unwrap();
+        let mut dq = DmaQueue::new(QSIZE, dma.clone(), DmaSource::default()).unwrap();
         *dq.queue_mut() = q;
+        let counters = Arc::new(QueueCounters::default());
+        dq.set_counters(counters.clone());
+        let metrics = metrics.then(|| MetricsThread::start(dma, counters));
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         blk.activate(vec![dq], Interrupt::new(irq.try_clone().unwrap()))
             .unwrap();
         Driver {
             mem,
+            _metrics: metrics,
             blk,
             avail_idx: 0,
             _irq: irq,
@@ -245,7 +337,9 @@ const ENGINES: [Engine; 2] = [Engine::Sync, Engine::Uring];
 const DEPTHS: [u16; 2] = [1, 32];
 
 fn blk(c: &mut Criterion) {
-    if std::env::var_os("BLK_BENCH_TABLE_ONLY").is_some() {
+    if std::env::var_os("BLK_BENCH_TABLE_ONLY").is_some()
+        || std::env::var_os("BLK_BENCH_METRICS_ONLY").is_some()
+    {
         return;
     }
     for w in &WORKLOADS {
@@ -276,36 +370,9 @@ fn blk(c: &mut Criterion) {
 fn measure(w: &Workload, depth: u16, configs: &[(Engine, bool)]) -> Vec<Duration> {
     let mut drivers: Vec<Driver> = configs
         .iter()
-        .map(|&(engine, bounced)| {
-            let mut d = Driver::new(bounced, engine);
-            d.iteration(w, depth);
-            d.check(w.name, depth);
-            d
-        })
+        .map(|&(engine, bounced)| Driver::new(bounced, engine))
         .collect();
-    let per: Vec<u32> = drivers
-        .iter_mut()
-        .map(|d| {
-            let t = Instant::now();
-            let mut n = 0u32;
-            while t.elapsed() < Duration::from_millis(20) {
-                d.iteration(w, depth);
-                n += 1;
-            }
-            n.max(1)
-        })
-        .collect();
-    let mut samples = vec![Vec::new(); configs.len()];
-    for _ in 0..15 {
-        for ((d, &n), out) in drivers.iter_mut().zip(&per).zip(samples.iter_mut()) {
-            let t = Instant::now();
-            for _ in 0..n {
-                d.iteration(w, depth);
-            }
-            out.push(t.elapsed() / n);
-        }
-    }
-    samples
+    samples(w, depth, &mut drivers, 15, Duration::from_millis(20))
         .into_iter()
         .map(|mut v| {
             v.sort();
@@ -314,9 +381,172 @@ fn measure(w: &Workload, depth: u16, configs: &[(Engine, bool)]) -> Vec<Duration
         .collect()
 }
 
+/// `rounds` interleaved samples of about `len` each (time per iteration) of each driver, after
+/// a warm-up.
+fn samples(
+    w: &Workload,
+    depth: u16,
+    drivers: &mut [Driver],
+    rounds: usize,
+    len: Duration,
+) -> Vec<Vec<Duration>> {
+    for d in drivers.iter_mut() {
+        d.iteration(w, depth);
+        d.check(w.name, depth);
+    }
+    let per: Vec<u32> = drivers
+        .iter_mut()
+        .map(|d| {
+            let t = Instant::now();
+            let mut n = 0u32;
+            while t.elapsed() < len {
+                d.iteration(w, depth);
+                n += 1;
+            }
+            n.max(1)
+        })
+        .collect();
+    let mut samples = vec![Vec::new(); drivers.len()];
+    for round in 0..rounds {
+        // Each round in a different order, so no driver always runs right after another.
+        let k = drivers.len();
+        for j in 0..k {
+            let i = (j + round) % k;
+            let t = Instant::now();
+            for _ in 0..per[i] {
+                drivers[i].iteration(w, depth);
+            }
+            samples[i].push(t.elapsed() / per[i]);
+        }
+    }
+    samples
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Quartiles of a sample.
+fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 4], v[(3 * v.len()) / 4])
+}
+
+/// `--metrics` at 100 ms: per workload, depth and engine, bounced DMA without metrics (A),
+/// with the metrics thread (M) and a second plain driver (A', the A/A control), sampled
+/// interleaved. Ratios are per round (M/A and A'/A of the same round), then their median and
+/// interquartile range: an M/A ratio inside the A'/A range is no measurable overhead.
+fn metrics_table(_: &mut Criterion) {
+    if std::env::var_os("BLK_BENCH_METRICS_ONLY").is_none()
+        && std::env::var_os("BLK_BENCH_TABLE_ONLY").is_none()
+    {
+        return;
+    }
+    let rounds: usize = std::env::var("BLK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(21);
+    println!();
+    println!(
+        "--metrics at 100 ms (a thread writing a line every 100 ms beside the device, as \
+         microvm's event loop), bounced DMA; {rounds} interleaved rounds; per-round ratios: \
+         median [interquartile range]"
+    );
+    println!(
+        "{:<16} {:>3} {:<5} | {:>8} {:>8} | {:>21} | {:>21}",
+        "workload", "qd", "eng", "A us/req", "M us/req", "M/A (metrics)", "A'/A (control)"
+    );
+    let mut all_m = Vec::new();
+    let mut all_c = Vec::new();
+    // Summed time per iteration over every sample: A, M, A'.
+    let mut tot = [0.0f64; 3];
+    // The metrics threads' lines, CPU time and lifetime.
+    let (mut lines, mut line_cpu, mut line_ran) = (0u64, Duration::ZERO, Duration::ZERO);
+    // The page-cache workloads (the disk one's noise is the disk's).
+    for w in WORKLOADS.iter().filter(|w| !w.uncached) {
+        for depth in DEPTHS {
+            for engine in ENGINES {
+                let mut drivers = vec![
+                    Driver::with_metrics(true, engine, false),
+                    Driver::with_metrics(true, engine, true),
+                    Driver::with_metrics(true, engine, false),
+                ];
+                // Samples longer than the interval: each holds one or two lines.
+                let s = samples(w, depth, &mut drivers, rounds, Duration::from_millis(120));
+                if let Some(m) = drivers[1]._metrics.as_mut() {
+                    let (n, cpu, ran) = m.finish();
+                    lines += n;
+                    line_cpu += cpu;
+                    line_ran += ran;
+                }
+                let secs =
+                    |v: &[Duration]| -> Vec<f64> { v.iter().map(|d| d.as_secs_f64()).collect() };
+                let (a, m, c) = (secs(&s[0]), secs(&s[1]), secs(&s[2]));
+                tot[0] += a.iter().sum::<f64>();
+                tot[1] += m.iter().sum::<f64>();
+                tot[2] += c.iter().sum::<f64>();
+                let rm: Vec<f64> = m.iter().zip(&a).map(|(m, a)| m / a).collect();
+                let rc: Vec<f64> = c.iter().zip(&a).map(|(c, a)| c / a).collect();
+                all_m.extend(rm.iter().copied());
+                all_c.extend(rc.iter().copied());
+                let per_req = |v: Vec<f64>| median(v) * 1e6 / f64::from(BATCH);
+                let (m25, m75) = quartiles(rm.clone());
+                let (c25, c75) = quartiles(rc.clone());
+                println!(
+                    "{:<16} {:>3} {:<5} | {:>8.2} {:>8.2} | {:>5.3} [{:.3}-{:.3}] | {:>5.3} [{:.3}-{:.3}]",
+                    w.name,
+                    depth,
+                    engine.to_string(),
+                    per_req(a),
+                    per_req(m),
+                    median(rm),
+                    m25,
+                    m75,
+                    median(rc),
+                    c25,
+                    c75
+                );
+            }
+        }
+    }
+    let (m25, m75) = quartiles(all_m.clone());
+    let (c25, c75) = quartiles(all_c.clone());
+    println!(
+        "{:<26} | {:>8} {:>8} | {:>5.3} [{:.3}-{:.3}] | {:>5.3} [{:.3}-{:.3}]",
+        "all rounds of all rows",
+        "",
+        "",
+        median(all_m),
+        m25,
+        m75,
+        median(all_c),
+        c25,
+        c75
+    );
+    println!(
+        "summed over every sample: M/A {:.4}, A'/A {:.4}",
+        tot[1] / tot[0],
+        tot[2] / tot[0]
+    );
+    // What the metrics thread costs whatever the noise: its own CPU time, per line and as a
+    // share of the time it ran (on a machine with no core to spare, the most it can take from
+    // the device's thread).
+    println!(
+        "metrics threads: {lines} lines in {:.1} s, {:.1} us CPU per line, CPU {:.4} % of the \
+         time they ran",
+        line_ran.as_secs_f64(),
+        line_cpu.as_secs_f64() * 1e6 / lines.max(1) as f64,
+        100.0 * line_cpu.as_secs_f64() / line_ran.as_secs_f64().max(1e-9)
+    );
+}
+
 /// The side-by-side table: per workload and depth, µs per request for each engine and mode,
 /// bounced/direct time ratios, and uring/sync IOPS ratios.
 fn table(_: &mut Criterion) {
+    if std::env::var_os("BLK_BENCH_METRICS_ONLY").is_some() {
+        return;
+    }
     println!();
     println!(
         "virtio-blk, {BATCH} requests per iteration, medians of 15 interleaved samples (µs per \
@@ -365,5 +595,5 @@ fn table(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, blk, table);
+criterion_group!(benches, blk, table, metrics_table);
 criterion_main!(benches);

@@ -86,7 +86,7 @@ fn fixture(dir: &Path) {
 fn a_report_from_a_fixture_has_every_plot_and_the_table() {
     let dir = std::env::temp_dir().join(format!("lab-report-{}", std::process::id()));
     fixture(&dir);
-    let md_path = report(&dir, &dir).unwrap();
+    let md_path = report(std::slice::from_ref(&dir), &dir, &[]).unwrap();
     let md = std::fs::read_to_string(&md_path).unwrap();
     for f in [
         "throughput-rr4k.svg",
@@ -119,7 +119,9 @@ fn a_report_from_a_fixture_has_every_plot_and_the_table() {
 #[test]
 fn an_empty_results_directory_is_an_error() {
     let dir = std::env::temp_dir().join(format!("lab-report-empty-{}", std::process::id()));
-    let e = report(&dir, &dir).unwrap_err().to_string();
+    let e = report(std::slice::from_ref(&dir), &dir, &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no results"), "{e}");
 }
 
@@ -130,4 +132,27 @@ fn size_ticks() {
     assert_eq!(size_label(12.0), "4M");
     assert_eq!(size_label(20.0), "1G");
     assert_eq!(size_label(10.5), "");
+}
+
+#[test]
+fn a_report_with_replays_embeds_their_cdfs() {
+    let dir = std::env::temp_dir().join(format!("lab-report-cdf-{}", std::process::id()));
+    fixture(&dir);
+    let replay = dir.join("replay.jsonl");
+    std::fs::write(
+        &replay,
+        "{\"config_given\":\"size=1M\",\"cell\":{},\"latency_ns\":{\"map\":{\"count\":10,\
+         \"quantiles\":[[0.0,80],[0.5,100],[0.99,900],[1.0,5000]]},\"unmap\":{\"count\":10,\
+         \"quantiles\":[[0.0,50],[0.5,60],[0.99,300],[1.0,2000]]}}}\n",
+    )
+    .unwrap();
+    let md = report(std::slice::from_ref(&dir), &dir, &[replay]).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("## Map latency in replays"), "{md}");
+    for f in ["cdf-map.svg", "cdf-unmap.svg"] {
+        assert!(md.contains(&format!("]({f})")), "{f} not embedded:\n{md}");
+        assert!(dir.join(f).exists());
+    }
+    assert!(!dir.join("cdf-sync_for_cpu.svg").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

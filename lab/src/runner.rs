@@ -35,9 +35,21 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The kernel command line of a cell: the test init runs `lab-fio.sh` with its parameters.
+/// The tap of net workloads, and its two ends' addresses (`lab-net.sh` has the guest's).
+pub const TAP: &str = "mvlab0";
+const TAP_HOST: &str = "10.0.3.1";
+
+/// The kernel command line of a cell: the test init runs `lab-fio.sh` (or `lab-net.sh`) with
+/// its parameters.
 pub fn cmdline(spec: &Spec, cell: &Cell) -> String {
     let w = &cell.workload;
+    if w.is_net() {
+        return format!(
+            "console=ttyS0 reboot=k panic=1 microvm.test=lab-net lab.dir={} lab.bytes={}",
+            w.direction,
+            w.net_bytes()
+        );
+    }
     format!(
         "console=ttyS0 reboot=k panic=1 microvm.test=lab-fio lab.rw={} lab.bs={} \
          lab.iodepth={} lab.engine={} lab.runtime={} lab.size={}",
@@ -63,6 +75,10 @@ pub fn batch_script(spec: &Spec, inputs: &Inputs, cells: &[(usize, &Cell)]) -> S
             spec.memory_mib.to_string(),
         ];
         args.extend(cell.config.microvm_args(&spec.matrix.bounce_extra));
+        if cell.workload.is_net() {
+            args.push("--net".into());
+            args.push(format!("tap={TAP}"));
+        }
         args.push("--metrics".into());
         args.push(format!("{SCRATCH},interval={}", spec.metrics_interval));
         args.push("--cmdline".into());
@@ -82,6 +98,53 @@ pub fn batch_script(spec: &Spec, inputs: &Inputs, cells: &[(usize, &Cell)]) -> S
 /// Time a batch may take: a boot allowance per cell beside fio's runtime.
 pub fn batch_timeout(spec: &Spec, cells: usize) -> Duration {
     Duration::from_secs(60 + cells as u64 * (90 + 2 * u64::from(spec.runtime_s)))
+}
+
+/// More time for the net cells of a batch (`lab-net.sh` bounds its transfer at 300 s).
+pub fn net_allowance(cells: &[(usize, &Cell)]) -> Duration {
+    Duration::from_secs(330 * cells.iter().filter(|c| c.1.workload.is_net()).count() as u64)
+}
+
+/// Shell lines run where microvm runs before a batch with net cells: the tap at
+/// 10.0.3.1/24, busybox httpd on it serving `/down-<bytes>.bin` for each download size and
+/// `/cgi-bin/sink` (counts and discards a POST body); nothing for a batch without.
+pub fn net_setup(cells: &[(usize, &Cell)]) -> Vec<String> {
+    let mut sizes: Vec<u64> = cells
+        .iter()
+        .filter(|c| c.1.workload.is_net() && c.1.workload.direction == "down")
+        .map(|c| c.1.workload.net_bytes())
+        .collect();
+    if !cells.iter().any(|c| c.1.workload.is_net()) {
+        return Vec::new();
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut v: Vec<String> = vec![
+        format!("busybox ip link del {TAP} 2>/dev/null; true"),
+        format!("busybox tunctl -t {TAP} >/dev/null"),
+        format!("busybox ip addr add {TAP_HOST}/24 dev {TAP}"),
+        format!("busybox ip link set {TAP} up"),
+        "rm -rf /tmp/mvlab && mkdir -p /tmp/mvlab/cgi-bin".into(),
+    ];
+    for n in sizes {
+        v.push(format!("head -c {n} /dev/zero > /tmp/mvlab/down-{n}.bin"));
+    }
+    v.push(
+        r#"cat > /tmp/mvlab/cgi-bin/sink <<'CGI'
+#!/bin/sh
+n=$(head -c "${CONTENT_LENGTH:-0}" | wc -c)
+echo 'Content-type: text/plain'
+echo
+echo "sink-bytes=$n"
+CGI"#
+            .into(),
+    );
+    v.push("chmod +x /tmp/mvlab/cgi-bin/sink".into());
+    v.push(format!(
+        "busybox httpd -f -p {TAP_HOST}:8080 -h /tmp/mvlab &"
+    ));
+    v.push("sleep 0.5".into());
+    v
 }
 
 /// One cell's share of a batch's output.
@@ -149,6 +212,33 @@ fn fio_figures(console: &str) -> Result<[f64; 6], String> {
             .ok_or_else(|| format!("fio terse field {i} missing in {line:?}"))
     };
     Ok([num(7)?, num(8)?, num(16)?, num(48)?, num(49)?, num(57)?])
+}
+
+/// `lab-net=<dir> <bytes> <seconds>`: bytes moved and seconds taken.
+fn net_figures(console: &str) -> Result<(u64, f64), String> {
+    let line = console
+        .lines()
+        .find_map(|l| l.find("lab-net=").map(|i| &l[i + 8..]))
+        .ok_or("no transfer result in the guest output")?;
+    if let Some(e) = line.strip_prefix("FAILED") {
+        return Err(format!("transfer failed:{e}"));
+    }
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let bytes: u64 = f
+        .get(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("bad lab-net line {line:?}"))?;
+    let secs: f64 = f
+        .get(2)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("bad lab-net line {line:?}"))?;
+    // /proc/uptime has 10 ms steps: a transfer inside one step has no figure.
+    if secs < 0.01 {
+        return Err(format!(
+            "transfer of {bytes} bytes took under 10 ms (the guest clock's resolution): use a larger size"
+        ));
+    }
+    Ok((bytes, secs))
 }
 
 fn u(v: &Value, path: &str) -> u64 {
@@ -245,7 +335,24 @@ pub fn row(
             .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
         r.rss_kib = u(last, "vmm.rss_kib");
     }
-    match fio_figures(&out.console) {
+    if w.is_net() {
+        r.rw = format!("net-{}", w.direction);
+        r.bs = w.size.clone();
+        r.engine = "tap".into();
+    }
+    let figures = if w.is_net() {
+        net_figures(&out.console).map(|(bytes, secs)| {
+            let kib_s = bytes as f64 / 1024.0 / secs;
+            if w.direction == "down" {
+                [kib_s, 0.0, 0.0, 0.0, 0.0, 0.0]
+            } else {
+                [0.0, 0.0, 0.0, kib_s, 0.0, 0.0]
+            }
+        })
+    } else {
+        fio_figures(&out.console)
+    };
+    match figures {
         Ok(f) => {
             [r.read_kib_s, r.read_iops, r.read_clat_us] = [f[0], f[1], f[2]];
             [r.write_kib_s, r.write_iops, r.write_clat_us] = [f[3], f[4], f[5]];

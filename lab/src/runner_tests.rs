@@ -156,3 +156,61 @@ fn metrics_files_are_saved_gzipped_and_read_back() {
     assert!(!dir.join("metrics/empty.jsonl.gz").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const NET_SPEC: &str = r#"
+name = "n"
+[matrix]
+pool = ["off", "1M"]
+[[workload]]
+name = "down"
+kind = "net"
+direction = "down"
+size = "8M"
+[[workload]]
+name = "up"
+kind = "net"
+direction = "up"
+size = "8M"
+"#;
+
+#[test]
+fn net_cells_use_the_tap_and_report_throughput() {
+    let spec = Spec::parse(NET_SPEC, "s").unwrap();
+    let cells = spec.cells();
+    assert_eq!(cells.len(), 4);
+    let inputs = Inputs {
+        microvm: "/b/microvm".into(),
+        kernel: "/k/bzImage".into(),
+        initrd: "/k/initrd".into(),
+    };
+    let batch: Vec<(usize, &Cell)> = cells.iter().enumerate().collect();
+    let s = batch_script(&spec, &inputs, &batch);
+    assert_eq!(s.matches("'--net' 'tap=mvlab0'").count(), 4, "{s}");
+    assert!(s.contains("microvm.test=lab-net lab.dir=down lab.bytes=8388608"));
+    assert!(s.contains("microvm.test=lab-net lab.dir=up lab.bytes=8388608"));
+    let setup = net_setup(&batch).join("\n");
+    assert!(setup.contains("busybox tunctl -t mvlab0"));
+    // One file per download size, however many cells download it.
+    assert_eq!(setup.matches("> /tmp/mvlab/down-8388608.bin").count(), 1);
+    assert!(setup.contains("cgi-bin/sink") && setup.contains("busybox httpd"));
+    assert!(net_setup(&batch[..0]).is_empty());
+    assert!(net_allowance(&batch) >= Duration::from_secs(4 * 300));
+
+    let out = split_output(
+        "@@LAB-CELL-BEGIN 0\nlab-net=down 8388608 2.5\n@@LAB-STATUS 0\n@@LAB-CELL-END 0\n\
+         @@LAB-CELL-BEGIN 1\nlab-net=up 8388608 4\n@@LAB-STATUS 0\n@@LAB-CELL-END 1\n\
+         @@LAB-CELL-BEGIN 2\nlab-net=FAILED no reply from 10.0.3.1\n@@LAB-STATUS 0\n@@LAB-CELL-END 2\n",
+    );
+    let r = row(&spec, &cells[0], out.get(&0), "nested", "m");
+    assert_eq!(r.status, "ok", "{}", r.error);
+    assert_eq!(
+        (r.rw.as_str(), r.bs.as_str(), r.engine.as_str()),
+        ("net-down", "8M", "tap")
+    );
+    assert_eq!((r.read_kib_s, r.write_kib_s), (8192.0 / 2.5, 0.0));
+    let r = row(&spec, &cells[1], out.get(&1), "nested", "m");
+    assert_eq!((r.read_kib_s, r.write_kib_s), (0.0, 2048.0));
+    let r = row(&spec, &cells[2], out.get(&2), "nested", "m");
+    assert_eq!(r.status, "failed");
+    assert!(r.error.contains("no reply"), "{}", r.error);
+}

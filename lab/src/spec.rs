@@ -126,19 +126,50 @@ pub struct Matrix {
     pub bounce_extra: String,
 }
 
-/// One fio job.
+fn default_kind() -> String {
+    "fio".into()
+}
+fn default_net_size() -> String {
+    "32M".into()
+}
+
+/// One workload: a fio job on the disk (`kind = "fio"`, the default), or a network transfer
+/// over a tap (`kind = "net"`: `direction` and `size`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub name: String,
+    #[serde(default = "default_kind")]
+    pub kind: String,
     /// fio `--rw`: read, write, randread, randwrite, rw, randrw.
+    #[serde(default)]
     pub rw: String,
     /// fio `--bs` (e.g. `4k`, `64k`, `1m`).
+    #[serde(default)]
     pub bs: String,
     #[serde(default = "one")]
     pub iodepth: u32,
     /// fio `--ioengine`: `psync` or `libaio`.
+    #[serde(default)]
     pub engine: String,
+    /// net: `down` (the guest downloads over HTTP from the tap's far side) or `up` (it
+    /// uploads: an HTTP POST).
+    #[serde(default)]
+    pub direction: String,
+    /// net: bytes moved (K/M/G suffix).
+    #[serde(default = "default_net_size")]
+    pub size: String,
+}
+
+impl Workload {
+    pub fn is_net(&self) -> bool {
+        self.kind == "net"
+    }
+
+    /// net: the transfer's bytes.
+    pub fn net_bytes(&self) -> u64 {
+        parse_size(&self.size).unwrap_or(32 << 20)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -359,6 +390,32 @@ impl Spec {
             }
             if !names.insert(&w.name) {
                 return Err(bad(&f("name"), "used twice".into()));
+            }
+            match w.kind.as_str() {
+                "net" => {
+                    if w.direction != "down" && w.direction != "up" {
+                        return Err(bad(
+                            &f("direction"),
+                            format!("{:?}: down or up", w.direction),
+                        ));
+                    }
+                    let n = parse_size(&w.size).map_err(|e| bad(&f("size"), e))?;
+                    if !(64 << 10..=1 << 30).contains(&n) {
+                        return Err(bad(&f("size"), "must be 64K..=1G".into()));
+                    }
+                    if !w.rw.is_empty() || !w.bs.is_empty() || !w.engine.is_empty() {
+                        return Err(bad(
+                            &f("kind"),
+                            "a net workload takes direction and size, not fio's rw/bs/engine"
+                                .into(),
+                        ));
+                    }
+                    continue;
+                }
+                "fio" => {}
+                k => {
+                    return Err(bad(&f("kind"), format!("{k:?}: fio or net")));
+                }
             }
             if !RW.contains(&w.rw.as_str()) {
                 return Err(bad(&f("rw"), format!("{:?} is not one of {RW:?}", w.rw)));

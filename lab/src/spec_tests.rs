@@ -106,3 +106,16 @@ fn the_example_specs_are_valid() {
     }
     assert!(n >= 2, "example specs in {}", dir.display());
 }
+
+#[test]
+fn net_workloads_are_checked() {
+    let base =
+        "name = \"t\"\n[matrix]\npool = [\"off\"]\n[[workload]]\nname = \"n\"\nkind = \"net\"\n";
+    assert!(Spec::parse(&format!("{base}direction = \"down\"\n"), "s").is_ok());
+    assert!(err(&format!("{base}direction = \"sideways\"\n")).contains("down or up"));
+    assert!(err(&format!("{base}direction = \"up\"\nsize = \"1K\"\n")).contains("64K..=1G"));
+    assert!(err(&format!("{base}direction = \"up\"\nrw = \"read\"\n")).contains("not fio's"));
+    let other =
+        "name = \"t\"\n[matrix]\npool = [\"off\"]\n[[workload]]\nname = \"n\"\nkind = \"gpu\"\n";
+    assert!(err(other).contains("fio or net"));
+}

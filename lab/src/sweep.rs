@@ -13,6 +13,104 @@ use crate::results::{self, Writer};
 use crate::runner::{self, Inputs};
 use crate::spec::{Cell, Spec};
 
+/// Runs batches of cells; the harness in `microvm-lab`, a fake in tests.
+pub trait Backend {
+    /// Builds or finds what the cells need (once, before the first batch).
+    fn prepare(&mut self) -> Result<()>;
+    /// `direct` or `nested`, and why.
+    fn path(&self) -> (String, String);
+    /// Runs one batch's script; its output (stdout), or why the harness run failed.
+    fn run_batch(&mut self, spec: &Spec, batch: &[(usize, &Cell)]) -> Result<String>;
+}
+
+/// The test harness: guests on the host or in the outer machine.
+pub struct HarnessBackend {
+    h: Option<Harness>,
+    inputs: Option<Inputs>,
+    img: PathBuf,
+}
+
+impl HarnessBackend {
+    pub fn new() -> Self {
+        HarnessBackend {
+            h: None,
+            inputs: None,
+            img: std::env::temp_dir().join(format!("microvm-lab-{}.img", std::process::id())),
+        }
+    }
+}
+
+impl Drop for HarnessBackend {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.img);
+    }
+}
+
+impl Backend for HarnessBackend {
+    fn prepare(&mut self) -> Result<()> {
+        let h = Harness::detect()?;
+        let k = microvm_tests::kernel_artifacts()?;
+        let initrd = microvm_tests::fio::initramfs_with_fio(&k.initramfs)?;
+        let microvm = microvm_tests::microvm_binary()?;
+        self.inputs = Some(Inputs {
+            microvm,
+            kernel: k.bzimage.clone(),
+            initrd,
+        });
+        self.h = Some(h);
+        Ok(())
+    }
+
+    fn path(&self) -> (String, String) {
+        self.h.as_ref().map_or_else(Default::default, |h| {
+            (h.path().to_string(), h.reason().to_string())
+        })
+    }
+
+    fn run_batch(&mut self, spec: &Spec, batch: &[(usize, &Cell)]) -> Result<String> {
+        let (Some(h), Some(inputs)) = (&self.h, &self.inputs) else {
+            anyhow::bail!("the harness backend was not prepared");
+        };
+        std::fs::File::create(&self.img)
+            .and_then(|f| f.set_len(spec.disk_bytes()))
+            .with_context(|| format!("cannot create {}", self.img.display()))?;
+        let run = Run {
+            program: Program::Host("/bin/sh".into()),
+            args: vec![
+                Arg::s("-c"),
+                Arg::s(runner::batch_script(spec, inputs, batch)),
+                Arg::s("sh"),
+                Arg::disk_file(0),
+            ],
+            files_to_carry: vec![
+                inputs.microvm.clone(),
+                inputs.kernel.clone(),
+                inputs.initrd.clone(),
+            ],
+            disks: vec![self.img.clone()],
+            timeout: runner::batch_timeout(spec, batch.len()) + runner::net_allowance(batch),
+            marks: vec![],
+            echo: false,
+            stdio: StdioMode::Null,
+            signal_at_mark: None,
+        };
+        Ok(h.run_with_setup(&run, &runner::net_setup(batch))?.stdout)
+    }
+}
+
+/// Which cells `sweep` runs, and how.
+#[derive(Default)]
+pub struct Options {
+    /// Results directory [default: lab-results/<spec name>].
+    pub out: Option<PathBuf>,
+    pub dry_run: bool,
+    pub retry_failed: bool,
+    /// Only these cells (indices into the spec's cells), e.g. one job of a cluster array.
+    pub cells: Vec<usize>,
+    /// No progress bar (tests, cluster jobs' logs).
+    pub quiet: bool,
+}
+
 /// Where and how the sweep ran, for the report.
 #[derive(Debug, Serialize, serde::Deserialize, Default, Clone)]
 pub struct Environment {
@@ -69,37 +167,54 @@ fn short(cell: &Cell) -> String {
     )
 }
 
-pub fn sweep(
-    spec_path: &Path,
-    out: Option<PathBuf>,
-    dry_run: bool,
-    retry_failed: bool,
-) -> Result<()> {
+pub fn sweep(spec_path: &Path, opts: Options, backend: &mut dyn Backend) -> Result<()> {
     // A bad spec stops here, before anything is built or booted.
     let spec = Spec::load(spec_path)?;
-    let out = out.unwrap_or_else(|| PathBuf::from("lab-results").join(&spec.name));
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("lab-results").join(&spec.name));
     let cells = spec.cells();
+    for &i in &opts.cells {
+        if i >= cells.len() {
+            anyhow::bail!(
+                "--cell {i}: the spec {} has cells 0..={} only",
+                spec_path.display(),
+                cells.len() - 1
+            );
+        }
+    }
     let rows = results::load(&out)?;
-    let done = results::done(&rows, retry_failed);
-    let pending: Vec<(usize, &Cell)> = cells
+    let done = results::done(&rows, opts.retry_failed);
+    let chosen: Vec<(usize, &Cell)> = cells
         .iter()
         .enumerate()
+        .filter(|(i, _)| opts.cells.is_empty() || opts.cells.contains(i))
+        .collect();
+    let pending: Vec<(usize, &Cell)> = chosen
+        .iter()
+        .copied()
         .filter(|(_, c)| !done.contains(&c.id()))
         .collect();
     eprintln!(
-        "microvm-lab: sweep {:?}: {} configurations x {} workloads x {} repetitions = {} cells; \
+        "microvm-lab: sweep {:?}: {} configurations x {} workloads x {} repetitions = {} cells{}; \
          {} done in {}, {} to run in batches of {}",
         spec.name,
         spec.configs().len(),
         spec.workloads.len(),
         spec.repetitions,
         cells.len(),
-        cells.len() - pending.len(),
+        if opts.cells.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} chosen by --cell)", chosen.len())
+        },
+        chosen.len() - pending.len(),
         out.display(),
         pending.len(),
         spec.batch
     );
-    if dry_run {
+    if opts.dry_run {
         let inputs = Inputs {
             microvm: "MICROVM".into(),
             kernel: "BZIMAGE".into(),
@@ -121,22 +236,13 @@ pub fn sweep(
         return Ok(());
     }
 
-    let h = Harness::detect()?;
-    let k = microvm_tests::kernel_artifacts()?;
-    let initrd = microvm_tests::fio::initramfs_with_fio(&k.initramfs)?;
-    let microvm = microvm_tests::microvm_binary()?;
-    let inputs = Inputs {
-        microvm: microvm.clone(),
-        kernel: k.bzimage.clone(),
-        initrd: initrd.clone(),
-    };
+    backend.prepare()?;
     let env_path = out.join(ENV_FILE);
     let mut env: Environment = std::fs::read(&env_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    env.path = h.path().to_string();
-    env.path_reason = h.reason().to_string();
+    (env.path, env.path_reason) = backend.path();
     env.host_cpu = host_cpu();
     env.host_cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     env.host_kernel = command_output("uname", &["-r"]);
@@ -147,16 +253,21 @@ pub fn sweep(
     }
 
     let mut writer = Writer::open(&out)?;
-    let bar = ProgressBar::new(cells.len() as u64);
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(chosen.len() as u64)
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells, ETA {eta} | {msg}",
         )
         .context("progress bar template")?,
     );
-    bar.set_position((cells.len() - pending.len()) as u64);
-    bar.enable_steady_tick(Duration::from_millis(500));
-    let img = std::env::temp_dir().join(format!("microvm-lab-{}.img", std::process::id()));
+    bar.set_position((chosen.len() - pending.len()) as u64);
+    if !opts.quiet {
+        bar.enable_steady_tick(Duration::from_millis(500));
+    }
     let started = Instant::now();
     let prior_wall = env.wall_s;
     let mut failed = 0usize;
@@ -169,37 +280,18 @@ pub fn sweep(
             [] => String::new(),
         };
         bar.set_message(msg);
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(spec.disk_bytes()))
-            .with_context(|| format!("cannot create {}", img.display()))?;
-        let run = Run {
-            program: Program::Host("/bin/sh".into()),
-            args: vec![
-                Arg::s("-c"),
-                Arg::s(runner::batch_script(&spec, &inputs, batch)),
-                Arg::s("sh"),
-                Arg::disk_file(0),
-            ],
-            files_to_carry: vec![microvm.clone(), k.bzimage.clone(), initrd.clone()],
-            disks: vec![img.clone()],
-            timeout: runner::batch_timeout(&spec, batch.len()),
-            marks: vec![],
-            echo: false,
-            stdio: StdioMode::Null,
-            signal_at_mark: None,
-        };
-        let outcome = h.run(&run);
-        let (text, harness_error) = match &outcome {
-            Ok(o) => (o.stdout.clone(), None),
+        let (text, harness_error) = match backend.run_batch(&spec, batch) {
+            Ok(o) => (o, None),
             Err(e) => (String::new(), Some(format!("{e:#}"))),
         };
         if let Some(env_line) = text.lines().find_map(|l| {
             l.find(runner::ENV_MARK)
                 .map(|i| &l[i + runner::ENV_MARK.len()..])
         }) {
-            let place = match h.path() {
-                microvm_tests::PathKind::Nested => "outer QEMU machine",
-                microvm_tests::PathKind::Direct => "host",
+            let place = if env.path == "nested" {
+                "outer QEMU machine"
+            } else {
+                "host"
             };
             env.runner = format!("{place}: {}", env_line.trim());
         }
@@ -232,7 +324,6 @@ pub fn sweep(
         env.wall_s = prior_wall + started.elapsed().as_secs_f64();
         std::fs::write(&env_path, serde_json::to_vec_pretty(&env)?)?;
     }
-    let _ = std::fs::remove_file(&img);
     bar.finish_with_message("done");
     eprintln!(
         "microvm-lab: {} cells run in {:.0} s ({} failed); results in {}",
@@ -243,3 +334,7 @@ pub fn sweep(
     );
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "sweep_tests.rs"]
+mod tests;

@@ -24,6 +24,9 @@ pub struct Opts {
 /// Which records a replay thread takes, each in the trace's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lanes {
+    /// `thread` when the trace records threads (microvm's version-2 traces, Linux's PIDs),
+    /// else `queue` (version-1 traces).
+    Auto,
     /// One thread per recorded (device, queue).
     Queue,
     /// One thread per recorded thread (a mapping's syncs and unmap go with its map).
@@ -54,6 +57,8 @@ fn histogram() -> Histogram<u64> {
 pub struct Outcome {
     pub cfg: SwiotlbConfig,
     pub records: usize,
+    /// The lane mode replayed (`auto` resolved).
+    pub lanes: Lanes,
     pub threads: usize,
     pub wall_ns: u64,
     pub map_failures: u64,
@@ -343,6 +348,15 @@ pub fn guest_memory(recs: &[TraceRecord]) -> Result<GuestMemoryMmap, String> {
     Ok(mem)
 }
 
+/// What `auto` means for this trace.
+pub fn resolve(lanes: Lanes, recs: &[TraceRecord]) -> Lanes {
+    match lanes {
+        Lanes::Auto if recs.iter().any(|r| r.thread.is_some()) => Lanes::Thread,
+        Lanes::Auto => Lanes::Queue,
+        l => l,
+    }
+}
+
 /// Replays `recs` against `config` (a `key=value,...` string, a JSON object, or `@FILE`).
 pub fn replay(
     recs: &[TraceRecord],
@@ -357,13 +371,30 @@ pub fn replay(
     let cfg = SwiotlbConfig::from_json_or_kv(&config).map_err(|e| e.to_string())?;
     let swiotlb = Swiotlb::new(cfg.clone()).map_err(|e| e.to_string())?;
     let dma = Dma::bounced(mem.clone(), swiotlb);
-    // The lanes: one per (device, queue), or one for all.
+    // The lanes: one per (device, queue), per recorded thread, or one for all.
+    let mode = resolve(opts.lanes, recs);
     let mut lanes: BTreeMap<(u32, u16, u16), Vec<usize>> = BTreeMap::new();
     let mut lane_of_map: HashMap<u64, (u32, u16, u16)> = HashMap::new();
+    // A record without a thread (a failed map some recorders leave unattributed) goes with
+    // the last thread seen on its queue, else the trace's first thread.
+    let first_thread = recs.iter().find_map(|r| r.thread).unwrap_or(0);
+    let mut thread_of_queue: HashMap<(u16, u16), u32> = HashMap::new();
     for (i, r) in recs.iter().enumerate() {
-        let own = match opts.lanes {
-            Lanes::Queue => (0, r.device, r.queue),
-            Lanes::Thread => (r.thread.unwrap_or(0), 0, 0),
+        let own = match mode {
+            Lanes::Queue | Lanes::Auto => (0, r.device, r.queue),
+            Lanes::Thread => {
+                let t = match r.thread {
+                    Some(t) => {
+                        thread_of_queue.insert((r.device, r.queue), t);
+                        t
+                    }
+                    None => thread_of_queue
+                        .get(&(r.device, r.queue))
+                        .copied()
+                        .unwrap_or(first_thread),
+                };
+                (t, 0, 0)
+            }
             Lanes::One => (0, 0, 0),
         };
         let key = if r.op == TraceOp::Map {
@@ -428,6 +459,7 @@ pub fn replay(
     Ok(Outcome {
         cfg,
         records: recs.len(),
+        lanes: mode,
         threads,
         wall_ns,
         map_failures: tally.map_failures,
@@ -446,6 +478,69 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two queues served by one recorded thread, as microvm's virtio-blk event loop serves them.
+    fn one_thread_two_queues() -> Vec<TraceRecord> {
+        let mut recs = Vec::new();
+        for id in 1..=40u64 {
+            let map = TraceRecord {
+                id,
+                queue: (id % 2) as u16,
+                thread: Some(1),
+                thread_name: (id == 1).then(|| "blk0".to_string()),
+                addr: id * 4096,
+                len: 4096,
+                dir: bounce::DmaDirection::ToDevice,
+                ..Default::default()
+            };
+            recs.push(map.clone());
+            recs.push(TraceRecord {
+                op: TraceOp::Unmap,
+                thread_name: None,
+                ..map
+            });
+        }
+        // A failed map without a thread goes with its queue's thread.
+        recs.push(TraceRecord {
+            id: 41,
+            len: 4096,
+            error: Some("no_space".into()),
+            ..Default::default()
+        });
+        recs
+    }
+
+    #[test]
+    fn a_one_thread_trace_replays_on_one_lane_by_default() {
+        let recs = one_thread_two_queues();
+        let mem = guest_memory(&recs).unwrap();
+        let run = |lanes| {
+            let opts = Opts {
+                timed: false,
+                may_block: false,
+                lanes,
+            };
+            replay(&recs, &mem, "size=1M", &opts).unwrap()
+        };
+        let auto = run(Lanes::Auto);
+        assert_eq!((auto.threads, auto.lanes), (1, Lanes::Thread));
+        assert_eq!(auto.stats.maps, 41);
+        assert_eq!(auto.live_at_end, 0);
+        // Asked for: a thread per queue, contention the recording did not have.
+        let queue = run(Lanes::Queue);
+        assert_eq!((queue.threads, queue.lanes), (2, Lanes::Queue));
+        assert_eq!(run(Lanes::One).threads, 1);
+        // A trace without threads (version 1) keeps a thread per queue.
+        let v1: Vec<TraceRecord> = recs
+            .iter()
+            .map(|r| TraceRecord {
+                thread: None,
+                thread_name: None,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(resolve(Lanes::Auto, &v1), Lanes::Queue);
+    }
 
     #[test]
     fn histograms_keep_long_latencies() {

@@ -4,17 +4,20 @@
 //! ```text
 //! bounce-replay TRACE [--config 'size=64M,...' | --config @cfg.json]...
 //!               [--vary 'KEY=V1|V2|...']... [--sweep 'KEY=V1,V2;KEY2=V3,V4']
-//!               [--timed] [--may-block] [--lanes queue|thread|one] [--repeat N] [--json]
+//!               [--timed] [--may-block] [--lanes auto|queue|thread|one] [--repeat N] [--json]
 //!               [--csv FILE] [--json-out FILE]
 //! ```
 //! Each configuration is built from the `--config`s, crossed with every value of each
 //! `--vary` key and each `--sweep` key (a cross product). For each, the trace's guest addresses
 //! are backed by one sparse guest memory region and every record goes through the same `Dma`
-//! map/sync/unmap path the devices use, so copies are real. Each recorded device queue is
-//! replayed on its own thread (`--lanes queue`, the default: area locks contend as they would
-//! with a thread per queue; the order within a queue is kept); `--lanes thread` gives each
-//! recorded thread its own (as the VMM ran them: microvm serves all of a device's queues on one
-//! thread), `--lanes one` replays every record on one thread in the trace's order. `--timed`
+//! map/sync/unmap path the devices use, so copies are real. `--lanes thread` gives each
+//! recorded thread its own replay thread (as the VMM ran them: microvm serves all of a device's
+//! queues on one thread; the order within a thread is kept); `--lanes queue` one per recorded
+//! device queue (area locks contend as they would with a thread per queue); `--lanes one`
+//! replays every record on one thread in the trace's order. The default, `auto`, is `thread`
+//! when the trace records threads and `queue` for version-1 traces, which do not (`queue` as
+//! the default replayed a one-thread trace on a thread per queue, with contention the recording
+//! never had). `--timed`
 //! keeps the recorded gaps between operations (for the worker's growth and shrink, and the time
 //! a deferred map waits); without it each queue runs as fast as it can.
 //!
@@ -71,8 +74,9 @@ struct Cli {
     /// Every map may block (`DMA_ATTR_MAY_BLOCK`): deferred and retried as a device would.
     #[arg(long)]
     may_block: bool,
-    /// Replay threads: one per recorded device queue, per recorded thread, or one for all.
-    #[arg(long, value_enum, default_value = "queue")]
+    /// Replay threads: per recorded thread (`auto`: when the trace records threads, else per
+    /// queue), per recorded device queue, per recorded thread, or one for all.
+    #[arg(long, value_enum, default_value = "auto")]
     lanes: Lanes,
     /// Runs per configuration (a table cell is the median).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -135,6 +139,29 @@ fn run(cli: Cli) -> Result<()> {
         bail!("{trace}: no records");
     }
     let mem = engine::guest_memory(&recs).map_err(anyhow::Error::msg)?;
+    // The recorded threads, by name where the trace gives them.
+    let recorded = bounce::trace::thread_names(&recs);
+    let thread_json: Vec<serde_json::Value> = recorded
+        .iter()
+        .map(|(t, n, c)| serde_json::json!({"thread": t, "name": n, "records": c}))
+        .collect();
+    let lanes = engine::resolve(cli.lanes, &recs);
+    if recorded.is_empty() {
+        eprintln!(
+            "bounce-replay: {trace}: {} records, no threads recorded; lanes: {lanes:?}",
+            recs.len()
+        );
+    } else {
+        let names: Vec<String> = recorded
+            .iter()
+            .map(|(t, n, c)| format!("{t} {} ({c} records)", n.as_deref().unwrap_or("(unnamed)")))
+            .collect();
+        eprintln!(
+            "bounce-replay: {trace}: {} records; recorded threads: {}; lanes: {lanes:?}",
+            recs.len(),
+            names.join(", ")
+        );
+    }
 
     // Label columns: the base configuration when there are several, then each varied key.
     let base_col = configs.len() != 1 || axes.is_empty();
@@ -192,7 +219,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(f) = &mut csv {
                 writeln!(f, "{}", csv_row(&labels, run, &o))?;
             }
-            let j = o.json(&trace, &cell.config, &named);
+            let mut j = o.json(&trace, &cell.config, &named);
+            j["recorded_threads"] = serde_json::Value::Array(thread_json.clone());
             if let Some(f) = &mut json_out {
                 writeln!(f, "{}", serde_json::to_string(&j)?)?;
             }

@@ -23,6 +23,13 @@ pub const COLUMNS: [&str; 13] = [
     "map max ns",
 ];
 
+/// The quantiles each operation's `latency_ns.OP.quantiles` lists (enough points for a CDF plot
+/// from the JSON alone; 0 is the minimum, 1 the maximum).
+pub const QUANTILES: [f64; 31] = [
+    0.0, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7,
+    0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0,
+];
+
 fn conv_ns(c: &ConversionsBy) -> u64 {
     c.to_shared.ns + c.to_private.ns
 }
@@ -73,9 +80,26 @@ impl Outcome {
             .enumerate()
             .map(|(i, op)| {
                 let h = &self.latency[i];
+                // [quantile, ns]: the CDF's points (hdrhistogram: 3 significant figures).
+                let quantiles: Vec<Value> = if h.is_empty() {
+                    Vec::new()
+                } else {
+                    QUANTILES
+                        .iter()
+                        .map(|&q| {
+                            let v = match q {
+                                q if q <= 0.0 => h.min(),
+                                q if q >= 1.0 => h.max(),
+                                q => h.value_at_quantile(q),
+                            };
+                            json!([q, v])
+                        })
+                        .collect()
+                };
                 (
                     op.to_string(),
                     json!({
+                        "quantiles": quantiles,
                         "count": h.len(),
                         "p50": self.percentile(i, 0.5),
                         "p90": self.percentile(i, 0.9),
@@ -95,6 +119,7 @@ impl Outcome {
             "config_given": config,
             "cell": cells,
             "records": self.records,
+            "lanes": format!("{:?}", self.lanes).to_lowercase(),
             "threads": self.threads,
             "config": self.cfg,
             "wall_ns": self.wall_ns,
@@ -254,10 +279,27 @@ mod tests {
         let opts = crate::engine::Opts {
             timed: false,
             may_block: false,
-            lanes: crate::engine::Lanes::Queue,
+            lanes: crate::engine::Lanes::Auto,
         };
         let o = crate::engine::replay(&recs, &mem, "size=1M", &opts).unwrap();
         let row = csv_row(&["1M".into()], 0, &o);
         assert_eq!(h.split(',').count(), row.split(',').count(), "{h}\n{row}");
+        // The JSON carries each operation's CDF: quantiles rising, values not falling.
+        let j = o.json("t", "size=1M", &[]);
+        let q = j["latency_ns"]["map"]["quantiles"].as_array().unwrap();
+        assert_eq!(q.len(), QUANTILES.len());
+        let pts: Vec<(f64, u64)> = q
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_u64().unwrap()))
+            .collect();
+        assert!(
+            pts.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{pts:?}"
+        );
+        assert_eq!(pts.last().unwrap().1, o.latency[0].max());
+        assert!(j["latency_ns"]["sync_for_cpu"]["quantiles"]
+            .as_array()
+            .unwrap()
+            .is_empty());
     }
 }
