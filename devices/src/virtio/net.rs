@@ -1,17 +1,21 @@
 //! virtio-net (virtio 1.2 §5.1) on a tap device: one RX queue (0) and one TX queue (1).
 //!
-//! * TX: a chain's driver-readable buffers (12-byte virtio net header + frame) are gathered into
-//!   a fixed host buffer of [`MAX_FRAME_LEN`] bytes and written to the tap in one `write`.
-//!   Oversized or malformed chains are dropped and returned with used length 0.
-//! * RX: when the tap is readable, one frame (header included) is read into a fixed host buffer
-//!   and copied into the next RX chain's writable buffers. A frame never gets dropped because
-//!   the driver has not posted buffers yet: it stays pending and the tap is taken out of the
-//!   event loop (back-pressure) until the driver kicks the RX queue. At most [`RX_BURST`] frames
-//!   are moved per event so heavy ingress cannot starve the other devices.
+//! * TX ([`tx`]): a chain's driver-readable buffers (12-byte virtio net header + frame) are
+//!   mapped and written to the tap in one `writev` straight from the mappings (the bounce slots
+//!   when bouncing); only the header is copied, to be sanitised. Oversized or malformed chains
+//!   are dropped and returned with used length 0.
+//! * RX ([`rx`]): when the tap is readable, one frame (header included) is read into a fixed
+//!   host buffer and copied into the next RX chain's writable buffers, or with
+//!   `VIRTIO_NET_F_MRG_RXBUF` spread over as many chains as it needs (`num_buffers` in its
+//!   header). A frame never gets dropped because the driver has not posted enough buffers yet:
+//!   it stays pending and the tap is taken out of the event loop (back-pressure) until the
+//!   driver kicks the RX queue. At most [`RX_BURST`] frames are moved per event so heavy
+//!   ingress cannot starve the other devices.
 //! * Offloads: CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6 are offered only if the tap accepted
 //!   `TUNSETOFFLOAD` with them at construction; after FEATURES_OK the tap gets exactly the
-//!   negotiated guest-side set. UFO is never offered (Linux taps no longer do it). No
-//!   MRG_RXBUF: with GUEST_TSO the driver must post 64 KiB chains ("big packets").
+//!   negotiated guest-side set. UFO is never offered (Linux taps no longer do it). Without
+//!   MRG_RXBUF, GUEST_TSO makes the driver post 64 KiB chains ("big packets"); with it, a
+//!   driver posts page-sized buffers and a 64 KiB frame takes several.
 //! * TX headers reach the host kernel (`virtio_net_hdr_to_skb`) only as far as the driver
 //!   negotiated them: [`hdr::sanitize_tx`] clears what the device must ignore and drops frames
 //!   asking for a checksum or segmentation offload that was not negotiated.
@@ -20,7 +24,7 @@ use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use bounce::{Chain, DmaQueue, QueueError};
+use bounce::{Chain, DmaQueue};
 use event_manager::EventSet;
 
 pub use super::tap::Tap;
@@ -40,10 +44,13 @@ pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
 pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
 pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
 pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
+pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 pub const VIRTIO_NET_F_STATUS: u32 = 16;
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
 pub mod hdr;
+pub mod rx;
+pub mod tx;
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -85,7 +92,8 @@ pub struct Net {
     rx_pending: Option<usize>,
     /// A frame is pending and the RX ring was empty: stop polling the tap.
     rx_starved: bool,
-    tx_buf: Box<[u8]>,
+    /// Only for TX chains of too many buffers for one `writev` (empty until one comes).
+    tx_buf: Vec<u8>,
     /// The features the driver accepted (what TX headers may ask for).
     acked: u64,
     /// Rate limiters of RX (index 0) and TX (index 1), kept across resets.
@@ -101,7 +109,9 @@ impl Net {
         if qs < 2 || !qs.is_power_of_two() || qs > 32768 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        let mut features = feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS);
+        let mut features = feature(VIRTIO_NET_F_MAC)
+            | feature(VIRTIO_NET_F_STATUS)
+            | feature(VIRTIO_NET_F_MRG_RXBUF);
         // Offer offloads only if the tap can actually do them.
         if tap
             .set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
@@ -130,7 +140,7 @@ impl Net {
             rx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             rx_pending: None,
             rx_starved: false,
-            tx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
+            tx_buf: Vec::new(),
             acked: 0,
             rx_limiter,
             tx_limiter,
@@ -162,26 +172,13 @@ impl Net {
             .as_mut()
             .map(|l| (l, tx_frame_bytes as fn(&Chain) -> u64));
         drain_queue_limited(q, irq, QUEUE_BUDGET, limiter, |q, chain| {
-            let Some(len) = gather(q, chain, tx_buf) else {
-                q.count_error();
-                return 0;
-            };
-            // `gather` returns frames of VNET_HDR_LEN bytes or more.
-            let Some((header, _)) = tx_buf.split_first_chunk_mut::<VNET_HDR_LEN>() else {
-                return 0;
-            };
-            if let Err(e) = hdr::sanitize_tx(header, *acked) {
-                crate::warn_limited!("virtio-net: TX chain {}: frame dropped: {e}", chain.head);
-                q.count_error();
-                return 0;
-            }
-            match tap.write_frame(&tx_buf[..len]) {
-                Ok(_) => {}
-                // A full tap drops the frame, as a NIC with a full wire would.
-                Err(e) => {
-                    log::debug!("virtio-net: tap write: {e}");
-                    q.count_error();
+            if let Err(e) = tx::send(q, chain, tap, *acked, tx_buf) {
+                if e.is_guest_error() {
+                    crate::warn_limited!("virtio-net: TX chain {}: frame dropped: {e}", chain.head);
+                } else {
+                    log::debug!("virtio-net: TX chain {}: {e}", chain.head);
                 }
+                q.count_error();
             }
             0
         })
@@ -199,11 +196,13 @@ impl Net {
             rx_starved,
             rx_limiter,
             rx_throttled,
+            acked,
             ..
         } = self;
         let (Some(q), Some(irq)) = (queues.get_mut(RX), interrupt.as_ref()) else {
             return Err(DeviceError::NoSuchQueue(RX));
         };
+        let mergeable = *acked & feature(VIRTIO_NET_F_MRG_RXBUF) != 0;
         let mut used = false;
         let mut frames = 0;
         while frames < RX_BURST {
@@ -226,36 +225,35 @@ impl Net {
                 },
             };
             *rx_pending = Some(len);
-            match q.pop() {
-                Ok(Some(chain)) => {
-                    // Charged only for a frame that has a chain to go to: a refused one stays
-                    // pending and the chain goes back.
+            match rx::take(q, len, mergeable, &mut used)? {
+                rx::Take::Ready(chains) => {
+                    // Charged only for a frame that has chains to go to: a refused one stays
+                    // pending and the chains go back.
                     let bytes = (len - VNET_HDR_LEN) as u64;
                     if rx_limiter.as_mut().is_some_and(|l| !l.consume(bytes)) {
-                        q.undo_pop();
+                        for _ in &chains {
+                            q.undo_pop();
+                        }
                         *rx_throttled = true;
                         break;
                     }
-                    let n = scatter(q, &chain, &mut rx_buf[..len]);
-                    q.add_used(chain.head, n)?;
+                    for (head, n) in rx::write(q, &chains, &mut rx_buf[..len]) {
+                        q.add_used(head, n)?;
+                    }
                     used = true;
                     *rx_pending = None;
                     frames += 1;
                 }
-                Ok(None) => {
-                    // No buffers: keep the frame, ask for a kick, stop reading the tap.
-                    if q.enable_notification()? {
-                        continue;
-                    }
+                rx::Take::Empty => {
+                    // Not enough buffers: keep the frame, wait for a kick (`take` asked for
+                    // one), stop reading the tap.
                     *rx_starved = true;
                     break;
                 }
-                Err(QueueError::MalformedChain { head }) => {
-                    crate::warn_limited!("virtio-net: malformed RX chain at head {head}");
-                    q.add_used(head, 0)?;
-                    used = true;
+                rx::Take::Drop => {
+                    *rx_pending = None;
+                    frames += 1;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         if rx_pending.is_none() {
@@ -271,67 +269,6 @@ impl Net {
 /// What a TX chain costs its rate limiter: the frame's bytes, without the virtio-net header.
 fn tx_frame_bytes(chain: &Chain) -> u64 {
     chain_bytes(chain).saturating_sub(VNET_HDR_LEN as u64)
-}
-
-/// Copies a TX chain into `buf`; `None` (frame dropped) if it is malformed or too large.
-fn gather(q: &DmaQueue, chain: &Chain, buf: &mut [u8]) -> Option<usize> {
-    let mut len = 0usize;
-    for d in &chain.descs {
-        if d.writable {
-            crate::warn_limited!("virtio-net: TX chain {} has a writable buffer", chain.head);
-            return None;
-        }
-        let n = d.len as usize;
-        let Some(dst) = len.checked_add(n).and_then(|end| buf.get_mut(len..end)) else {
-            crate::warn_limited!("virtio-net: TX frame over {MAX_FRAME_LEN} bytes dropped");
-            return None;
-        };
-        let r = q.map(d).and_then(|b| {
-            b.read_at(0, dst)?;
-            b.unmap()
-        });
-        if let Err(e) = r {
-            crate::warn_limited!("virtio-net: TX chain {}: {e}", chain.head);
-            return None;
-        }
-        len += n;
-    }
-    (len >= VNET_HDR_LEN).then_some(len)
-}
-
-/// Copies a frame into an RX chain; returns the used length (0: chain unusable, frame dropped).
-fn scatter(q: &DmaQueue, chain: &Chain, frame: &mut [u8]) -> u32 {
-    // num_buffers = 1 (bytes 10..12 of the header; the tap leaves them alone).
-    if let Some(nb) = frame.get_mut(10..12) {
-        nb.copy_from_slice(&1u16.to_le_bytes());
-    }
-    let capacity: u64 = chain.descs.iter().map(|d| u64::from(d.len)).sum();
-    if chain.descs.iter().any(|d| !d.writable) || capacity < frame.len() as u64 {
-        crate::warn_limited!(
-            "virtio-net: RX chain {} unusable for a {}-byte frame; frame dropped",
-            chain.head,
-            frame.len()
-        );
-        return 0;
-    }
-    let mut off = 0usize;
-    for d in &chain.descs {
-        if off == frame.len() {
-            break;
-        }
-        let n = (d.len as usize).min(frame.len() - off);
-        let Ok(mut b) = q.map(d) else {
-            crate::warn_limited!("virtio-net: RX chain {}: unmappable buffer", chain.head);
-            return 0;
-        };
-        let r = b.write_at(0, &frame[off..off + n]).and_then(|()| b.unmap());
-        if let Err(e) = r {
-            crate::warn_limited!("virtio-net: RX chain {}: {e}", chain.head);
-            return 0;
-        }
-        off += n;
-    }
-    off as u32
 }
 
 impl VirtioDevice for Net {
@@ -452,217 +389,4 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs::File;
-    use std::os::unix::io::FromRawFd;
-
-    use super::*;
-    use crate::virtio::test_utils::*;
-
-    mod limit;
-
-    /// A SOCK_SEQPACKET pair: one frame per read/write, like a tap.
-    pub(super) fn fake_tap() -> (Tap, File) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: socketpair returned two fresh fds that nothing else owns.
-        let (a, b) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-        (Tap::from_file(a), b)
-    }
-
-    pub(super) fn frame(n: usize, fill: u8) -> Vec<u8> {
-        let mut f = vec![0u8; VNET_HDR_LEN];
-        f.extend(vec![fill; n]);
-        f
-    }
-
-    pub(super) struct Rig<'a> {
-        pub(super) net: Net,
-        pub(super) rx: TestQueue<'a>,
-        pub(super) tx: TestQueue<'a>,
-        pub(super) peer: File,
-        _irqfd: vmm_sys_util::eventfd::EventFd,
-    }
-
-    pub(super) fn rig(mem: &vm_memory::GuestMemoryMmap) -> Rig<'_> {
-        let (tap, peer) = fake_tap();
-        let mut net = Net::new(tap, NetConfig::default()).unwrap();
-        // A socket takes no offloads: none offered.
-        assert_eq!(
-            net.features(),
-            feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS)
-        );
-        let rx = TestQueue::at(mem, 0, 16);
-        let tx = TestQueue::at(mem, 0x8000, 16);
-        let (irq, irqfd) = test_interrupt();
-        net.activate(vec![rx.dma_queue(), tx.dma_queue()], irq)
-            .unwrap();
-        Rig {
-            net,
-            rx,
-            tx,
-            peer,
-            _irqfd: irqfd,
-        }
-    }
-
-    #[test]
-    fn tx_gathers_chain_into_one_frame() {
-        use std::io::Read;
-        let mem = guest_mem();
-        let mut r = rig(&mem);
-        let f = frame(100, 0x5a);
-        r.tx.write(0x10_0000, &f[..VNET_HDR_LEN]);
-        r.tx.write(0x10_1000, &f[VNET_HDR_LEN..]);
-        r.tx.add_chain(&[(0x10_0000, 12, false), (0x10_1000, 100, false)]);
-        // Malformed: writable buffer, then too large.
-        r.tx.add_chain(&[(0x10_0000, 12, true)]);
-        r.tx.add_chain(&[(0x10_0000, 65535, false), (0x20_0000, 65535, false)]);
-        r.net.process_queue(TX).unwrap();
-        assert_eq!(r.tx.used(), vec![(0, 0), (2, 0), (3, 0)]);
-        let mut got = vec![0u8; 4096];
-        let n = r.peer.read(&mut got).unwrap();
-        assert_eq!(&got[..n], &f[..]);
-        assert!(r.peer.read(&mut got).is_err(), "only one frame sent");
-    }
-
-    /// Sends one TX frame (header + 64 bytes) through the device; returns what reached the tap,
-    /// if anything.
-    fn send(r: &mut Rig, header: [u8; VNET_HDR_LEN]) -> Option<Vec<u8>> {
-        use std::io::Read;
-        r.tx.write(0x10_0000, &header);
-        r.tx.write(0x10_1000, &[0x5a; 64]);
-        r.tx.add_chain(&[(0x10_0000, 12, false), (0x10_1000, 64, false)]);
-        r.net.process_queue(TX).unwrap();
-        assert_eq!(r.tx.used().last().map(|u| u.1), Some(0));
-        let mut got = vec![0u8; 4096];
-        let n = r.peer.read(&mut got).ok()?;
-        assert_eq!(&got[VNET_HDR_LEN..n], &[0x5a; 64], "frame intact");
-        got.truncate(VNET_HDR_LEN);
-        Some(got)
-    }
-
-    #[test]
-    fn tx_headers_carry_only_negotiated_offloads_to_the_tap() {
-        use hdr::*;
-        let mem = guest_mem();
-        let mut r = rig(&mem);
-        let h = |flags: u8, gso: u8, f: [u16; 5]| {
-            let mut b = [flags, gso, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            for (i, v) in f.into_iter().enumerate() {
-                b[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
-            }
-            b
-        };
-        let tso4 = |flags| h(flags, VIRTIO_NET_HDR_GSO_TCPV4, [66, 1448, 34, 16, 0xffff]);
-
-        // Nothing negotiated (a socket takes no offloads): flags, checksum and GSO fields and
-        // num_buffers reach the tap zeroed; a GSO frame is dropped, not sent.
-        assert_eq!(send(&mut r, h(0xff, 0, [0xffff; 5])), Some(vec![0; 12]));
-        assert_eq!(send(&mut r, tso4(VIRTIO_NET_HDR_F_NEEDS_CSUM)), None);
-
-        // The driver negotiated CSUM and HOST_TSO4 (not TSO6).
-        r.net
-            .ack_features(feature(VIRTIO_NET_F_CSUM) | feature(VIRTIO_NET_F_HOST_TSO4));
-        let want = h(1, VIRTIO_NET_HDR_GSO_TCPV4, [66, 1448, 34, 16, 0]);
-        assert_eq!(send(&mut r, tso4(0xff)), Some(want.to_vec()));
-        let tso6 = h(1, VIRTIO_NET_HDR_GSO_TCPV6, [86, 1428, 54, 16, 0]);
-        assert_eq!(send(&mut r, tso6), None);
-        assert_eq!(send(&mut r, tso4(0)), None, "GSO without NEEDS_CSUM");
-        let ecn = h(
-            1,
-            VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN,
-            [66, 1448, 34, 16, 0],
-        );
-        assert_eq!(send(&mut r, ecn), None);
-        let ufo = h(1, VIRTIO_NET_HDR_GSO_UDP, [42, 1472, 34, 6, 0]);
-        assert_eq!(send(&mut r, ufo), None);
-
-        // A reset forgets what was negotiated (the driver sets its queues up afresh).
-        r.net.reset();
-        r.rx = TestQueue::at(&mem, 0, 16);
-        r.tx = TestQueue::at(&mem, 0x8000, 16);
-        let (irq, _irqfd) = test_interrupt();
-        r.net
-            .activate(vec![r.rx.dma_queue(), r.tx.dma_queue()], irq)
-            .unwrap();
-        assert_eq!(send(&mut r, tso4(VIRTIO_NET_HDR_F_NEEDS_CSUM)), None);
-    }
-
-    #[test]
-    fn rx_backpressure_keeps_the_frame() {
-        use std::io::Write;
-        let mem = guest_mem();
-        let mut r = rig(&mem);
-        let f1 = frame(60, 1);
-        let f2 = frame(1500, 2);
-        r.peer.write_all(&f1).unwrap();
-        r.peer.write_all(&f2).unwrap();
-        assert!(r.net.backend_interest().is_some());
-
-        // No RX buffers yet: the frame stays pending and the tap is no longer polled.
-        r.net.process_backend(EventSet::IN).unwrap();
-        assert!(r.net.backend_interest().is_none());
-        assert!(r.rx.used().is_empty());
-
-        // The driver posts one buffer and kicks: f1 is delivered, f2 then waits.
-        r.rx.add_chain(&[(0x10_0000, 2048, true)]);
-        r.net.process_queue(RX).unwrap();
-        assert_eq!(r.rx.used(), vec![(0, f1.len() as u32)]);
-        let got = r.rx.read(0x10_0000, f1.len());
-        assert_eq!(&got[VNET_HDR_LEN..], &f1[VNET_HDR_LEN..]);
-        assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers");
-        assert!(r.net.backend_interest().is_none());
-
-        // A chain too small for f2 is returned unused and f2 is dropped; a two-buffer chain
-        // then takes the next frame.
-        r.rx.add_chain(&[(0x11_0000, 100, true)]);
-        r.net.process_queue(RX).unwrap();
-        assert_eq!(r.rx.used()[1], (1, 0));
-        assert!(r.net.backend_interest().is_some());
-        r.peer.write_all(&f2).unwrap();
-        r.rx.add_chain(&[(0x12_0000, 1000, true), (0x13_0000, 1000, true)]);
-        r.net.process_backend(EventSet::IN).unwrap();
-        assert_eq!(r.rx.used()[2], (2, f2.len() as u32));
-        assert_eq!(r.rx.read(0x13_0000, 10), vec![2u8; 10]);
-
-        // Reset forgets the pending state and stops polling.
-        r.net.reset();
-        assert!(r.net.backend_interest().is_none());
-    }
-
-    #[test]
-    fn config_space_has_mac_and_link_up() {
-        let (tap, _peer) = fake_tap();
-        let net = Net::new(
-            tap,
-            NetConfig {
-                mac: [2, 3, 4, 5, 6, 7],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let mut c = [0u8; 8];
-        net.read_config(0, &mut c);
-        assert_eq!(c, [2, 3, 4, 5, 6, 7, 1, 0]);
-        assert!(net.backend_interest().is_none(), "not active");
-    }
-
-    #[test]
-    fn real_tap() {
-        // Needs CAP_NET_ADMIN and /dev/net/tun (CI runs as root): fails loudly otherwise.
-        let tap = Tap::open("mvmtest%d")
-            .expect("cannot open a tap: run as root (CAP_NET_ADMIN) with /dev/net/tun");
-        let net = Net::new(tap, NetConfig::default()).unwrap();
-        assert_ne!(net.features() & feature(VIRTIO_NET_F_MAC), 0);
-    }
-}
+mod tests;

@@ -108,6 +108,37 @@ impl Tap {
     pub fn write_frame(&self, buf: &[u8]) -> io::Result<usize> {
         (&self.file).write(buf)
     }
+
+    /// Writes one frame gathered from `iov` (`writev(2)`).
+    ///
+    /// # Safety
+    /// Every iovec must point at memory valid for reads of its length for the whole call.
+    pub unsafe fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        let n = libc::c_int::try_from(iov.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the caller guarantees the iovecs; `iov` itself is borrowed for the call.
+        let r = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    /// Reads one frame, scattered over `iov` (`readv(2)`).
+    ///
+    /// # Safety
+    /// Every iovec must point at memory valid for writes of its length for the whole call,
+    /// which nothing else accesses meanwhile.
+    pub unsafe fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        let n = libc::c_int::try_from(iov.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the caller guarantees the iovecs; `iov` itself is borrowed for the call.
+        let r = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), n) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
 }
 
 impl AsRawFd for Tap {
