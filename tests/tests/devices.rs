@@ -496,7 +496,9 @@ CGI",
     .collect()
 }
 
-/// virtio-net with --restricted-dma: ping and 4 MiB each way, checksummed where received.
+/// virtio-net with --restricted-dma: ping and 4 MiB each way, checksummed where received, with
+/// the driver having negotiated VIRTIO_NET_F_MRG_RXBUF (received frames spread over several
+/// buffers) and TX going from the mapped buffers to the tap by `writev`.
 #[test]
 fn virtio_net_ping_and_bulk_transfer_with_restricted_dma() {
     let (h, k) = setup();
@@ -516,6 +518,12 @@ fn virtio_net_ping_and_bulk_transfer_with_restricted_dma() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(received >= 1, "no ping reply\n{}", o.describe());
+    assert_eq!(
+        o.value("net-mrg-rxbuf").as_deref(),
+        Some("1"),
+        "the guest did not negotiate MRG_RXBUF\n{}",
+        o.describe()
+    );
     // Host -> guest: the guest's checksum of what it received.
     let host_down = o
         .setup_output
