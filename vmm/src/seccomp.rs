@@ -270,8 +270,10 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_epoll_ctl,
                     // eventfds, the SIGUSR1 signalfd, stdin, the tap, /proc/self/smaps.
                     libc::SYS_read,
-                    // virtio-net TX: a frame gathered from its mapped buffers onto the tap.
+                    // virtio-net: TX frames gathered from their mapped buffers onto the tap,
+                    // RX frames scattered from it into them.
                     libc::SYS_writev,
+                    libc::SYS_readv,
                     // fds at exit (a disk whose thread has ended is dropped here too).
                     libc::SYS_close,
                     // Re-reading /proc/self/smaps at exit: seek to 0, std sizes the read by

@@ -7,7 +7,8 @@
 //! * RX ([`rx`]): when the tap is readable, one frame (header included) is read into a fixed
 //!   host buffer and copied into the next RX chain's writable buffers, or with
 //!   `VIRTIO_NET_F_MRG_RXBUF` spread over as many chains as it needs (`num_buffers` in its
-//!   header). A frame never gets dropped because the driver has not posted enough buffers yet:
+//!   header). With MRG_RXBUF and no RX rate limiter the frame is `readv`'d straight into the
+//!   next chain's mappings, the host buffer taking only what does not fit (`rx_direct`). A frame never gets dropped because the driver has not posted enough buffers yet:
 //!   it stays pending and the tap is taken out of the event loop (back-pressure) until the
 //!   driver kicks the RX queue. At most [`RX_BURST`] frames are moved per event so heavy
 //!   ingress cannot starve the other devices.
@@ -50,6 +51,7 @@ pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
 pub mod hdr;
 pub mod rx;
+mod rx_direct;
 pub mod tx;
 
 const RX: usize = 0;
@@ -203,12 +205,29 @@ impl Net {
             return Err(DeviceError::NoSuchQueue(RX));
         };
         let mergeable = *acked & feature(VIRTIO_NET_F_MRG_RXBUF) != 0;
+        // Straight into the next chain's mappings (`rx_direct`: MRG_RXBUF, no RX limiter).
+        let direct = mergeable && rx_limiter.is_none();
         let mut used = false;
         let mut frames = 0;
         while frames < RX_BURST {
             if rx_limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
                 *rx_throttled = true;
                 break;
+            }
+            if rx_pending.is_none() && direct {
+                match rx_direct::read(q, tap, rx_buf, &mut used)? {
+                    rx_direct::Direct::Done => {
+                        frames += 1;
+                        continue;
+                    }
+                    rx_direct::Direct::Empty => break,
+                    rx_direct::Direct::Fallback(Some(len)) => {
+                        *rx_pending = Some(len);
+                        *rx_starved = true;
+                        break;
+                    }
+                    rx_direct::Direct::Fallback(None) => {}
+                }
             }
             let len = match *rx_pending {
                 Some(len) => len,
@@ -225,7 +244,7 @@ impl Net {
                 },
             };
             *rx_pending = Some(len);
-            match rx::take(q, len, mergeable, &mut used)? {
+            match rx::take(q, len, mergeable, &mut used, 0)? {
                 rx::Take::Ready(chains) => {
                     // Charged only for a frame that has chains to go to: a refused one stays
                     // pending and the chains go back.
@@ -237,7 +256,7 @@ impl Net {
                         *rx_throttled = true;
                         break;
                     }
-                    for (head, n) in rx::write(q, &chains, &mut rx_buf[..len]) {
+                    for (head, n) in rx::write(q, &chains, &mut rx_buf[..len], false) {
                         q.add_used(head, n)?;
                     }
                     used = true;
@@ -250,7 +269,7 @@ impl Net {
                     *rx_starved = true;
                     break;
                 }
-                rx::Take::Drop => {
+                rx::Take::Drop | rx::Take::TooBig => {
                     *rx_pending = None;
                     frames += 1;
                 }

@@ -58,10 +58,12 @@ fn threads_get_only_what_they_need() {
             assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
         }
     }
-    // virtio-net's TX writev on the tap is the main thread's alone.
-    assert!(main.contains_key(&libc::SYS_writev));
-    for r in [&vcpu, &worker, &device] {
-        assert!(!r.contains_key(&libc::SYS_writev));
+    // virtio-net's writev and readv on the tap are the main thread's alone.
+    for nr in [libc::SYS_writev, libc::SYS_readv] {
+        assert!(main.contains_key(&nr));
+        for r in [&vcpu, &worker, &device] {
+            assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
+        }
     }
     assert!(!device.contains_key(&libc::SYS_ioctl));
     for r in [&main, &vcpu, &worker, &device] {
@@ -472,7 +474,7 @@ fn timerfd_settime_only_relative_and_only_on_the_event_loop() {
     unsafe { libc::close(fd) };
 }
 
-/// writev of one byte on a bad fd (EBADF: past the filter), then a forbidden call.
+/// writev and readv of one byte on a bad fd (EBADF: past the filter), then a forbidden call.
 fn writev_then_getppid() {
     let b = [0u8; 1];
     let iov = libc::iovec {
@@ -481,13 +483,15 @@ fn writev_then_getppid() {
     };
     // SAFETY: one iovec over a live stack byte; fd -1 fails with EBADF.
     unsafe { libc::writev(-1, &iov, 1) };
+    // SAFETY: as above (nothing is read on a bad fd).
+    unsafe { libc::readv(-1, &iov, 1) };
     passed();
     // SAFETY: no arguments, no side effects.
     unsafe { libc::getppid() };
 }
 
 #[test]
-fn writev_only_on_the_event_loop() {
+fn writev_and_readv_only_on_the_event_loop() {
     for kind in KINDS {
         let (status, err) = in_child(kind, SeccompMode::Trap, writev_then_getppid);
         assert!(

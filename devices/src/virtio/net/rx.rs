@@ -27,9 +27,12 @@ pub enum Take {
     /// The ring ran out first; the chains popped were put back and driver notifications are
     /// enabled.
     Empty,
-    /// No set of chains can ever hold the frame (they were put back), or a chain was unusable
-    /// (returned with used length 0): drop the frame.
+    /// A chain was unusable: every chain popped was returned with used length 0. Drop the
+    /// frame.
     Drop,
+    /// No set of chains can ever hold the frame: the chains popped were put back. Drop the
+    /// frame.
+    TooBig,
 }
 
 /// A chain's writable bytes, or `None` if it has a driver-readable buffer or none writable.
@@ -46,15 +49,18 @@ fn capacity(chain: &Chain) -> Option<u64> {
 
 /// Pops the chains a frame of `len` bytes (header included) needs. Chains returned unused (a
 /// hostile ring) are added to the used ring here; `used` is set when that happened.
+/// `held_descs` descriptors of the queue are already held by the caller (for a frame's tail:
+/// see `rx_direct`).
 pub fn take(
     q: &mut DmaQueue,
     len: usize,
     mergeable: bool,
     used: &mut bool,
+    held_descs: u64,
 ) -> Result<Take, QueueError> {
     let queue_size = u64::from(virtio_queue::QueueT::size(q.queue()));
     let mut chains: Vec<Chain> = Vec::new();
-    let (mut have, mut descs) = (0u64, 0u64);
+    let (mut have, mut descs) = (0u64, held_descs);
     let give_back = |q: &mut DmaQueue, chains: &[Chain], used: &mut bool| {
         for c in chains {
             q.add_used(c.head, 0)?;
@@ -115,19 +121,23 @@ pub fn take(
             for _ in &chains {
                 q.undo_pop();
             }
-            return Ok(Take::Drop);
+            return Ok(Take::TooBig);
         }
     }
     Ok(Take::Ready(chains))
 }
 
 /// Writes `frame` into `chains` (from [`take`]: together they hold it), setting the header's
-/// `num_buffers` to the number of chains; returns each chain's used length. If a buffer cannot
-/// be mapped or written (e.g. the bounce pools are exhausted) the frame is dropped: every
-/// chain's used length is 0, which the driver discards as a runt.
-pub fn write(q: &DmaQueue, chains: &[Chain], frame: &mut [u8]) -> Vec<(u16, u32)> {
+/// `num_buffers` to the number of chains (unless `frame` is the tail of a frame whose header is
+/// already written: `tail`); returns each chain's used length. If a buffer cannot be mapped or
+/// written (e.g. the bounce pools are exhausted) the frame is dropped: every chain's used
+/// length is 0, which the driver discards as a runt.
+pub fn write(q: &DmaQueue, chains: &[Chain], frame: &mut [u8], tail: bool) -> Vec<(u16, u32)> {
     let num_buffers = u16::try_from(chains.len()).unwrap_or(u16::MAX);
-    if let Some(nb) = frame.get_mut(VNET_HDR_LEN - 2..VNET_HDR_LEN) {
+    if let Some(nb) = frame
+        .get_mut(VNET_HDR_LEN - 2..VNET_HDR_LEN)
+        .filter(|_| !tail)
+    {
         nb.copy_from_slice(&num_buffers.to_le_bytes());
     }
     let mut off = 0usize;
