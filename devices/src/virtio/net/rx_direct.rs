@@ -11,6 +11,10 @@
 //! has not enough of them yet, the frame is reassembled in `rx_buf` (the first chain's part
 //! copied back out of its mapping) and waits as any pending frame does.
 //!
+//! The price: the chain is mapped before the tap says whether it has a frame, so the last
+//! `readv` of every burst (the one that finds the tap empty) maps and unmaps one chain for
+//! nothing: under bouncing, its length copied in and back out once per tap event.
+//!
 //! Not used with an RX rate limiter (it charges a frame before it is delivered, so it must know
 //! the frame's length first), without MRG_RXBUF (a "big packets" chain is 64 KiB: mapping it for
 //! every MTU frame would copy far more than it saves), for a pending frame, or when the first
