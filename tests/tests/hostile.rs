@@ -32,7 +32,7 @@ const SCENARIOS: &[&str] = &[
 /// limited (10 per 10 s per call site, then a count): measured 2026-12-01 on the nested path,
 /// see tests/README.md; this bound is generous, a per-descriptor or per-access line breaks it
 /// by orders of magnitude (the rng flood alone is 1,048,576 read-only descriptors).
-const LOG_LINES_BOUND: usize = 300;
+const LOG_LINES_BOUND: usize = 200;
 /// The slowest single rng request while another thread keeps the disk queue full (µs).
 /// Measured on the nested path (emulated, see tests/README.md); generous for a loaded machine.
 const FAIR_BOUND_US: u64 = 1_000_000;
@@ -84,7 +84,7 @@ fn a_hostile_driver_cannot_hurt_microvm() {
         Arg::s("512"),
         Arg::s("--rng"),
         Arg::s("--disk"),
-        Arg::disk_file(0),
+        Arg::disk(0),
     ]);
     run.disks = vec![image.0.clone()];
     run.timeout = Duration::from_secs(300);
@@ -115,39 +115,48 @@ fn a_hostile_driver_cannot_hurt_microvm() {
             "seccomp stopped microvm\n{d}"
         );
     }
+    // Every check is collected first, so one run shows every failure.
     let mut failed = Vec::new();
     for s in SCENARIOS {
         match o.value(&format!("HOSTILE-{s}")) {
             Some(v) if v == "PASS" => {}
-            v => failed.push(format!("{s}: {v:?}")),
+            v => failed.push(format!("scenario {s}: {v:?}")),
         }
     }
-    assert!(failed.is_empty(), "scenarios failed: {failed:?}\n{d}");
-    assert_eq!(
-        o.value("MICROVM-TEST-RESULT").as_deref(),
-        Some("PASS"),
-        "{d}"
-    );
-    assert_eq!(
-        o.status,
-        Some(0),
-        "microvm must exit 0 at the guest's poweroff\n{d}"
-    );
-    assert!(
-        log_lines <= LOG_LINES_BOUND,
-        "microvm logged {log_lines} lines (bound {LOG_LINES_BOUND})\n{}",
-        o.stderr.lines().take(60).collect::<Vec<_>>().join("\n")
-    );
-    let num = |k: &str| -> u64 {
+    if o.value("MICROVM-TEST-RESULT").as_deref() != Some("PASS") {
+        failed.push("the guest program failed (MICROVM-TEST-RESULT)".into());
+    }
+    if o.status != Some(0) {
+        failed.push(format!(
+            "microvm exited {:?}, not 0 at the guest's poweroff",
+            o.status
+        ));
+    }
+    if log_lines > LOG_LINES_BOUND {
+        failed.push(format!(
+            "microvm logged {log_lines} lines (bound {LOG_LINES_BOUND}); first ones:\n{}",
+            o.stderr.lines().take(30).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    let num = |k: &str| -> Option<u64> {
         o.value(&format!("HOSTILE-{k}"))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no HOSTILE-{k} value\n{d}"))
     };
-    assert_eq!(num("widths-blk-capacity"), DISK_BYTES / 512, "{d}");
-    let under = num("fair-rng-under-blk-flood-max-us");
-    assert!(
-        under <= FAIR_BOUND_US,
-        "an rng request took {under} µs while the disk was flooded (bound {FAIR_BOUND_US})\n{d}"
-    );
-    assert!(num("fair-blk-flood-requests") > 0, "{d}");
+    if num("widths-blk-capacity") != Some(DISK_BYTES / 512) {
+        failed.push(format!(
+            "capacity read {:?}, want {}",
+            num("widths-blk-capacity"),
+            DISK_BYTES / 512
+        ));
+    }
+    match num("fair-rng-under-blk-flood-max-us") {
+        Some(us) if us <= FAIR_BOUND_US => {}
+        v => failed.push(format!(
+            "slowest rng request under the disk flood {v:?} µs (bound {FAIR_BOUND_US})"
+        )),
+    }
+    if num("fair-blk-flood-requests").unwrap_or(0) == 0 {
+        failed.push("the disk flood completed nothing".into());
+    }
+    assert!(failed.is_empty(), "{}\n{d}", failed.join("\n"));
 }

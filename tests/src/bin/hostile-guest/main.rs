@@ -356,6 +356,12 @@ fn reset_inflight(d: &Devices, a: &mut Arena, rounds: u32) -> Outcome {
     for r in 0..rounds {
         b.q.clear();
         init(m, 0, &[&b.q])?;
+        // Nothing of the previous round may reach the fresh rings (nothing is offered yet).
+        std::thread::sleep(Duration::from_millis(20));
+        let early = b.q.used_idx();
+        check(early == 0, || {
+            format!("round {r}: {early} used entries on a fresh ring before any buffer")
+        })?;
         for j in 0..14u16 {
             let sector = (u64::from(r) * 14 + u64::from(j)) * span % (d.blk_sectors - span);
             let h = b.prepare(j, sector);
