@@ -22,6 +22,8 @@ use virtq::*;
 
 const TYPE_BLK: u32 = 2;
 const TYPE_RNG: u32 = 4;
+/// virtio-blk: more than one request queue.
+const F_BLK_MQ: u64 = 1 << 12;
 const PATTERN_XOR: u64 = 0x5a5a_5a5a_0000_0000;
 /// How long one request may take before a scenario calls the device dead.
 const DEAD: Duration = Duration::from_secs(20);
@@ -285,8 +287,8 @@ struct Blk {
 }
 
 impl Blk {
-    fn new(a: &mut Arena, slots: u16, k: u16) -> Blk {
-        let q = Vq::new(a, 0, 256);
+    fn new(a: &mut Arena, index: u32, slots: u16, k: u16) -> Blk {
+        let q = Vq::new(a, index, 256);
         assert!(slots * (k + 2) <= 256);
         let hdr = (0..slots).map(|_| a.page()).collect();
         let data = (0..slots)
@@ -348,7 +350,7 @@ impl Blk {
 /// a re-initialised device reads correct data.
 fn reset_inflight(d: &Devices, a: &mut Arena, rounds: u32) -> Outcome {
     let m = &d.blk;
-    let mut b = Blk::new(a, 14, 16);
+    let mut b = Blk::new(a, 0, 14, 16);
     let span = u64::from(b.k) * 8;
     let mut max_reset_us = 0u128;
     let mut done_before = 0u64;
@@ -427,61 +429,118 @@ fn summary(key: &str, v: &mut [u64]) {
     kv(&format!("{key}-max-us"), p(1.0));
 }
 
-/// One thread keeps the disk queue full of reads (re-offering every chain the moment it
-/// comes back); meanwhile rng requests are timed, and compared with rng alone.
+/// Keeps `b`'s queue full of reads (each chain re-offered, data checked, the moment it comes
+/// back) until `stop`; counts completions in `done`.
+fn blk_flood(mut b: Blk, m: Mmio, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Outcome {
+    let slots = b.hdr.len() as u16;
+    for j in 0..slots {
+        let h = b.prepare(j, u64::from(j) * 64);
+        b.q.push(h);
+    }
+    b.q.notify(&m);
+    let mut idle = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let mut any = false;
+        while let Some((id, len)) = b.q.pop_used() {
+            let j = b.slot_of(id).ok_or(format!("blk flood: used id {id}"))?;
+            b.verify(j, u64::from(j) * 64, len)?;
+            b.prepare(j, u64::from(j) * 64);
+            b.q.push(j * (b.k + 2));
+            done.fetch_add(1, Ordering::Relaxed);
+            any = true;
+        }
+        if any {
+            b.q.notify(&m);
+            idle = Instant::now();
+        } else if idle.elapsed() > DEAD {
+            return Err("blk flood: the disk stopped answering".into());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `probe` (one timed request per call, µs) for `secs` while [`blk_flood`] floods `b`.
+fn under_flood(
+    key: &str,
+    m: Mmio,
+    b: Blk,
+    secs: u64,
+    mut probe: impl FnMut() -> Result<u64, String>,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let (stop2, done2) = (stop.clone(), done.clone());
+    let flood = std::thread::spawn(move || blk_flood(b, m, stop2, done2));
+    let t = Instant::now();
+    let mut lat = Vec::new();
+    let mut err = None;
+    while t.elapsed() < Duration::from_secs(secs) && !flood.is_finished() {
+        match probe() {
+            Ok(us) => lat.push(us),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flooded = flood
+        .join()
+        .map_err(|_| "flood thread panicked".to_string())?;
+    let n = done.load(Ordering::Relaxed);
+    kv(&format!("{key}-flood-requests"), n);
+    kv(
+        &format!("{key}-flood-per-s"),
+        (n as f64 / t.elapsed().as_secs_f64()) as u64,
+    );
+    summary(key, &mut lat);
+    flooded?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    check(n > 0, || "the disk flood never completed a request".into())
+}
+
+/// One thread keeps the disk queue full of reads; meanwhile rng requests are timed, and
+/// compared with rng alone. (The disk runs on its own thread, `blkN`, rng on the main loop.)
 fn fairness(d: &Devices, a: &mut Arena, secs: u64) -> Outcome {
     let mut q = rng_ready(d, a, 16, 0)?;
     let buf = a.page();
     let mut base = rng_latencies(&d.rng, &mut q, &buf, Duration::from_secs(1))?;
     summary("fair-rng-alone", &mut base);
-
-    let mut b = Blk::new(a, 28, 7);
+    let b = Blk::new(a, 0, 28, 7);
     init(&d.blk, 0, &[&b.q])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let (stop2, done2, m) = (stop.clone(), done.clone(), d.blk);
-    let flood = std::thread::spawn(move || -> Outcome {
-        for j in 0..28 {
-            let h = b.prepare(j, u64::from(j) * 64);
-            b.q.push(h);
-        }
-        b.q.notify(&m);
-        let mut idle = Instant::now();
-        while !stop2.load(Ordering::Relaxed) {
-            let mut any = false;
-            while let Some((id, len)) = b.q.pop_used() {
-                let j = b.slot_of(id).ok_or(format!("blk flood: used id {id}"))?;
-                b.verify(j, u64::from(j) * 64, len)?;
-                b.prepare(j, u64::from(j) * 64);
-                b.q.push(j * (b.k + 2));
-                done2.fetch_add(1, Ordering::Relaxed);
-                any = true;
-            }
-            if any {
-                b.q.notify(&m);
-                idle = Instant::now();
-            } else if idle.elapsed() > DEAD {
-                return Err("blk flood: the disk stopped answering".into());
-            }
-        }
-        Ok(())
-    });
-    let t = Instant::now();
-    let under = rng_latencies(&d.rng, &mut q, &buf, Duration::from_secs(secs));
-    stop.store(true, Ordering::Relaxed);
-    let flooded = flood
-        .join()
-        .map_err(|_| "flood thread panicked".to_string())?;
-    let mut under = under?;
-    flooded?;
-    let n = done.load(Ordering::Relaxed);
-    kv("fair-blk-flood-requests", n);
-    kv(
-        "fair-blk-flood-per-s",
-        (n as f64 / t.elapsed().as_secs_f64()) as u64,
-    );
-    summary("fair-rng-under-blk-flood", &mut under);
-    check(n > 0, || "the disk flood never completed a request".into())
+    let rng = d.rng;
+    under_flood("fair-rng-under-blk-flood", d.blk, b, secs, || {
+        let s = Instant::now();
+        rng_once(&rng, &mut q, &buf, 64)?;
+        Ok(s.elapsed().as_micros() as u64)
+    })
+}
+
+/// The same disk, two queues (`VIRTIO_BLK_F_MQ`, one event loop: its `blkN` thread): queue 0
+/// flooded, single 4 KiB reads on queue 1 timed. Only the per-notification budget
+/// (`QUEUE_BUDGET`) lets queue 1 in while queue 0 never runs dry.
+fn fairness_mq(d: &Devices, a: &mut Arena, secs: u64) -> Outcome {
+    let b = Blk::new(a, 0, 28, 7);
+    let mut p = Blk::new(a, 1, 1, 1);
+    init(&d.blk, F_BLK_MQ, &[&b.q, &p.q])?;
+    let m = d.blk;
+    under_flood("fair-blkq1-under-blkq0-flood", d.blk, b, secs, move || {
+        let s = Instant::now();
+        let sector = 8 * 1024;
+        let h = p.prepare(0, sector);
+        p.q.push(h);
+        p.q.notify(&m);
+        let (id, len) =
+            p.q.wait_used(DEAD)
+                .ok_or("blk queue 1: no answer under the flood")?;
+        let us = s.elapsed().as_micros() as u64;
+        check(id == 0, || format!("blk queue 1: used id {id}"))?;
+        p.verify(0, sector, len)?;
+        Ok(us)
+    })
 }
 
 fn discover() -> Result<Devices, String> {
@@ -552,6 +611,10 @@ fn main() -> ExitCode {
         ("rng-flood", Box::new(|d, a| rng_flood(d, a, 16))),
         ("reset-inflight", Box::new(|d, a| reset_inflight(d, a, 20))),
         ("fairness", Box::new(move |d, a| fairness(d, a, fair_secs))),
+        (
+            "fairness-mq",
+            Box::new(move |d, a| fairness_mq(d, a, fair_secs)),
+        ),
     ];
     let mut ok = true;
     for (name, f) in &scenarios {
