@@ -15,6 +15,7 @@ pub mod bootstat;
 pub mod cpio;
 pub mod exec;
 pub mod fio;
+pub mod guestprog;
 pub mod nested;
 pub mod probe;
 pub mod setup;
