@@ -34,7 +34,19 @@ cargo build --release -p vmm -p microvm-tests
 step "cargo nextest run --workspace"
 # Guest boot tests are in the 'guest-boots' test group (.config/nextest.toml); on the
 # nested path the harness runs one outer machine per free core (tests/README.md, "Slots").
-cargo nextest run --workspace --no-fail-fast
+RERUNS=build/runs/outer-reruns.log
+rm -f "$RERUNS"
+status=0
+cargo nextest run --workspace --no-fail-fast || status=$?
+# The harness reruns an outer machine that failed by itself (tests/README.md); a test that
+# passed after a rerun shows no output, so the reruns are listed here.
+if [ -s "$RERUNS" ]; then
+    echo "harness: $(wc -l <"$RERUNS") outer machine failure(s) were rerun:"
+    cat "$RERUNS"
+else
+    echo "harness: no outer machine was rerun"
+fi
+[ "$status" -eq 0 ] || exit "$status"
 
 step "loom model of the bounce area spinlock"
 # After nextest: only bounce is rebuilt with the feature, its dependencies are nextest's.

@@ -65,6 +65,34 @@ pub struct NestedSpec {
     pub disk_files: Vec<usize>,
 }
 
+/// The file where every rerun of a failed outer machine is recorded, beside the runs: a test
+/// runner shows a passing test's stderr to no one, and a rerun must not go unseen
+/// (`resources/test.sh` lists it after nextest).
+pub fn reruns_log() -> PathBuf {
+    repo_root()
+        .join("build")
+        .join("runs")
+        .join("outer-reruns.log")
+}
+
+fn record_rerun(line: &str) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let written = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(reruns_log())
+        .and_then(|mut f| writeln!(f, "unix time {since}: {line}"));
+    if let Err(e) = written {
+        eprintln!(
+            "harness: cannot record the rerun in {}: {e}",
+            reruns_log().display()
+        );
+    }
+}
+
 /// Where [`crate::Arg::DiskFile`] `index` lives inside the outer machine.
 pub fn disk_file_path(index: usize) -> String {
     format!("/tmp/harness-disk{index}.img")
@@ -345,6 +373,7 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             );
             eprintln!("harness: {why}");
             log::warn!("{why}; console tail:\n{}", tail(&a.console, 10));
+            record_rerun(&format!("{}: {why}", spec.program.display()));
             failed_attempts.push(failure.to_string());
             continue;
         }
