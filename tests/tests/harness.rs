@@ -206,7 +206,7 @@ fn outer_kernel_panic_is_reported_as_such() {
     }
     let msg = format!("{e:#}");
     assert!(msg.contains("outer kernel panicked"), "{msg}");
-    // The machine's own time (the wait for the nested lock is not the harness's doing).
+    // The machine's own time (the wait for a nested machine slot is not the harness's doing).
     assert!(
         oe.ran < std::time::Duration::from_secs(120),
         "ran {:?}: {msg}",

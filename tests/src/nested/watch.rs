@@ -392,7 +392,7 @@ pub fn classify(
 #[derive(Debug)]
 pub struct OuterError {
     pub failure: OuterFailure,
-    /// How long the outer machine ran (not counting the wait for the nested lock).
+    /// How long the outer machine ran (not counting the wait for a nested machine slot).
     pub ran: Duration,
     /// A kernel failure line (BUG, oops) when the failure is not a panic.
     pub kernel_said: Option<String>,
