@@ -392,6 +392,30 @@ pub fn write_trace<'r>(
     w.flush()
 }
 
+/// A trace sink tests read back: every clone appends to the same bytes.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct MemorySink(std::sync::Arc<Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl MemorySink {
+    /// What was written so far.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        self.0.lock().clone()
+    }
+}
+
+#[cfg(test)]
+impl Write for MemorySink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,18 +517,8 @@ mod tests {
 
     #[test]
     fn recorded_traces_name_their_threads() {
-        let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
-        struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let rec = std::sync::Arc::new(TraceRecorder::new(Box::new(Shared(buf.clone()))));
+        let buf = MemorySink::default();
+        let rec = std::sync::Arc::new(TraceRecorder::new(Box::new(buf.clone())));
         let src = DmaSource::default();
         let extra = || Extra {
             attrs: MapAttrs::default(),
@@ -527,7 +541,7 @@ mod tests {
                 .unwrap();
         }
         rec.flush().unwrap();
-        let text = String::from_utf8(buf.lock().clone()).unwrap();
+        let text = String::from_utf8(buf.bytes()).unwrap();
         assert_eq!(text.matches("\"thread_name\"").count(), 2, "{text}");
         let recs = read_trace(text.as_bytes()).unwrap();
         let names = thread_names(&recs);

@@ -164,20 +164,7 @@ fn bounced_rejects_bad_ranges_with_counted_errors() {
 
 #[test]
 fn trace_records_every_operation() {
-    use std::io::Write;
-    use std::sync::Mutex;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
+    let buf = crate::trace::MemorySink::default();
     let dma = bounced("size=1M");
     dma.set_trace(Some(Arc::new(TraceRecorder::new(Box::new(buf.clone())))));
     let src = DmaSource {
@@ -190,7 +177,7 @@ fn trace_records_every_operation() {
     b.sync_for_cpu().unwrap();
     b.unmap().unwrap();
     dma.set_trace(None);
-    let data = buf.0.lock().unwrap().clone();
+    let data = buf.bytes();
     let recs = crate::trace::read_trace(&data[..]).unwrap();
     let ops: Vec<_> = recs.iter().map(|r| r.op).collect();
     assert_eq!(ops, [TraceOp::Map, TraceOp::SyncForCpu, TraceOp::Unmap]);
@@ -216,20 +203,7 @@ fn trace_records_every_operation() {
 /// it is a host address.
 #[test]
 fn trace_records_failures_masks_pools_and_ranges() {
-    use std::io::Write;
-    use std::sync::Mutex;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
+    let buf = crate::trace::MemorySink::default();
     let dma = bounced("size=256K,areas=1,dynamic=off");
     dma.set_trace(Some(Arc::new(TraceRecorder::new(Box::new(buf.clone())))));
     let src = DmaSource::default();
@@ -270,7 +244,7 @@ fn trace_records_failures_masks_pools_and_ranges() {
         .is_err());
     drop(held);
     dma.set_trace(None);
-    let data = buf.0.lock().unwrap().clone();
+    let data = buf.bytes();
     let text = String::from_utf8(data.clone()).unwrap();
     let (version, recs) = crate::trace::read_trace_versioned(&data[..]).unwrap();
     assert_eq!(version, crate::TRACE_VERSION);
