@@ -38,6 +38,20 @@ pub(crate) fn color(i: usize) -> RGBColor {
 
 pub(crate) type Axis = (&'static str, fn(&Row) -> String);
 
+/// The series legend every plot draws: framed, on a translucent white ground, at `pos`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("legend: {e:?}"))
+}
+
 /// The axes (besides pool size) whose values differ between rows: they name a policy.
 pub(crate) fn varying_axes(rows: &[&Row]) -> Vec<&'static str> {
     let axes: [Axis; 7] = [
@@ -283,13 +297,7 @@ where
             .label("no bouncing (baseline)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], BLACK.stroke_width(1)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("legend: {e:?}"))?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
@@ -440,13 +448,7 @@ pub(crate) fn conversions_plot(out: &Path, rows: &[&Row]) -> Result<Option<PathB
             .label(*kind)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(Some(PathBuf::from(name)))
 }
@@ -569,13 +571,7 @@ pub(crate) fn occupancy_plot(
                 .draw_series(pts.iter().map(|p| Circle::new((p.0, p.2), 2, c.filled())))
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::MiddleRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(Some(PathBuf::from(name)))
