@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,19 +123,7 @@ impl Ring {
 }
 
 fn socketpair() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair");
-    // SAFETY: socketpair returned two fresh fds that nothing else owns.
-    let (a, b) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (a, b) = devices::virtio::seqpacket_pair().expect("socketpair");
     for f in [&a, &b] {
         // A whole batch of 64 KiB frames in flight (SO_SNDBUFFORCE: root; else the default).
         let v: libc::c_int = 8 << 20;

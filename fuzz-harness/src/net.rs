@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::io::FromRawFd;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bounce::{Dma, DmaQueue, DmaSource};
@@ -52,19 +51,7 @@ pub fn run(data: &[u8]) {
 }
 
 pub(crate) fn socketpair() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair");
-    // SAFETY: socketpair returned two fresh fds that nothing else owns.
-    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    devices::virtio::seqpacket_pair().expect("socketpair")
 }
 
 pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {

@@ -27,7 +27,7 @@ pub use block::{Block, BlockConfig, Engine};
 pub use mmio::{MmioOptions, MmioTransport};
 pub use net::{Net, NetConfig};
 pub use rng::Rng;
-pub use tap::TUNSETOFFLOAD;
+pub use tap::{seqpacket_pair, TUNSETOFFLOAD};
 
 /// Virtio device IDs (virtio 1.2 §5).
 pub const TYPE_NET: u32 = 1;

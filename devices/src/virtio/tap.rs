@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// The ioctl that sets a tap's offloads (also in microvm's vCPU seccomp filter).
@@ -145,4 +145,25 @@ impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+}
+
+/// A connected, non-blocking `SOCK_SEQPACKET` pair: one frame per read or write, as a tap
+/// delivers them. One end goes to [`Tap::from_file`] where tests, benches and fuzz targets
+/// need a tap without a network device.
+pub fn seqpacket_pair() -> io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair returned two fresh fds that nothing else owns.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
 }

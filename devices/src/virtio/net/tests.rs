@@ -1,5 +1,4 @@
 use std::fs::File;
-use std::os::unix::io::FromRawFd;
 
 use super::*;
 use crate::virtio::test_utils::*;
@@ -10,19 +9,7 @@ mod zerocopy;
 
 /// A SOCK_SEQPACKET pair: one frame per read/write, like a tap.
 pub(super) fn fake_tap() -> (Tap, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: socketpair returned two fresh fds that nothing else owns.
-    let (a, b) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (a, b) = crate::virtio::seqpacket_pair().unwrap();
     (Tap::from_file(a), b)
 }
 
