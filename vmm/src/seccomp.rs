@@ -286,7 +286,6 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_statx,
                 ],
             );
-            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
             rate_limiter_timers(&mut r)?;
             // --metrics-socket: a connection, non-blocking (crate::prometheus::ACCEPT_FLAGS).
             one_of(
@@ -316,11 +315,8 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
             )?;
             // The vCPU fd and its kvm_run mapping are dropped when the thread ends.
             always(&mut r, &[libc::SYS_close]);
-            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
         }
-        ThreadKind::Worker => {
-            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
-        }
+        ThreadKind::Worker => {}
         ThreadKind::Device => {
             always(
                 &mut r,
@@ -343,16 +339,17 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_close,
                 ],
             );
-            // Discard/write-zeroes duplicate the image fd (File::try_clone).
-            one_of(
-                &mut r,
-                libc::SYS_fcntl,
-                1,
-                &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
-            )?;
             rate_limiter_timers(&mut r)?;
         }
     }
+    // F_GETFD on every thread (above); a disk thread's discard and write-zeroes also
+    // duplicate the image fd (File::try_clone).
+    let fcntl: &[u64] = if kind == ThreadKind::Device {
+        &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64]
+    } else {
+        &[libc::F_GETFD as u64]
+    };
+    one_of(&mut r, libc::SYS_fcntl, 1, fcntl)?;
     Ok(r)
 }
 
