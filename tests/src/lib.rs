@@ -332,6 +332,10 @@ impl Harness {
             match a {
                 Arg::Str(s) => args.push(s.into()),
                 Arg::File(p) => {
+                    // Absolute: the file is carried to this path, and the program may run
+                    // in another directory (the outer machine's /tmp).
+                    let p = std::path::absolute(p)
+                        .with_context(|| format!("cannot resolve {}", p.display()))?;
                     carry.push(p.clone());
                     args.push(p.into());
                 }
