@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -309,6 +310,13 @@ pub struct MetricsWriter {
     seq: u64,
     sources: Arc<Sources>,
     write_errors: u64,
+}
+
+impl AsRawFd for MetricsWriter {
+    /// The metrics file (the main thread writes it).
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
 }
 
 impl MetricsWriter {

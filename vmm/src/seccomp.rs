@@ -4,7 +4,8 @@
 //! - main thread (event loop), installed after set-up, before the event loop: epoll; read on
 //!   the fds it already holds (eventfds, stdin, taps, the signalfd, the metrics timerfd);
 //!   re-reading /proc/self/smaps and /proc/self/statm (seek, read) through fds opened at
-//!   set-up; `accept4` (non-blocking) on the `--metrics-socket` listener; `timerfd_settime`
+//!   set-up; `accept4` (non-blocking) on the `--metrics-socket` listener and `send` on its
+//!   connections; `writev` on the taps; `timerfd_settime`
 //!   (relative, flags 0) for virtio-net's rate limiters; terminal `ioctl`s at exit; `tgkill` of
 //!   its own threads with the vCPU kick signal.
 //! - `blkN` (one thread per virtio-blk device, with its own event loop), installed before its
@@ -19,8 +20,10 @@
 //!   nothing more, it only allocates, maps pools, sleeps and waits.
 //!
 //! Every thread also gets a common set: memory (never executable; `madvise` and `mremap` only
-//! as glibc's malloc and thread exit use them), locks, clocks, sleeps, `write` (logs, console,
-//! eventfds), `getrandom`, and what panics, signals and thread exit need.
+//! as glibc's malloc and thread exit use them), locks, clocks, sleeps, `write` to the fds its
+//! kind writes ([`fds`]: eventfds, stderr, and per kind stdout, taps, the metrics file and the
+//! DMA trace), `getrandom`, and what panics, signals and thread exit need. The filters are
+//! compiled when a thread enters its own, since the fds it may write exist only then.
 //!
 //! No thread may open files, create sockets or threads, or exec: everything is opened during
 //! set-up. A forbidden call traps into [`SIGSYS`](install_sigsys_handler), which writes one line
@@ -29,13 +32,17 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
 
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
 };
 use serde::{Deserialize, Serialize};
+
+mod fds;
+pub use fds::WriteFds;
 
 /// Exit status after a forbidden system call (Firecracker's).
 pub const VIOLATION_EXIT_CODE: i32 = 148;
@@ -84,6 +91,11 @@ pub enum Error {
     Apply(String, seccompiler::Error),
     #[error("cannot install the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    #[error(
+        "cannot list the open fds (/proc/self/fd) that the {0:?} thread may write: {1}; \
+         mount /proc, or run without filters (--seccomp=off)"
+    )]
+    Fds(ThreadKind, std::io::Error),
 }
 
 // KVM vCPU ioctls (<linux/kvm.h>); kvm-ioctls keeps its numbers private.
@@ -133,6 +145,15 @@ fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule, BackendError> {
     )?])
 }
 
+/// Allowed only on the fds in `fds` (argument 0); not at all when `fds` is empty.
+fn on_fds(rules: &mut Rules, nr: i64, fds: &[RawFd]) -> Result<(), BackendError> {
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<u64> = fds.iter().map(|&fd| fd as u32 as u64).collect();
+    one_of(rules, nr, 0, &values)
+}
+
 /// Allowed only when argument `arg` is one of `values` (ioctl requests are `c_ulong`: u64 on
 /// x86_64, the only target of these filters).
 fn one_of(rules: &mut Rules, nr: i64, arg: u8, values: &[u64]) -> Result<(), BackendError> {
@@ -144,8 +165,8 @@ fn one_of(rules: &mut Rules, nr: i64, arg: u8, values: &[u64]) -> Result<(), Bac
     Ok(())
 }
 
-/// What every thread does: allocate, lock, sleep, read the clock, log, end.
-fn common(rules: &mut Rules) -> Result<(), BackendError> {
+/// What every thread does: allocate, lock, sleep, read the clock, log, signal, end.
+fn common(rules: &mut Rules, fds: &WriteFds) -> Result<(), BackendError> {
     always(
         rules,
         &[
@@ -167,8 +188,6 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
             libc::SYS_clock_nanosleep,
             // A sleep or timed wait resumed after SIGSTOP/SIGCONT (a debugger, ^Z).
             libc::SYS_restart_syscall,
-            // Logs and the console (stderr, stdout), eventfd/irqfd signals.
-            libc::SYS_write,
             // std's HashMap seeds its hasher per thread, on first use.
             libc::SYS_getrandom,
             // Returning from std's SIGSEGV/SIGBUS guard-page handler (it restores SIG_DFL and
@@ -185,6 +204,8 @@ fn common(rules: &mut Rules) -> Result<(), BackendError> {
             libc::SYS_exit_group,
         ],
     );
+    // Logs, eventfd and irqfd signals, and per kind the console, taps, metrics and trace.
+    on_fds(rules, libc::SYS_write, &fds.write)?;
     // Never executable memory.
     let no_exec = || {
         SeccompRule::new(vec![SeccompCondition::new(
@@ -248,9 +269,9 @@ fn tgkill(rules: &mut Rules, signals: &[i32]) -> Result<(), BackendError> {
 
 /// Every thread may also `fcntl(F_GETFD)`: debug builds of std check that an fd is open before
 /// closing it (`OwnedFd::drop`), so a `cargo run` build would otherwise trap on its first close.
-fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
+fn rules(kind: ThreadKind, fds: &WriteFds) -> Result<Rules, BackendError> {
     let mut r = Rules::new();
-    common(&mut r)?;
+    common(&mut r, fds)?;
     // abort() raises SIGABRT on its own thread; the main thread also kicks vCPUs out of
     // KVM_RUN when the VM ends.
     let signals = match kind {
@@ -270,9 +291,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_epoll_ctl,
                     // eventfds, the SIGUSR1 signalfd, stdin, the tap, /proc/self/smaps.
                     libc::SYS_read,
-                    // virtio-net: TX frames gathered from their mapped buffers onto the tap,
-                    // RX frames scattered from it into them.
-                    libc::SYS_writev,
+                    // virtio-net: RX frames scattered from the tap into their mapped buffers.
                     libc::SYS_readv,
                     // fds at exit (a disk whose thread has ended is dropped here too).
                     libc::SYS_close,
@@ -286,8 +305,13 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_statx,
                 ],
             );
+            // virtio-net: TX frames gathered from their mapped buffers onto the tap.
+            on_fds(&mut r, libc::SYS_writev, &fds.writev)?;
             rate_limiter_timers(&mut r)?;
-            // --metrics-socket: a connection, non-blocking (crate::prometheus::ACCEPT_FLAGS).
+            // --metrics-socket: a connection, non-blocking (crate::prometheus::ACCEPT_FLAGS),
+            // answered with send (sendto without an address), since `write` is not allowed on
+            // fds accepted after the filter; on any other fd than a socket it fails.
+            one_of(&mut r, libc::SYS_sendto, 3, &[libc::MSG_NOSIGNAL as u64])?;
             one_of(
                 &mut r,
                 libc::SYS_accept4,
@@ -360,8 +384,13 @@ fn rate_limiter_timers(r: &mut Rules) -> Result<(), BackendError> {
     one_of(r, libc::SYS_timerfd_settime, 1, &[0])
 }
 
-/// The BPF program of `kind`'s filter under `mode` (none for [`SeccompMode::Off`]).
-pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
+/// The BPF program of `kind`'s filter under `mode` (none for [`SeccompMode::Off`]), writing
+/// only to `fds`.
+pub fn program(
+    kind: ThreadKind,
+    mode: SeccompMode,
+    fds: &WriteFds,
+) -> Result<Option<BpfProgram>, Error> {
     let mismatch = match mode {
         SeccompMode::Trap => SeccompAction::Trap,
         SeccompMode::Kill => SeccompAction::KillProcess,
@@ -370,7 +399,7 @@ pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>
     };
     let build = || {
         let filter = SeccompFilter::new(
-            rules(kind)?,
+            rules(kind, fds)?,
             mismatch,
             SeccompAction::Allow,
             TargetArch::x86_64,
@@ -380,46 +409,74 @@ pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>
     build().map(Some).map_err(|e| Error::Build(kind, e))
 }
 
-/// The compiled filters of one VM, shared by its threads.
+/// The filters of one VM, shared by its threads: each compiles its own when it enters it.
 #[derive(Clone)]
 pub struct Filters {
     mode: SeccompMode,
-    main: Option<Arc<BpfProgram>>,
-    vcpu: Option<Arc<BpfProgram>>,
-    worker: Option<Arc<BpfProgram>>,
-    device: Option<Arc<BpfProgram>>,
+    /// Fds registered at set-up (`allow_write`) for some kinds of thread.
+    extra: Arc<Mutex<Vec<(ThreadKind, RawFd)>>>,
     /// Test only: the thread of this kind makes a forbidden call once its filter is on.
     selftest: Option<ThreadKind>,
 }
 
 impl Filters {
-    /// Compiles every filter for `mode`, and installs the SIGSYS handler when trapping.
+    /// Checks that every filter builds for `mode`, and installs the SIGSYS handler when
+    /// trapping.
     pub fn new(mode: SeccompMode, selftest: Option<ThreadKind>) -> Result<Filters, Error> {
-        let get = |kind| Ok::<_, Error>(program(kind, mode)?.map(Arc::new));
-        let f = Filters {
-            mode,
-            main: get(ThreadKind::Main)?,
-            vcpu: get(ThreadKind::Vcpu)?,
-            worker: get(ThreadKind::Worker)?,
-            device: get(ThreadKind::Device)?,
-            selftest,
-        };
+        for kind in [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Worker,
+            ThreadKind::Device,
+        ] {
+            program(kind, mode, &WriteFds::default())?;
+        }
         if mode == SeccompMode::Trap {
             install_sigsys_handler().map_err(Error::Handler)?;
         }
-        Ok(f)
+        Ok(Filters {
+            mode,
+            extra: Arc::default(),
+            selftest,
+        })
+    }
+
+    /// Lets the threads of `kinds` that enter their filter from now on `write` to `fd` (a file
+    /// opened at set-up, such as the metrics file).
+    pub fn allow_write(&self, kinds: &[ThreadKind], fd: RawFd) {
+        let mut extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        extra.extend(kinds.iter().map(|&k| (k, fd)));
+    }
+
+    /// The fds a thread of `kind` entering its filter now may write.
+    pub fn write_fds(&self, kind: ThreadKind) -> Result<WriteFds, Error> {
+        let open = fds::open_fds().map_err(|e| Error::Fds(kind, e))?;
+        let extra: Vec<RawFd> = {
+            let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+            extra
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, fd)| *fd)
+                .collect()
+        };
+        Ok(WriteFds::for_kind(kind, &open, &extra))
+    }
+
+    /// `kind`'s program for a thread entering its filter now (none without filters).
+    fn program_now(&self, kind: ThreadKind) -> Result<Option<BpfProgram>, Error> {
+        if self.mode == SeccompMode::Off {
+            return Ok(None);
+        }
+        let fds = self.write_fds(kind)?;
+        log::debug!("seccomp: {kind:?} thread may write fds {:?}", fds.write);
+        program(kind, self.mode, &fds)
     }
 
     /// Installs `kind`'s filter on the calling thread, named `label` in violation reports.
     pub fn enter(&self, kind: ThreadKind, label: &str) -> Result<(), Error> {
         set_thread_label(label);
-        let prog = match kind {
-            ThreadKind::Main => &self.main,
-            ThreadKind::Vcpu => &self.vcpu,
-            ThreadKind::Worker => &self.worker,
-            ThreadKind::Device => &self.device,
-        };
-        if let Some(prog) = prog {
+        let prog = self.program_now(kind)?;
+        if let Some(prog) = &prog {
             seccompiler::apply_filter(prog).map_err(|e| Error::Apply(label.to_string(), e))?;
             log::debug!("seccomp: {} filter on thread {label}", self.mode);
         }

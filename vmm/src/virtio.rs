@@ -1,11 +1,13 @@
 //! Virtio devices on the MMIO bus: one [`Dma`] handle for all of them (direct, or bounced through
 //! the restricted-DMA pools), a virtio-mmio window, an ioeventfd per queue and an irqfd each.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::BufWriter;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bounce::{Dma, Swiotlb, TraceRecorder, WorkerStart};
+use bounce::{Dma, Swiotlb, TraceRecorder};
 use devices::bus::Bus;
 use devices::virtio::block::{BlockError, Engine};
 use devices::virtio::mmio::{MMIO_SIZE, NOTIFY_OFFSET};
@@ -21,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{DiskEngine, NetConfig as NetSpec, VmConfig};
 use crate::metrics::{DeviceCounters, DmaReport};
+use crate::seccomp::{Filters, ThreadKind};
 
 /// virtio-mmio windows start here, inside the 32-bit MMIO gap.
 const MMIO_BASE: u64 = 0xd000_0000;
@@ -31,17 +34,14 @@ const QUEUE_SIZE: u16 = 256;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// The guest-memory handle every device uses: bounced when `--restricted-dma` is on.
-/// `worker_start` runs first on the pool worker thread, if the pool model has one.
-pub fn create_dma(
-    cfg: &VmConfig,
-    mem: &GuestMemoryMmap,
-    worker_start: WorkerStart,
-) -> Result<DmaReport> {
+/// The guest-memory handle every device uses: bounced when `--restricted-dma` is on. The
+/// pools' worker is not started yet (`Swiotlb::start_worker`, once the devices exist). A DMA
+/// trace file is registered with `filters` for the threads that map and unmap.
+pub fn create_dma(cfg: &VmConfig, mem: &GuestMemoryMmap, filters: &Filters) -> Result<DmaReport> {
     let dma = match &cfg.restricted_dma {
         None => Dma::direct(mem.clone()),
         Some(pool_cfg) => {
-            let swiotlb = Swiotlb::with_worker_start(pool_cfg.clone(), Some(worker_start))
+            let swiotlb = Swiotlb::prepare(pool_cfg.clone())
                 .map_err(|e| anyhow!("cannot set up the restricted-DMA pools: {e}"))?;
             log::info!(
                 "restricted DMA: {} KiB initial pool, bounce model {:?}",
@@ -53,9 +53,13 @@ pub fn create_dma(
     };
     let trace = match &cfg.dma_trace {
         Some(path) => {
-            let rec = TraceRecorder::to_file(path)
+            let file = File::create(path)
                 .with_context(|| format!("cannot create DMA trace file {}", path.display()))?;
-            let rec = Arc::new(rec);
+            filters.allow_write(
+                &[ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Device],
+                file.as_raw_fd(),
+            );
+            let rec = Arc::new(TraceRecorder::new(Box::new(BufWriter::new(file))));
             dma.set_trace(Some(rec.clone()));
             Some(rec)
         }

@@ -1,6 +1,7 @@
 //! Assembles a VM from its configuration: KVM, memory, boot, devices, vCPU threads, and the
 //! event loop that runs until the guest reboots or powers off.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -175,16 +176,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         EventManager::new().context("cannot create the event loop")?;
     let mut mmio = Bus::default();
     let mut cmdline = kernel_cmdline(cfg)?;
-    let worker_filters = filters.clone();
-    let report = virtio::create_dma(
-        cfg,
-        &mem,
-        Box::new(move || {
-            worker_filters
-                .enter(ThreadKind::Worker, "swiotlb-worker")
-                .map_err(|e| e.to_string())
-        }),
-    )?;
+    let report = virtio::create_dma(cfg, &mem, &filters)?;
     let mut threaded = Vec::new();
     let device_counters = virtio::attach(
         cfg,
@@ -199,6 +191,18 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
         cmdline
             .insert_str("swiotlb=force")
             .map_err(|e| anyhow!("kernel command line too long: {e}"))?;
+    }
+    // The pools' worker starts once the devices (and their wake-up eventfds, which it writes)
+    // exist, before the guest runs.
+    if let Some(swiotlb) = report.dma.swiotlb() {
+        let worker_filters = filters.clone();
+        swiotlb
+            .start_worker(Some(Box::new(move || {
+                worker_filters
+                    .enter(ThreadKind::Worker, "swiotlb-worker")
+                    .map_err(|e| e.to_string())
+            })))
+            .map_err(|e| anyhow!("cannot start the restricted-DMA pool worker: {e}"))?;
     }
     let signals = Signals::new(report.clone(), exit.clone())
         .context("cannot set up the signal handlers (SIGUSR1, SIGTERM, SIGINT, SIGHUP)")?;
@@ -326,7 +330,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason> {
     });
     let metrics = match &cfg.metrics {
         Some(m) => {
-            let w = Arc::new(Mutex::new(MetricsWriter::new(m, sources.clone())?));
+            let w = MetricsWriter::new(m, sources.clone())?;
+            filters.allow_write(&[ThreadKind::Main], w.as_raw_fd());
+            let w = Arc::new(Mutex::new(w));
             events.add_subscriber(w.clone());
             Some(w)
         }

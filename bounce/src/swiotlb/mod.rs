@@ -48,7 +48,7 @@ pub const BOUNCE_BASE: u64 = 0x1000_0000_0000;
 /// before the next, so an address just past a pool belongs to no pool.
 const POOL_ALIGN: u64 = 2 << 20;
 
-/// Runs first on the pool worker thread (see [`Swiotlb::with_worker_start`]).
+/// Runs first on the pool worker thread (see [`Swiotlb::start_worker`]).
 pub type WorkerStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// A live bounce allocation.
@@ -129,23 +129,26 @@ pub(crate) struct Shared {
 /// The bounce pools of one VM (Linux: `struct io_tlb_mem`).
 pub struct Swiotlb {
     sh: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    /// `None` until [`Swiotlb::start_worker`], and for a model that needs no worker.
+    worker: Mutex<Option<JoinHandle<()>>>,
+    worker_started: AtomicBool,
 }
 
 impl Swiotlb {
     /// Builds the pools (converting the initial one and, memory encrypted, the atomic pools) and
-    /// starts the worker when growth or shrink is on or the atomic pools may need to grow.
+    /// starts the worker when the model needs one ([`Swiotlb::prepare`], then
+    /// [`Swiotlb::start_worker`] with no hook).
     pub fn new(cfg: SwiotlbConfig) -> Result<Arc<Swiotlb>, ConfigError> {
-        Swiotlb::with_worker_start(cfg, None)
+        let s = Swiotlb::prepare(cfg)?;
+        s.start_worker(None)?;
+        Ok(s)
     }
 
-    /// [`Swiotlb::new`], running `start` first on the worker thread (if there is one) before it
-    /// serves any request: a VMM installs the thread's seccomp filter there. Returns once
-    /// `start` has run; its error stops the worker and fails the call.
-    pub fn with_worker_start(
-        cfg: SwiotlbConfig,
-        start: Option<WorkerStart>,
-    ) -> Result<Arc<Swiotlb>, ConfigError> {
+    /// Builds the pools without starting the worker: growth, shrinking, atomic-pool refills and
+    /// `exhaustion=wait` wait for [`Swiotlb::start_worker`]. A VMM prepares the pools before its
+    /// devices exist and starts the worker once they do, so that the worker's seccomp filter
+    /// can name the devices' wake-up eventfds.
+    pub fn prepare(cfg: SwiotlbConfig) -> Result<Arc<Swiotlb>, ConfigError> {
         cfg.validate()?;
         let sh = Arc::new(Shared {
             shift: cfg.slot.trailing_zeros(),
@@ -194,39 +197,63 @@ impl Swiotlb {
                 ));
             }
         }
-        let worker = if sh.cfg.dynamic
-            || sh.cfg.shrink.is_some()
-            || sh.atomic.is_some()
-            || sh.cfg.exhaustion == Exhaustion::Wait
-        {
-            let s = sh.clone();
-            let (started_tx, started) = std::sync::mpsc::sync_channel(1);
-            let worker = std::thread::Builder::new()
-                .name("swiotlb-worker".into())
-                .spawn(move || {
-                    let r = start.map_or(Ok(()), |f| f());
-                    let ok = r.is_ok();
-                    let _ = started_tx.send(r);
-                    if ok {
-                        s.worker();
-                    }
-                })
-                .map_err(|e| ConfigError::Invalid(format!("cannot start the worker: {e}")))?;
-            match started.recv() {
-                Ok(Ok(())) => Some(worker),
-                Ok(Err(e)) => {
-                    let _ = worker.join();
-                    return Err(ConfigError::Invalid(format!("worker start: {e}")));
+        Ok(Arc::new(Swiotlb {
+            sh,
+            worker: Mutex::new(None),
+            worker_started: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether this model needs the worker thread: growth, shrinking, atomic pools or
+    /// `exhaustion=wait`.
+    pub fn needs_worker(&self) -> bool {
+        let cfg = &self.sh.cfg;
+        cfg.dynamic
+            || cfg.shrink.is_some()
+            || self.sh.atomic.is_some()
+            || cfg.exhaustion == Exhaustion::Wait
+    }
+
+    /// Starts the worker thread if the model needs one (else `start` is not run), running
+    /// `start` first on it before it serves any request: a VMM installs the thread's seccomp
+    /// filter there. Returns once `start` has run; its error stops the worker and is returned.
+    /// A second call is refused.
+    pub fn start_worker(&self, start: Option<WorkerStart>) -> Result<(), ConfigError> {
+        if self.worker_started.swap(true, Relaxed) {
+            return Err(ConfigError::Invalid(
+                "the worker was started already".into(),
+            ));
+        }
+        if !self.needs_worker() {
+            return Ok(());
+        }
+        let s = self.sh.clone();
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+        let worker = std::thread::Builder::new()
+            .name("swiotlb-worker".into())
+            .spawn(move || {
+                let r = start.map_or(Ok(()), |f| f());
+                let ok = r.is_ok();
+                let _ = started_tx.send(r);
+                if ok {
+                    s.worker();
                 }
-                Err(_) => {
-                    let _ = worker.join();
-                    return Err(ConfigError::Invalid("worker start panicked".into()));
-                }
+            })
+            .map_err(|e| ConfigError::Invalid(format!("cannot start the worker: {e}")))?;
+        match started.recv() {
+            Ok(Ok(())) => {
+                *self.worker.lock() = Some(worker);
+                Ok(())
             }
-        } else {
-            None
-        };
-        Ok(Arc::new(Swiotlb { sh, worker }))
+            Ok(Err(e)) => {
+                let _ = worker.join();
+                Err(ConfigError::Invalid(format!("worker start: {e}")))
+            }
+            Err(_) => {
+                let _ = worker.join();
+                Err(ConfigError::Invalid("worker start panicked".into()))
+            }
+        }
     }
 
     /// `Swiotlb::new(s.parse()?)`, for a `key=value,...` string or JSON object.
@@ -390,7 +417,8 @@ impl Drop for Shared {
 impl Drop for Swiotlb {
     fn drop(&mut self) {
         self.sh.sig.shutdown();
-        if let Some(w) = self.worker.take() {
+        let worker = self.worker.get_mut().take();
+        if let Some(w) = worker {
             if w.join().is_err() {
                 log::error!("swiotlb worker panicked");
             }

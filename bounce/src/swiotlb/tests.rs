@@ -97,23 +97,33 @@ fn bounce_addresses_are_the_models_own_and_repeat() {
 }
 
 #[test]
-fn worker_start_runs_on_the_worker_and_its_error_fails_new() {
+fn worker_start_runs_on_the_worker_and_its_error_is_returned() {
     let cfg = |s: &str| SwiotlbConfig::from_json_or_kv(s).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let start: WorkerStart = Box::new(move || -> Result<(), String> {
         let _ = tx.send(std::thread::current().name().map(String::from));
         Ok(())
     });
-    let s = Swiotlb::with_worker_start(cfg("size=256K,dynamic=on"), Some(start)).unwrap();
-    // `with_worker_start` returns after the hook ran.
+    let s = Swiotlb::prepare(cfg("size=256K,dynamic=on")).unwrap();
+    assert!(s.needs_worker());
+    // Prepared, the pools serve maps before the worker runs.
+    let m = s.alloc(SRC, 0, 4096, MapAttrs::default()).unwrap();
+    s.free(SRC, m.addr).unwrap();
+    assert!(rx.try_recv().is_err());
+    s.start_worker(Some(start)).unwrap();
+    // `start_worker` returns after the hook ran.
     assert_eq!(rx.try_recv().unwrap().as_deref(), Some("swiotlb-worker"));
+    assert!(s.start_worker(None).is_err(), "a second start is refused");
     drop(s);
     let failing: WorkerStart = Box::new(|| Err(String::from("no filter")));
-    let e = Swiotlb::with_worker_start(cfg("size=256K,dynamic=on"), Some(failing)).err();
+    let s = Swiotlb::prepare(cfg("size=256K,dynamic=on")).unwrap();
+    let e = s.start_worker(Some(failing)).err();
     assert!(e.unwrap().to_string().contains("no filter"));
     // No worker (no growth, no shrink): the hook is not run.
     let never: WorkerStart = Box::new(|| -> Result<(), String> { panic!("no worker thread") });
-    assert!(Swiotlb::with_worker_start(cfg("size=256K,dynamic=off"), Some(never)).is_ok());
+    let s = Swiotlb::prepare(cfg("size=256K,dynamic=off")).unwrap();
+    assert!(!s.needs_worker());
+    assert!(s.start_worker(Some(never)).is_ok());
 }
 
 #[test]

@@ -11,23 +11,36 @@ const KINDS: [ThreadKind; 4] = [
 fn every_filter_compiles_for_x86_64_in_every_mode() {
     for kind in KINDS {
         for mode in [SeccompMode::Trap, SeccompMode::Kill, SeccompMode::Log] {
-            let p = program(kind, mode).unwrap().expect("a program");
+            let p = program(kind, mode, &many_fds())
+                .unwrap()
+                .expect("a program");
             assert!(
                 !p.is_empty() && p.len() < 4096,
                 "{kind:?} {mode}: {}",
                 p.len()
             );
         }
-        assert!(program(kind, SeccompMode::Off).unwrap().is_none());
+        assert!(program(kind, SeccompMode::Off, &many_fds())
+            .unwrap()
+            .is_none());
+    }
+}
+
+/// As many fds as a large VM writes: 8 devices with 8 queues each, taps, files.
+fn many_fds() -> WriteFds {
+    WriteFds {
+        write: (1..160).collect(),
+        writev: (100..108).collect(),
     }
 }
 
 #[test]
 fn threads_get_only_what_they_need() {
-    let main = rules(ThreadKind::Main).unwrap();
-    let vcpu = rules(ThreadKind::Vcpu).unwrap();
-    let worker = rules(ThreadKind::Worker).unwrap();
-    let device = rules(ThreadKind::Device).unwrap();
+    let fds = many_fds();
+    let main = rules(ThreadKind::Main, &fds).unwrap();
+    let vcpu = rules(ThreadKind::Vcpu, &fds).unwrap();
+    let worker = rules(ThreadKind::Worker, &fds).unwrap();
+    let device = rules(ThreadKind::Device, &fds).unwrap();
     for r in [&main, &vcpu, &worker, &device] {
         for nr in [
             libc::SYS_openat,
@@ -58,8 +71,9 @@ fn threads_get_only_what_they_need() {
             assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
         }
     }
-    // virtio-net's writev and readv on the tap are the main thread's alone.
-    for nr in [libc::SYS_writev, libc::SYS_readv] {
+    // virtio-net's writev and readv on the tap are the main thread's alone, as is send (the
+    // metrics socket).
+    for nr in [libc::SYS_writev, libc::SYS_readv, libc::SYS_sendto] {
         assert!(main.contains_key(&nr));
         for r in [&vcpu, &worker, &device] {
             assert!(!r.contains_key(&nr), "{} allowed", syscall_name(nr));
@@ -134,16 +148,16 @@ fn violate_in_child(kind: ThreadKind, mode: SeccompMode) -> (libc::c_int, String
 /// it wrote to stderr. `calls` may only make raw system calls (the child of a
 /// multi-threaded process must not allocate or lock).
 fn in_child(kind: ThreadKind, mode: SeccompMode, calls: fn()) -> (libc::c_int, String) {
+    in_child_with(&Filters::new(mode, None).unwrap(), kind, calls)
+}
+
+/// [`in_child`] with `filters` (and what was registered with it), compiled now, in the parent,
+/// as a thread entering its filter would: the child keeps the parent's fds.
+fn in_child_with(filters: &Filters, kind: ThreadKind, calls: fn()) -> (libc::c_int, String) {
+    let mode = filters.mode;
     // Everything that allocates happens before fork: the child of a multi-threaded test
     // process may only make async-signal-safe calls.
-    let filters = Filters::new(mode, None).unwrap();
-    let prog = match kind {
-        ThreadKind::Main => filters.main.clone(),
-        ThreadKind::Vcpu => filters.vcpu.clone(),
-        ThreadKind::Worker => filters.worker.clone(),
-        ThreadKind::Device => filters.device.clone(),
-    }
-    .unwrap();
+    let prog = filters.program_now(kind).unwrap().unwrap();
     let mut fds = [0; 2];
     // SAFETY: pipe writes two fds into the array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -401,7 +415,9 @@ fn the_main_filter_allows_what_metrics_lines_need() {
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     listener.set_nonblocking(true).unwrap();
     METRICS_FDS[3].store(listener.into_raw_fd(), Relaxed);
-    let (status, err) = in_child(ThreadKind::Main, SeccompMode::Trap, metrics_calls);
+    let filters = Filters::new(SeccompMode::Trap, None).unwrap();
+    filters.allow_write(&[ThreadKind::Main], METRICS_FDS[2].load(Relaxed));
+    let (status, err) = in_child_with(&filters, ThreadKind::Main, metrics_calls);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
         "status {status:#x}, stderr {err:?}"
@@ -474,36 +490,148 @@ fn timerfd_settime_only_relative_and_only_on_the_event_loop() {
     unsafe { libc::close(fd) };
 }
 
-/// writev and readv of one byte on a bad fd (EBADF: past the filter), then a forbidden call.
-fn writev_then_getppid() {
-    let b = [0u8; 1];
-    let iov = libc::iovec {
-        iov_base: b.as_ptr().cast_mut().cast(),
+/// Fds the parent opens for the write tests: [eventfd, regular file, tap (or -1)].
+static WRITE_FDS: [std::sync::atomic::AtomicI32; 3] = [
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+];
+
+fn write_fd(i: usize) -> libc::c_int {
+    WRITE_FDS[i].load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// An iovec over one live static byte.
+fn one_byte() -> libc::iovec {
+    static B: [u8; 1] = [0];
+    libc::iovec {
+        iov_base: B.as_ptr().cast_mut().cast(),
         iov_len: 1,
-    };
-    // SAFETY: one iovec over a live stack byte; fd -1 fails with EBADF.
-    unsafe { libc::writev(-1, &iov, 1) };
-    // SAFETY: as above (nothing is read on a bad fd).
-    unsafe { libc::readv(-1, &iov, 1) };
+    }
+}
+
+/// Zero-byte writes to stdout and stderr (the filter decides before the call does anything),
+/// a wake of the eventfd, then a write to the regular file: only a registered file may be.
+fn write_eventfd_then_file() {
+    let one = 1u64;
+    // SAFETY: raw writes from live stack values; zero bytes write nothing.
+    unsafe {
+        libc::write(2, std::ptr::null(), 0);
+        if libc::write(write_fd(0), (&one as *const u64).cast(), 8) != 8 {
+            libc::_exit(96);
+        }
+    }
     passed();
+    // SAFETY: as above.
+    unsafe {
+        libc::write(1, std::ptr::null(), 0);
+        libc::write(write_fd(1), b"x".as_ptr().cast(), 1);
+    }
     // SAFETY: no arguments, no side effects.
     unsafe { libc::getppid() };
 }
 
+/// Opens the eventfd, a regular file and (if this host has /dev/net/tun) a tun fd for the
+/// children; returns the file's path and the fds to close.
+fn open_write_fds(name: &str) -> (std::path::PathBuf, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::sync::atomic::Ordering::SeqCst;
+    let evt = vmm_sys_util::eventfd::EventFd::new(0)
+        .unwrap()
+        .into_raw_fd();
+    // SAFETY: the eventfd's fd, released by `into_raw_fd`, owned by nobody else.
+    let evt = unsafe { OwnedFd::from_raw_fd(evt) };
+    let path = std::env::temp_dir().join(format!("seccomp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    // Appending: the children share the parent's file offset.
+    let file: OwnedFd = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .into();
+    let tun: Option<OwnedFd> = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .ok()
+        .map(Into::into);
+    WRITE_FDS[0].store(evt.as_raw_fd(), SeqCst);
+    WRITE_FDS[1].store(file.as_raw_fd(), SeqCst);
+    WRITE_FDS[2].store(tun.as_ref().map_or(-1, |t| t.as_raw_fd()), SeqCst);
+    (
+        path,
+        [Some(evt), Some(file), tun].into_iter().flatten().collect(),
+    )
+}
+
 #[test]
-fn writev_and_readv_only_on_the_event_loop() {
+fn write_only_to_eventfds_the_console_and_registered_files() {
+    let (path, _fds) = open_write_fds("write");
     for kind in KINDS {
-        let (status, err) = in_child(kind, SeccompMode::Trap, writev_then_getppid);
+        let (status, err) = in_child(kind, SeccompMode::Trap, write_eventfd_then_file);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        // Trapped at stdout (device threads, the worker) or at the file (the others).
+        assert!(err.starts_with(PASSED), "{kind:?}: {err:?}");
+        assert!(err.contains("(write)"), "{kind:?}: {err:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "{kind:?}");
+        // Registered for this kind, the file is writable; the next call is the forbidden one.
+        let filters = Filters::new(SeccompMode::Trap, None).unwrap();
+        filters.allow_write(&[kind], write_fd(1));
+        let (status, err) = in_child_with(&filters, kind, write_eventfd_then_file);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        // stdout is the console's: the vCPUs' (the UART) and the main thread's.
+        let stdout_ok = matches!(kind, ThreadKind::Main | ThreadKind::Vcpu);
+        let expect = if stdout_ok { "(getppid)" } else { "(write)" };
+        assert!(err.contains(expect), "{kind:?}: {err:?}");
+        let written: &[u8] = if stdout_ok { b"x" } else { b"" };
+        assert_eq!(std::fs::read(&path).unwrap(), written, "{kind:?}");
+        std::fs::write(&path, b"").unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// readv of one byte on a bad fd (EBADF: past the filter), then writev on the tun fd, then
+/// writev on the regular file.
+fn readv_then_writev() {
+    let iov = one_byte();
+    // SAFETY: one iovec over a live static byte; fd -1 fails with EBADF.
+    unsafe { libc::readv(-1, &iov, 1) };
+    // SAFETY: as above; an unattached tun fd refuses the frame (EBADFD).
+    unsafe { libc::writev(write_fd(2), &iov, 1) };
+    passed();
+    // SAFETY: as above; a regular file of ours.
+    unsafe { libc::writev(write_fd(1), &iov, 1) };
+}
+
+#[test]
+fn writev_only_to_taps_and_readv_only_on_the_event_loop() {
+    let (path, _fds) = open_write_fds("writev");
+    assert!(
+        write_fd(2) >= 0,
+        "/dev/net/tun cannot be opened here: the tap case is not tested"
+    );
+    for kind in KINDS {
+        let (status, err) = in_child(kind, SeccompMode::Trap, readv_then_writev);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
             "{kind:?}: status {status:#x}, stderr {err:?}"
         );
         if kind == ThreadKind::Main {
             assert!(err.starts_with(PASSED), "{err:?}");
-            assert!(err.contains("(getppid)"), "{err:?}");
+            assert!(err.contains("(writev)"), "{err:?}");
         } else {
             assert!(!err.starts_with(PASSED), "{kind:?}: {err:?}");
-            assert!(err.contains("(writev)"), "{kind:?}: {err:?}");
+            assert!(err.contains("(readv)"), "{kind:?}: {err:?}");
         }
     }
+    assert_eq!(std::fs::read(&path).unwrap(), b"");
+    std::fs::remove_file(&path).unwrap();
 }
