@@ -79,7 +79,8 @@ const CONFIG_SPACE: u64 = 0x100;
 
 /// Event data tokens: queue eventfds use their index.
 pub(crate) const TOKEN_CONTROL: u32 = u32::MAX - 1;
-const TOKEN_BACKEND: u32 = u32::MAX - 2;
+/// Backend fds: `TOKEN_BACKEND + i` for the device's backend `i` (below [`TOKEN_LIMITER`]).
+const TOKEN_BACKEND: u32 = 0x4000_0000;
 /// Rate limiter timers: `TOKEN_LIMITER + i` for the device's limiter `i`.
 pub(crate) const TOKEN_LIMITER: u32 = 0x8000_0000;
 
@@ -126,7 +127,8 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     active: bool,
-    registered_backend: Option<(RawFd, EventSet)>,
+    /// What is registered with the event loop for each backend fd of the device.
+    registered_backends: Vec<Option<(RawFd, EventSet)>>,
 }
 
 impl MmioTransport {
@@ -139,6 +141,7 @@ impl MmioTransport {
         opts: MmioOptions,
     ) -> io::Result<Self> {
         let max_sizes = device.queue_max_sizes().to_vec();
+        let backends = device.backend_count();
         let queue_evts = max_sizes
             .iter()
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -160,7 +163,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             active: false,
-            registered_backend: None,
+            registered_backends: vec![None; backends],
         })
     }
 
@@ -460,25 +463,29 @@ impl MmioTransport {
         }
     }
 
-    /// (Un)registers the device's backend fd to match what it currently wants.
+    /// (Un)registers the device's backend fds to match what it currently wants.
     fn sync_backend(&mut self, ops: &mut EventOps) {
-        let want = if self.is_active() {
-            self.device.backend_interest()
-        } else {
-            None
-        };
-        if want == self.registered_backend {
-            return;
-        }
-        if let Some((fd, _)) = self.registered_backend.take() {
-            if let Err(e) = ops.remove(Events::empty_raw(fd)) {
-                crate::error_limited!("virtio-mmio: removing backend fd {fd}: {e:?}");
+        for i in 0..self.registered_backends.len() {
+            let want = if self.is_active() {
+                self.device.backend_interest_at(i)
+            } else {
+                None
+            };
+            let registered = &mut self.registered_backends[i];
+            if want == *registered {
+                continue;
             }
-        }
-        if let Some((fd, set)) = want {
-            match ops.add(Events::with_data_raw(fd, TOKEN_BACKEND, set)) {
-                Ok(()) => self.registered_backend = Some((fd, set)),
-                Err(e) => crate::error_limited!("virtio-mmio: adding backend fd {fd}: {e:?}"),
+            if let Some((fd, _)) = registered.take() {
+                if let Err(e) = ops.remove(Events::empty_raw(fd)) {
+                    crate::error_limited!("virtio-mmio: removing backend fd {fd}: {e:?}");
+                }
+            }
+            if let Some((fd, set)) = want {
+                let token = TOKEN_BACKEND.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+                match ops.add(Events::with_data_raw(fd, token, set)) {
+                    Ok(()) => *registered = Some((fd, set)),
+                    Err(e) => crate::error_limited!("virtio-mmio: adding backend fd {fd}: {e:?}"),
+                }
             }
         }
     }
@@ -511,18 +518,19 @@ impl MmioTransport {
                     self.process_queue(i);
                 }
             }
-            TOKEN_BACKEND => {
-                if self.is_active() {
-                    if let Err(e) = self.device.process_backend(set) {
-                        self.device_failed(&e);
-                    }
-                }
-            }
             i if i >= TOKEN_LIMITER => {
                 // Always let the device read its timer, active or not: it is level-triggered.
                 self.device.rate_limiter_event((i - TOKEN_LIMITER) as usize);
                 for q in 0..self.queue_evts.len() {
                     self.process_queue(q);
+                }
+            }
+            i if i >= TOKEN_BACKEND => {
+                if self.is_active() {
+                    let index = (i - TOKEN_BACKEND) as usize;
+                    if let Err(e) = self.device.process_backend_at(index, set) {
+                        self.device_failed(&e);
+                    }
                 }
             }
             i => {

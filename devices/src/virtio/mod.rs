@@ -27,7 +27,7 @@ pub use block::{Block, BlockConfig, Engine};
 pub use mmio::{MmioOptions, MmioTransport};
 pub use net::{Net, NetConfig};
 pub use rng::Rng;
-pub use tap::{seqpacket_pair, TUNSETOFFLOAD};
+pub use tap::{seqpacket_pair, TapError, TUNSETOFFLOAD, TUNSETQUEUE};
 
 /// Virtio device IDs (virtio 1.2 §5).
 pub const TYPE_NET: u32 = 1;
@@ -192,6 +192,29 @@ pub trait VirtioDevice: Send {
     /// The backend fd from [`VirtioDevice::backend_interest`] is ready.
     fn process_backend(&mut self, _events: EventSet) -> Result<(), DeviceError> {
         Ok(())
+    }
+    /// How many backend fds the device has, fixed for its life (virtio-net: one tap queue per
+    /// queue pair). The transport polls backend `i` as [`VirtioDevice::backend_interest_at`]
+    /// says and hands its events to [`VirtioDevice::process_backend_at`].
+    fn backend_count(&self) -> usize {
+        1
+    }
+    /// [`VirtioDevice::backend_interest`] for backend `index` (the single-backend form is
+    /// index 0).
+    fn backend_interest_at(&self, index: usize) -> Option<(RawFd, EventSet)> {
+        if index == 0 {
+            self.backend_interest()
+        } else {
+            None
+        }
+    }
+    /// [`VirtioDevice::process_backend`] for backend `index`.
+    fn process_backend_at(&mut self, index: usize, events: EventSet) -> Result<(), DeviceError> {
+        if index == 0 {
+            self.process_backend(events)
+        } else {
+            Ok(())
+        }
     }
     /// Back to the state after construction (queues dropped, not active).
     fn reset(&mut self);

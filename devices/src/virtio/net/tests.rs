@@ -4,6 +4,7 @@ use super::*;
 use crate::virtio::test_utils::*;
 
 mod limit;
+mod mq;
 mod mrg;
 mod zerocopy;
 
@@ -216,4 +217,38 @@ fn real_tap() {
         .expect("cannot open a tap: run as root (CAP_NET_ADMIN) with /dev/net/tun");
     let net = Net::new(tap, NetConfig::default()).unwrap();
     assert_ne!(net.features() & feature(VIRTIO_NET_F_MAC), 0);
+}
+
+#[test]
+fn real_multi_queue_tap() {
+    // As `real_tap`: needs CAP_NET_ADMIN and /dev/net/tun. The taps vanish with their fds.
+    let name = format!("mvmq{}", std::process::id() % 100_000);
+    let taps = Tap::open_queues(&name, 3).expect("cannot create a multi-queue tap: run as root");
+    assert_eq!(taps.len(), 3);
+    // One queue of the same multi-queue tap, through the single-queue path's fallback.
+    let extra = Tap::open(&name).expect("one queue of a multi-queue tap");
+    drop(extra);
+    let mut net = Net::with_taps(taps, NetConfig::default()).unwrap();
+    assert_ne!(net.features() & feature(VIRTIO_NET_F_MQ), 0);
+    // Pairs 1 and 2 were detached at construction: detaching again is refused by the kernel,
+    // attaching works (and so does going back).
+    assert!(net.pairs[1].tap.set_queue_attached(false).is_err());
+    set_active_pairs(&mut net.pairs, 3).unwrap();
+    assert!(net.pairs.iter().all(|p| p.attached));
+    set_active_pairs(&mut net.pairs, 1).unwrap();
+    assert!(net.pairs[1..].iter().all(|p| !p.attached));
+
+    // A single-queue tap refuses several queues, saying what to do.
+    let single = format!("mvms{}", std::process::id() % 100_000);
+    let _held = Tap::open(&single).expect("a single-queue tap");
+    let e = Tap::open_queues(&single, 2).unwrap_err();
+    assert!(
+        matches!(e, crate::virtio::TapError::NotMultiQueue { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("multi_queue"), "{e}");
+    assert!(matches!(
+        Tap::open_queues(&single, 0),
+        Err(crate::virtio::TapError::QueueCount(0))
+    ));
 }

@@ -229,7 +229,7 @@ fn with_mrg_rxbuf_a_frame_that_fits_is_read_straight_into_the_chain() {
         let mem = guest_mem();
         let dma = bounce.then(|| Dma::bounced_from_str(mem.clone(), "size=1M").unwrap());
         let mut r = mrg_rig(&mem, 16, dma.clone());
-        r.net.rx_buf.fill(0xa5);
+        r.net.pairs[0].rx_buf.fill(0xa5);
         r.rx.add_chain(&[(0x10_0000, 800, true), (0x10_1000, 1200, true)]);
         let f = pframe(1502, 8); // 1514 bytes: over both buffers
         r.peer.write_all(&f).unwrap();
@@ -240,7 +240,7 @@ fn with_mrg_rxbuf_a_frame_that_fits_is_read_straight_into_the_chain() {
         assert_eq!(num_buffers(&got), 1);
         assert_eq!(&got[VNET_HDR_LEN..], &f[VNET_HDR_LEN..]);
         assert!(
-            r.net.rx_buf.iter().all(|&b| b == 0xa5),
+            r.net.pairs[0].rx_buf.iter().all(|&b| b == 0xa5),
             "bounce {bounce}: the frame went through the host buffer"
         );
         if let Some(s) = dma.as_ref().and_then(Dma::stats) {
@@ -261,11 +261,14 @@ fn with_an_rx_rate_limiter_frames_go_through_the_host_buffer() {
     let clock = ManualClock::default();
     let l = RateLimiter::with_clock(LimiterConfig::default(), std::sync::Arc::new(clock)).unwrap();
     r.net.set_rate_limiters(Some(l), None);
-    r.net.rx_buf.fill(0xa5);
+    r.net.pairs[0].rx_buf.fill(0xa5);
     r.rx.add_chain(&[(0x10_0000, 2000, true)]);
     let f = pframe(1502, 8);
     r.peer.write_all(&f).unwrap();
     r.net.process_backend(EventSet::IN).unwrap();
     assert_eq!(r.rx.used(), vec![(0, 1514)]);
-    assert_eq!(&r.net.rx_buf[VNET_HDR_LEN..1514], &f[VNET_HDR_LEN..]);
+    assert_eq!(
+        &r.net.pairs[0].rx_buf[VNET_HDR_LEN..1514],
+        &f[VNET_HDR_LEN..]
+    );
 }
