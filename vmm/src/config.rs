@@ -41,9 +41,11 @@ pub struct Cli {
     /// bw-burst=, iops=, iops-burst=; K/M/G suffixes); repeatable.
     #[arg(long, value_name = "PATH[,readonly][,bw=B/s][,iops=N]...")]
     pub disk: Vec<String>,
-    /// A virtio-net device on an existing tap interface, optionally rate-limited in each
-    /// direction (bw= bytes/s, bw-burst=, pps= frames/s, pps-burst=); repeatable.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC][,bw=B/s][,pps=N]...")]
+    /// A virtio-net device on an existing tap interface, optionally with N queue pairs
+    /// (queues=N: a multi-queue tap, `ip tuntap add NAME mode tap multi_queue`) and
+    /// rate-limited in each direction (bw= bytes/s, bw-burst=, pps= frames/s, pps-burst=);
+    /// repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,queues=N][,bw=B/s][,pps=N]...")]
     pub net: Vec<String>,
     /// A virtio-rng device fed from the host's getrandom.
     #[arg(long)]
@@ -119,9 +121,28 @@ pub struct NetConfig {
     pub tap: String,
     #[serde(default)]
     pub mac: Option<String>,
-    /// As for disks (`ops` are frames); each direction gets its own buckets.
+    /// As for disks (`ops` are frames); each direction gets its own buckets, shared by the
+    /// queue pairs.
     #[serde(default)]
     pub rate_limit: LimiterConfig,
+    /// Queue pairs (1 to 256): more than one opens the tap that many times with
+    /// `IFF_MULTI_QUEUE` and offers the guest VIRTIO_NET_F_MQ.
+    #[serde(default = "default_queues")]
+    pub queues: u16,
+}
+
+fn default_queues() -> u16 {
+    1
+}
+
+/// The most queue pairs of one net device (the kernel's `MAX_TAP_QUEUES`).
+pub const MAX_NET_QUEUES: u16 = 256;
+
+fn check_queues(what: &str, queues: u16) -> Result<()> {
+    if queues == 0 || queues > MAX_NET_QUEUES {
+        bail!("{what}: queues={queues} is not between 1 and {MAX_NET_QUEUES}");
+    }
+    Ok(())
 }
 
 /// The resolved configuration. Also the JSON file's schema.
@@ -268,23 +289,31 @@ fn parse_net(s: &str) -> Result<NetConfig> {
     let mut tap = None;
     let mut mac = None;
     let mut rate_limit = LimiterConfig::default();
+    let mut queues = 1;
     for kv in s.split(',') {
         match kv.split_once('=') {
             Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
             Some(("mac", v)) => mac = Some(v.to_string()),
+            Some(("queues", v)) => {
+                queues = v.parse().with_context(|| {
+                    format!("--net {s:?}: queues={v:?} is not a number from 1 to {MAX_NET_QUEUES}")
+                })?
+            }
             Some((k, v)) if parse_limit(&mut rate_limit, "pps", k, v)? => {}
             _ => bail!(
-                "--net {s:?}: expected tap=NAME[,mac=MAC][,bw=B/s][,bw-burst=B][,pps=N]\
-                 [,pps-burst=N]"
+                "--net {s:?}: expected tap=NAME[,mac=MAC][,queues=N][,bw=B/s][,bw-burst=B]\
+                 [,pps=N][,pps-burst=N]"
             ),
         }
     }
     let tap = tap.with_context(|| format!("--net {s:?}: tap=NAME is required"))?;
     check_limit(&format!("--net {s:?}"), &rate_limit)?;
+    check_queues(&format!("--net {s:?}"), queues)?;
     Ok(NetConfig {
         tap,
         mac,
         rate_limit,
+        queues,
     })
 }
 
@@ -408,6 +437,7 @@ impl VmConfig {
         }
         for n in &self.nets {
             check_limit(&format!("net {}", n.tap), &n.rate_limit)?;
+            check_queues(&format!("net {}", n.tap), n.queues)?;
         }
         Ok(())
     }
@@ -490,6 +520,29 @@ mod tests {
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
         assert!(parse_net("mac=02:00:00:00:00:01").is_err());
+        assert_eq!(n.queues, 1);
+    }
+
+    #[test]
+    fn net_queues() {
+        assert_eq!(parse_net("tap=tap0,queues=4").unwrap().queues, 4);
+        assert_eq!(parse_net("queues=256,tap=tap0").unwrap().queues, 256);
+        for bad in [
+            "queues=0",
+            "queues=257",
+            "queues=two",
+            "queues=",
+            "queues=-1",
+        ] {
+            assert!(parse_net(&format!("tap=tap0,{bad}")).is_err(), "{bad}");
+        }
+        let json = r#"{"kernel": "k", "nets": [{"tap": "tap0", "queues": 2}, {"tap": "tap1"}]}"#;
+        let cfg: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!((cfg.nets[0].queues, cfg.nets[1].queues), (2, 1));
+        assert!(cfg.validate_limits().is_ok());
+        let zero = r#"{"kernel": "k", "nets": [{"tap": "tap0", "queues": 0}]}"#;
+        let cfg: VmConfig = serde_json::from_str(zero).unwrap();
+        assert!(cfg.validate_limits().is_err());
     }
 
     #[test]

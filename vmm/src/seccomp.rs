@@ -6,7 +6,8 @@
 //!   re-reading /proc/self/smaps and /proc/self/statm (seek, read) through fds opened at
 //!   set-up; `accept4` (non-blocking) on the `--metrics-socket` listener and `send` on its
 //!   connections; `writev` on the taps; `timerfd_settime`
-//!   (relative, flags 0) for virtio-net's rate limiters; terminal `ioctl`s at exit; `tgkill` of
+//!   (relative, flags 0) for virtio-net's rate limiters; `ioctl` `TUNSETQUEUE` (virtio-net
+//!   multiqueue's VQ_PAIRS_SET); terminal `ioctl`s at exit; `tgkill` of
 //!   its own threads with the vCPU kick signal.
 //! - `blkN` (one thread per virtio-blk device, with its own event loop), installed before its
 //!   loop starts: epoll; read (eventfds); pread/pwrite/fdatasync/fallocate on the image;
@@ -14,8 +15,8 @@
 //!   `io_uring_enter` for the io_uring engine (rings are set up, and their eventfds
 //!   registered, before any filter: no thread may `io_uring_setup` or `io_uring_register`).
 //! - `vcpuN`, installed first thing on the thread: `ioctl` `KVM_RUN`, `KVM_GET_REGS`,
-//!   `KVM_GET_SREGS`, `KVM_TRANSLATE` and `TUNSETOFFLOAD` (virtio-net feature negotiation runs
-//!   on MMIO exits).
+//!   `KVM_GET_SREGS`, `KVM_TRANSLATE`, `TUNSETOFFLOAD` and `TUNSETQUEUE` (virtio-net feature
+//!   negotiation and reset run on MMIO exits).
 //! - `swiotlb-worker`, installed first thing on the thread (through `bounce`'s start hook):
 //!   nothing more, it only allocates, maps pools, sleeps and waits.
 //!
@@ -318,8 +319,14 @@ fn rules(kind: ThreadKind, fds: &WriteFds) -> Result<Rules, BackendError> {
                 3,
                 &[crate::prometheus::ACCEPT_FLAGS as u64],
             )?;
-            // Restoring the terminal at exit (isatty, tcgetattr, tcsetattr TCSANOW).
-            one_of(&mut r, libc::SYS_ioctl, 1, &[libc::TCGETS, libc::TCSETS])?;
+            // Restoring the terminal at exit (isatty, tcgetattr, tcsetattr TCSANOW);
+            // virtio-net attaching/detaching tap queues at VQ_PAIRS_SET (multiqueue).
+            one_of(
+                &mut r,
+                libc::SYS_ioctl,
+                1,
+                &[libc::TCGETS, libc::TCSETS, devices::virtio::TUNSETQUEUE],
+            )?;
         }
         ThreadKind::Vcpu => {
             one_of(
@@ -333,8 +340,10 @@ fn rules(kind: ThreadKind, fds: &WriteFds) -> Result<Rules, BackendError> {
                     // A triple fault is reported with the vCPU's control registers too.
                     KVM_GET_SREGS(),
                     KVM_TRANSLATE(),
-                    // virtio-net feature negotiation and reset run on MMIO exits.
+                    // virtio-net feature negotiation and reset run on MMIO exits (a reset
+                    // detaches a multi-queue tap's queues beyond the first).
                     devices::virtio::TUNSETOFFLOAD,
+                    devices::virtio::TUNSETQUEUE,
                 ],
             )?;
             // The vCPU fd and its kvm_run mapping are dropped when the thread ends.

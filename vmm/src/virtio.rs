@@ -109,14 +109,22 @@ fn net_device(spec: &NetSpec, index: usize) -> Result<Net> {
         None => default_mac(index),
     };
     ensure_tap_exists(&spec.tap)?;
-    let tap = Tap::open(&spec.tap).with_context(|| {
-        format!(
-            "cannot open tap device {:?} (create it first, e.g. `ip tuntap add {} mode tap`)",
-            spec.tap, spec.tap
-        )
+    let queues = usize::from(spec.queues);
+    let taps = Tap::open_queues(&spec.tap, queues).map_err(|e| match e {
+        // Says what to do already.
+        e @ devices::virtio::TapError::NotMultiQueue { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!(
+            "cannot open tap device {:?} (create it first, e.g. `ip tuntap add {} mode tap{}`)",
+            spec.tap,
+            spec.tap,
+            if queues > 1 { " multi_queue" } else { "" }
+        )),
     })?;
-    Net::new(
-        tap,
+    if queues > 1 {
+        log::info!("virtio-net on tap {:?}: {queues} queue pairs", spec.tap);
+    }
+    Net::with_taps(
+        taps,
         NetConfig {
             mac,
             queue_size: QUEUE_SIZE,
