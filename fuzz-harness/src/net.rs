@@ -1,4 +1,6 @@
-//! virtio-net TX and RX over a socketpair standing in for the tap (one frame per read/write).
+//! virtio-net TX and RX over a socketpair standing in for the tap (one frame per read/write),
+//! with one queue pair or two (one socketpair each, and a control queue: hostile command chains,
+//! well-formed VQ_PAIRS_SET).
 //!
 //! Beyond the common checks: every frame delivered says in its header how many buffers it
 //! took (`num_buffers`), 1 without VIRTIO_NET_F_MRG_RXBUF, and with it exactly the used
@@ -9,6 +11,7 @@ use std::io::{Read, Write};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bounce::{Dma, DmaQueue, DmaSource};
+use devices::virtio::net::ctrl::{VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET};
 use devices::virtio::net::{Net, NetConfig, Tap, MAX_FRAME_LEN, VIRTIO_NET_F_MRG_RXBUF};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::EventSet;
@@ -30,14 +33,25 @@ pub enum Action {
     KickRx,
     KickTx,
     Backend,
-    /// The features the driver accepted (which TX header offloads it may ask for).
+    /// The features the driver accepted (which TX header offloads it may ask for; with two
+    /// pairs, MQ and CTRL_VQ).
     Features(u64),
     Reset,
+    /// Chains on the control queue (a device with two pairs only).
+    Ctrl(Vec<ChainSpec>),
+    KickCtrl,
+    /// A well-formed VQ_PAIRS_SET with this many pairs on the control queue.
+    PairsSet(u16),
+    /// The pair the following Rx, Tx, Poke, Frame, KickRx, KickTx and Backend act on (pair 1:
+    /// a device with two pairs only).
+    Pair(bool),
 }
 
 #[derive(Arbitrary, Debug)]
 pub struct Input {
     pub bounced: bool,
+    /// Two queue pairs (MQ and CTRL_VQ offered, a control queue) instead of one.
+    pub mq: bool,
     pub rounds: Vec<Vec<Action>>,
 }
 
@@ -54,6 +68,15 @@ pub(crate) fn socketpair() -> (File, File) {
     devices::virtio::seqpacket_pair().expect("socketpair")
 }
 
+/// Ring slots: RX0, TX0 (and with two pairs RX1, TX1, control).
+fn ring_count(mq: bool) -> usize {
+    if mq {
+        5
+    } else {
+        2
+    }
+}
+
 pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
     let mem = guest_mem();
     let dma = if input.bounced {
@@ -61,16 +84,25 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
     } else {
         Dma::direct(mem.clone())
     };
-    let (a, mut peer) = socketpair();
+    let pairs = if input.mq { 2 } else { 1 };
+    let (taps, mut peers): (Vec<_>, Vec<_>) = (0..pairs)
+        .map(|_| {
+            let (a, peer) = socketpair();
+            (Tap::from_file(a), peer)
+        })
+        .unzip();
     let cfg = NetConfig {
         queue_size: QSIZE,
         ..Default::default()
     };
-    let mut net = Net::new(Tap::from_file(a), cfg).expect("net device");
-    let layouts = [Layout::slot(0, QSIZE), Layout::slot(1, QSIZE)];
+    let mut net = Net::with_taps(taps, cfg).expect("net device");
+    let layouts: Vec<Layout> = (0..ring_count(input.mq))
+        .map(|i| Layout::slot(i as u64, QSIZE))
+        .collect();
+    let ctrl = 2 * pairs;
     let irqfd = EventFd::new(EFD_NONBLOCK).expect("irqfd");
-    let activate = |net: &mut Net| -> [Ring; 2] {
-        let rings = layouts.map(|l| Ring::new(&mem, l));
+    let activate = |net: &mut Net| -> Vec<Ring> {
+        let rings = layouts.iter().map(|&l| Ring::new(&mem, l)).collect();
         let qs = layouts
             .iter()
             .map(|l| {
@@ -88,19 +120,56 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
     let mut logs = Vec::new();
     let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
     let mut mergeable = false;
+    let mut pair = 0usize;
     for round in input.rounds.iter().take(32) {
-        let mut steps: Vec<&Action> = Vec::new();
+        let mut steps: Vec<(usize, &Action)> = Vec::new();
         for a in round.iter().take(64) {
             match a {
                 Action::Rx(cs) | Action::Tx(cs) => {
-                    let i = usize::from(matches!(a, Action::Tx(_)));
+                    let i = 2 * pair + usize::from(matches!(a, Action::Tx(_)));
                     for c in cs.iter().take(usize::from(QSIZE)) {
                         rings[i].add_chain(&mem, c, &mut cursor);
                     }
                 }
-                Action::Poke { tx, poke } => rings[usize::from(*tx)].poke(&mem, poke),
+                Action::Ctrl(cs) if input.mq => {
+                    for c in cs.iter().take(usize::from(QSIZE)) {
+                        rings[ctrl].add_chain(&mem, c, &mut cursor);
+                    }
+                }
+                Action::PairsSet(n) if input.mq => {
+                    let c = ChainSpec {
+                        descs: vec![
+                            DescSpec {
+                                len: 2,
+                                writable: false,
+                                content: Content::Bytes(vec![
+                                    VIRTIO_NET_CTRL_MQ,
+                                    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+                                ]),
+                                at: None,
+                            },
+                            DescSpec {
+                                len: 2,
+                                writable: false,
+                                content: Content::Bytes(n.to_le_bytes().to_vec()),
+                                at: None,
+                            },
+                            DescSpec {
+                                len: 1,
+                                writable: true,
+                                content: Content::Bytes(Vec::new()),
+                                at: None,
+                            },
+                        ],
+                        indirect: false,
+                    };
+                    rings[ctrl].add_chain(&mem, &c, &mut cursor);
+                }
+                Action::Ctrl(_) | Action::PairsSet(_) => {}
+                Action::Pair(p) => pair = usize::from(*p && input.mq),
+                Action::Poke { tx, poke } => rings[2 * pair + usize::from(*tx)].poke(&mem, poke),
                 Action::Frame(f) => {
-                    let _ = peer.write(&f[..f.len().min(MAX_FRAME_LEN + 64)]);
+                    let _ = peers[pair].write(&f[..f.len().min(MAX_FRAME_LEN + 64)]);
                 }
                 Action::Features(f) => {
                     net.ack_features(*f);
@@ -111,17 +180,21 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
                     net.reset();
                     rings = activate(&mut net);
                 }
-                Action::KickRx | Action::KickTx | Action::Backend => steps.push(a),
+                Action::KickCtrl if !input.mq => {}
+                Action::KickRx | Action::KickTx | Action::Backend | Action::KickCtrl => {
+                    steps.push((pair, a))
+                }
             }
         }
         fill_writable(&mem, &layouts, fill);
         let before = snapshot(&mem);
-        for s in steps {
+        for (p, s) in steps {
             // Device errors are legitimate answers to a hostile ring (NEEDS_RESET).
             let _ = match s {
-                Action::KickRx => net.process_queue(0).map(|_| ()),
-                Action::KickTx => net.process_queue(1).map(|_| ()),
-                _ => net.process_backend(EventSet::IN),
+                Action::KickRx => net.process_queue(2 * p).map(|_| ()),
+                Action::KickTx => net.process_queue(2 * p + 1).map(|_| ()),
+                Action::KickCtrl => net.process_queue(ctrl).map(|_| ()),
+                _ => net.process_backend_at(p, EventSet::IN),
             };
         }
         let after = snapshot(&mem);
@@ -130,13 +203,29 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
             .zip(rings.iter_mut())
             .map(|(l, r)| (*l, r.new_used(&before, &mem)))
             .collect::<Vec<_>>();
-        // TX chains are only read: their used length is 0.
-        assert!(used[1].1.iter().all(|&(_, len)| len == 0), "TX used length");
-        check_num_buffers(&after, &layouts, &used[0].1, mergeable);
+        for p in 0..pairs {
+            // TX chains are only read: their used length is 0.
+            assert!(
+                used[2 * p + 1].1.iter().all(|&(_, len)| len == 0),
+                "TX used length"
+            );
+            check_num_buffers(&after, &layouts[2 * p], &layouts, &used[2 * p].1, mergeable);
+        }
+        if input.mq {
+            // A control command is answered with its ack byte, or not at all.
+            assert!(
+                used[ctrl].1.iter().all(|&(_, len)| len <= 1),
+                "control used length: {:?}",
+                used[ctrl].1
+            );
+        }
+        assert!(net.active_pairs() >= 1 && net.active_pairs() <= pairs);
         logs.push(check_round(&before, &after, &layouts, &used));
         // What reached the "tap": whole frames, never larger than the device's buffer.
-        while let Ok(n) = peer.read(&mut buf) {
-            assert!(n <= MAX_FRAME_LEN, "a {n}-byte frame reached the tap");
+        for peer in &mut peers {
+            while let Ok(n) = peer.read(&mut buf) {
+                assert!(n <= MAX_FRAME_LEN, "a {n}-byte frame reached the tap");
+            }
         }
         assert_eq!(
             slots_used(&dma),
@@ -147,18 +236,19 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
     logs
 }
 
-/// The RX frames of a round (`used`: the RX ring's new entries, in order) carry the right
+/// The RX frames of a round (`used`: the new entries of ring `rx`, in order) carry the right
 /// `num_buffers`: a frame starts at an entry with bytes in it; its header (the first 12 bytes
 /// of its chain) says how many entries it spans, 1 without `mergeable`, and those entries all
 /// have bytes in them. Skipped (hostile layouts) when the writable buffers of the round's
-/// chains overlap each other or a ring, or a frame's first chain holds less than a header.
+/// chains overlap each other or a ring (of `layouts`, every ring of the device), or a frame's
+/// first chain holds less than a header.
 pub fn check_num_buffers(
     after: &[u8],
-    layouts: &[Layout; 2],
+    rx: &Layout,
+    layouts: &[Layout],
     used: &[(u32, u32)],
     mergeable: bool,
 ) {
-    let rx = &layouts[0];
     let chains: Vec<Vec<(u64, u32, bool)>> = used
         .iter()
         .map(|&(head, _)| walk_chain(after, rx, head as u16))
@@ -248,7 +338,7 @@ mod tests {
         let first = walk_chain(&snapshot(&mem), &layouts[0], 0)[0].0;
         mem.write_obj(nb, GuestAddress(first + 10)).unwrap();
         let used = [(0, 1000), (1, 1000), (2, 500)];
-        check_num_buffers(&snapshot(&mem), &layouts, &used, mergeable);
+        check_num_buffers(&snapshot(&mem), &layouts[0], &layouts, &used, mergeable);
     }
 
     #[test]
@@ -269,7 +359,13 @@ mod tests {
         }
         let first = walk_chain(&snapshot(&mem), &layouts[0], 0)[0].0;
         mem.write_obj(2u16, GuestAddress(first + 10)).unwrap();
-        check_num_buffers(&snapshot(&mem), &layouts, &[(0, 1000), (1, 0)], true);
+        check_num_buffers(
+            &snapshot(&mem),
+            &layouts[0],
+            &layouts,
+            &[(0, 1000), (1, 0)],
+            true,
+        );
     }
 
     #[test]
@@ -293,6 +389,7 @@ mod tests {
             let rx = (0..4).map(|_| chain(1000)).collect();
             let input = Input {
                 bounced,
+                mq: false,
                 rounds: vec![vec![
                     Action::Features(1 << VIRTIO_NET_F_MRG_RXBUF),
                     Action::Rx(rx),
@@ -304,6 +401,69 @@ mod tests {
             let logs = exec(&input, 0);
             let lens: Vec<u32> = logs[0].entries.iter().map(|e| e.0).collect();
             assert_eq!(lens, vec![1000, 1000, 500, 900], "bounced {bounced}");
+        }
+    }
+
+    /// Two pairs: MQ negotiated, VQ_PAIRS_SET 2, then a frame on tap queue 1 lands in pair 1's
+    /// RX ring and a TX chain on pair 1 reaches tap queue 1; hostile control chains and
+    /// out-of-range VQ_PAIRS_SET around it pass every check (bounced: nothing left mapped).
+    #[test]
+    fn two_pairs_and_the_control_queue_through_the_device() {
+        let mq = (1u64 << 22) | (1 << 17) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let desc = |len: u16, writable: bool, bytes: Vec<u8>| DescSpec {
+            len,
+            writable,
+            content: Content::Bytes(bytes),
+            at: None,
+        };
+        let hostile = vec![
+            // Short header; readable after writable; no ack.
+            ChainSpec {
+                descs: vec![desc(1, false, vec![4]), desc(1, true, vec![])],
+                indirect: false,
+            },
+            ChainSpec {
+                descs: vec![desc(1, true, vec![]), desc(4, false, vec![4, 0, 2, 0])],
+                indirect: false,
+            },
+            ChainSpec {
+                descs: vec![desc(4, false, vec![4, 0, 2, 0])],
+                indirect: false,
+            },
+        ];
+        for bounced in [false, true] {
+            let input = Input {
+                bounced,
+                mq: true,
+                rounds: vec![
+                    vec![
+                        Action::Features(mq),
+                        Action::Ctrl(hostile.clone()),
+                        Action::PairsSet(0),
+                        Action::PairsSet(3),
+                        Action::PairsSet(2),
+                        Action::KickCtrl,
+                    ],
+                    vec![
+                        Action::Pair(true),
+                        Action::Rx(vec![chain(1000)]),
+                        Action::Frame(vec![0xee; 600]),
+                        Action::Backend,
+                        Action::Tx(vec![ChainSpec {
+                            descs: vec![desc(112, false, vec![0; 112])],
+                            indirect: false,
+                        }]),
+                        Action::KickTx,
+                    ],
+                ],
+            };
+            let logs = exec(&input, 0);
+            let lens: Vec<u32> = logs[0].entries.iter().map(|e| e.0).collect();
+            // Hostile: ERR, unanswered, unanswered; then ERR, ERR, OK.
+            assert_eq!(lens, vec![1, 0, 0, 1, 1, 1], "bounced {bounced}");
+            let lens: Vec<u32> = logs[1].entries.iter().map(|e| e.0).collect();
+            assert_eq!(lens, vec![600, 0], "bounced {bounced}: pair 1 RX then TX");
+            compare_runs(&logs, &exec(&input, 0xff));
         }
     }
 }

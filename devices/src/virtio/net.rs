@@ -218,13 +218,13 @@ impl Net {
     /// The features the driver accepted for multiqueue: MQ (with the CTRL_VQ it needs).
     fn mq(&self) -> bool {
         let both = feature(VIRTIO_NET_F_MQ) | feature(VIRTIO_NET_F_CTRL_VQ);
-        self.acked & both == both
+        self.acked & self.features & both == both
     }
 
     /// The control queue's index, if the driver negotiated one: after the last pair with MQ,
     /// else after the first (virtio 1.2 §5.1.2).
     fn ctrl_index(&self) -> Option<usize> {
-        (self.acked & feature(VIRTIO_NET_F_CTRL_VQ) != 0).then(|| {
+        (self.acked & self.features & feature(VIRTIO_NET_F_CTRL_VQ) != 0).then(|| {
             if self.mq() {
                 2 * self.pairs.len()
             } else {
