@@ -95,6 +95,38 @@ fn ioctl_numbers() {
     assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
     assert_eq!(KVM_TRANSLATE(), 0xc018_ae85);
     assert_eq!(devices::virtio::TUNSETOFFLOAD, 0x4004_54d0);
+    assert_eq!(devices::virtio::TUNSETQUEUE, 0x4004_54d9);
+}
+
+/// TUNSETQUEUE on a bad fd (EBADF: past the filter), then a forbidden call.
+fn tunsetqueue_then_getppid() {
+    let req = [0u8; 40];
+    // SAFETY: the request reads a 40-byte `struct ifreq`, which `req` is; fd -1 fails with
+    // EBADF before anything is read.
+    unsafe { libc::ioctl(-1, devices::virtio::TUNSETQUEUE, req.as_ptr()) };
+    passed();
+    // SAFETY: no arguments, no side effects.
+    unsafe { libc::getppid() };
+}
+
+/// virtio-net multiqueue attaches and detaches tap queues at VQ_PAIRS_SET (event loop) and at
+/// a reset (vCPU thread, an MMIO exit): there only.
+#[test]
+fn tunsetqueue_on_the_event_loop_and_vcpus_only() {
+    for kind in KINDS {
+        let (status, err) = in_child(kind, SeccompMode::Trap, tunsetqueue_then_getppid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == VIOLATION_EXIT_CODE,
+            "{kind:?}: status {status:#x}, stderr {err:?}"
+        );
+        if matches!(kind, ThreadKind::Main | ThreadKind::Vcpu) {
+            assert!(err.starts_with(PASSED), "{kind:?}: {err:?}");
+            assert!(err.contains("(getppid)"), "{kind:?}: {err:?}");
+        } else {
+            assert!(!err.starts_with(PASSED), "{kind:?}: {err:?}");
+            assert!(err.contains("(ioctl)"), "{kind:?}: {err:?}");
+        }
+    }
 }
 
 #[test]
