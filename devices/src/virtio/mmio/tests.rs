@@ -368,3 +368,109 @@ fn a_queue_left_with_work_is_served_again_without_a_notification_and_others_stil
 }
 
 mod limit;
+
+/// Programs queue `index` from the mock queue's layout and marks it ready.
+fn setup_queue_at(t: &mut MmioTransport, index: u32, q: &TestQueue, size: u32) {
+    w(t, REG_QUEUE_SEL, index);
+    w(t, REG_QUEUE_NUM, size);
+    for (lo, addr) in [
+        (REG_QUEUE_DESC_LOW, q.desc_addr().0),
+        (REG_QUEUE_DRIVER_LOW, q.avail_addr().0),
+        (REG_QUEUE_DEVICE_LOW, q.used_addr().0),
+    ] {
+        w(t, lo, addr as u32);
+        w(t, lo + 4, (addr >> 32) as u32);
+    }
+    w(t, REG_QUEUE_READY, 1);
+}
+
+/// A two-pair virtio-net behind the transport on a real event loop: the second tap queue is
+/// polled only once VQ_PAIRS_SET (on the control queue, the last) asked for two pairs, and
+/// its frames then reach pair 1's RX queue; a reset stops polling it.
+#[test]
+fn multiqueue_net_polls_each_pair_tap_queue_once_in_use() {
+    use crate::virtio::net::ctrl::{VIRTIO_NET_CTRL_MQ, VIRTIO_NET_OK};
+    use crate::virtio::net::{Tap, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
+    use crate::virtio::{Net, NetConfig};
+    use std::io::Write;
+
+    let mem = guest_mem();
+    let (ends, mut peers): (Vec<_>, Vec<_>) = (0..2)
+        .map(|_| crate::virtio::seqpacket_pair().unwrap())
+        .unzip();
+    let taps = ends.into_iter().map(Tap::from_file).collect();
+    let net = Net::with_taps(
+        taps,
+        NetConfig {
+            queue_size: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(
+        Box::new(net),
+        Dma::direct(mem.clone()),
+        irq.try_clone().unwrap(),
+        MmioOptions::default(),
+    )
+    .unwrap();
+    let mq = feature(VIRTIO_NET_F_MQ) | feature(VIRTIO_NET_F_CTRL_VQ);
+    assert_eq!(features(&mut t) & mq, mq);
+    assert!(negotiate(&mut t, feature(VIRTIO_F_VERSION_1) | mq));
+    let mut qs: Vec<_> = (0..5)
+        .map(|i| TestQueue::at(&mem, 0x38_0000 + 0x1000 * i, 16))
+        .collect();
+    for (i, q) in qs.iter().enumerate() {
+        setup_queue_at(&mut t, i as u32, q, 16);
+    }
+    w(&mut t, REG_STATUS, ALL_OK);
+    assert!(t.is_active());
+    let t = Arc::new(Mutex::new(t));
+    let mut em = EventManager::<Arc<Mutex<MmioTransport>>>::new().unwrap();
+    em.add_subscriber(t.clone());
+    em.run_with_timeout(100).unwrap();
+
+    let frame = |fill: u8| {
+        let mut f = vec![0u8; 12];
+        f.extend([fill; 100]);
+        f
+    };
+    // Pair 1 is not in use: its tap queue is not polled.
+    qs[2].add_chain(&[(0x10_0000, 2048, true)]);
+    peers[1].write_all(&frame(1)).unwrap();
+    em.run_with_timeout(50).unwrap();
+    assert!(qs[2].used().is_empty());
+
+    // VQ_PAIRS_SET 2 on the control queue (index 4).
+    qs[4].write(0x20_0000, &[VIRTIO_NET_CTRL_MQ, 0, 2, 0]);
+    qs[4].add_chain(&[
+        (0x20_0000, 2, false),
+        (0x20_0002, 2, false),
+        (0x20_1000, 1, true),
+    ]);
+    w(&mut t.lock().unwrap(), REG_QUEUE_NOTIFY, 4);
+    em.run_with_timeout(100).unwrap();
+    assert_eq!(qs[4].used(), vec![(0, 1)]);
+    assert_eq!(qs[4].read(0x20_1000, 1), vec![VIRTIO_NET_OK]);
+    // The transport now polls tap queue 1: the waiting frame lands in pair 1's RX queue.
+    for _ in 0..3 {
+        em.run_with_timeout(50).unwrap();
+    }
+    assert_eq!(qs[2].used(), vec![(0, 112)]);
+    assert_eq!(qs[2].read(0x10_0000 + 12, 100), vec![1; 100]);
+    assert!(qs[0].used().is_empty(), "nothing for pair 0");
+
+    // A reset: pair 1 is out of use again (its fd unregistered).
+    w(&mut t.lock().unwrap(), REG_STATUS, 0);
+    em.run_with_timeout(50).unwrap();
+    peers[1].write_all(&frame(2)).unwrap();
+    em.run_with_timeout(50).unwrap();
+    assert_eq!(qs[2].used().len(), 1);
+    assert!(t
+        .lock()
+        .unwrap()
+        .registered_backends
+        .iter()
+        .all(Option::is_none));
+}
