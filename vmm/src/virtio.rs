@@ -89,15 +89,17 @@ fn default_mac(index: usize) -> [u8; 6] {
 /// microvm attaches to a tap the host has set up; it never creates one (TUNSETIFF would, with
 /// CAP_NET_ADMIN), because a tap it created would be down and unaddressed, and the guest's
 /// network would silently go nowhere.
-fn ensure_tap_exists(name: &str) -> Result<()> {
+fn ensure_tap_exists(name: &str, queues: u16) -> Result<()> {
     let exists = std::ffi::CString::new(name)
         // SAFETY: if_nametoindex reads the NUL-terminated string, which outlives the call.
         .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
         .unwrap_or(false);
     if !exists {
+        let mq = if queues > 1 { " multi_queue" } else { "" };
         bail!(
             "tap interface {name:?} does not exist: create and configure it first, e.g. \
-             `ip tuntap add {name} mode tap && ip link set {name} up` (microvm never creates one)"
+             `ip tuntap add {name} mode tap{mq} && ip link set {name} up` (microvm never creates \
+             one)"
         );
     }
     Ok(())
@@ -108,7 +110,7 @@ fn net_device(spec: &NetSpec, index: usize) -> Result<Net> {
         Some(m) => parse_mac(m)?,
         None => default_mac(index),
     };
-    ensure_tap_exists(&spec.tap)?;
+    ensure_tap_exists(&spec.tap, spec.queues)?;
     let queues = usize::from(spec.queues);
     let taps = Tap::open_queues(&spec.tap, queues).map_err(|e| match e {
         // Says what to do already.

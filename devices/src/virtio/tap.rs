@@ -53,24 +53,24 @@ pub enum TapError {
     /// TUNSETIFF with `IFF_MULTI_QUEUE` refused with EINVAL: the interface exists without
     /// multi-queue (or a kernel without it).
     #[error(
-        "tap {name:?} does not take {queues} queues (TUNSETIFF IFF_MULTI_QUEUE: {source}): it \
+        "tap {name:?} does not take {queues} queues (TUNSETIFF IFF_MULTI_QUEUE: {error}): it \
          was not created multi-queue; recreate it with `ip tuntap del {name} mode tap && ip \
          tuntap add {name} mode tap multi_queue`, or use queues=1"
     )]
     NotMultiQueue {
         name: String,
         queues: usize,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("tap {name:?}: queue {index} of {queues}: TUNSETIFF: {source}")]
+    #[error("tap {name:?}: queue {index} of {queues}: TUNSETIFF: {error}")]
     SetIff {
         name: String,
         index: usize,
         queues: usize,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("tap {name:?}: TUNSETVNETHDRSZ: {source}")]
-    VnetHdr { name: String, source: io::Error },
+    #[error("tap {name:?}: TUNSETVNETHDRSZ: {error}")]
+    VnetHdr { name: String, error: io::Error },
 }
 
 /// A tap (or, for tests, any packet-oriented fd that behaves like one).
@@ -86,9 +86,9 @@ impl Tap {
     pub fn open(name: &str) -> io::Result<Tap> {
         let mut taps = Self::open_queues(name, 1).map_err(|e| match e {
             TapError::OpenTun(e)
-            | TapError::SetIff { source: e, .. }
-            | TapError::VnetHdr { source: e, .. }
-            | TapError::NotMultiQueue { source: e, .. } => e,
+            | TapError::SetIff { error: e, .. }
+            | TapError::VnetHdr { error: e, .. }
+            | TapError::NotMultiQueue { error: e, .. } => e,
             e => io::Error::new(io::ErrorKind::InvalidInput, e),
         })?;
         Ok(taps.remove(0))
@@ -106,34 +106,39 @@ impl Tap {
         }
         let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
         if queues == 1 {
-            match Self::open_one(name, flags) {
-                Err(TapError::SetIff { source, .. })
-                    if source.raw_os_error() == Some(libc::EINVAL) =>
+            return match Self::open_one(name, flags) {
+                // Perhaps a multi-queue tap: open one of its queues. If that fails too, the
+                // first error is the one to report.
+                Err(e @ TapError::SetIff { .. })
+                    if matches!(&e, TapError::SetIff { error, .. }
+                        if error.raw_os_error() == Some(libc::EINVAL)) =>
                 {
-                    // A multi-queue tap: open one of its queues.
+                    Self::open_one(name, flags | IFF_MULTI_QUEUE)
+                        .map(|t| vec![t])
+                        .map_err(|_| e)
                 }
-                r => return r.map(|t| vec![t]),
-            }
+                r => r.map(|t| vec![t]),
+            };
         }
         let mut taps = Vec::with_capacity(queues);
         for index in 0..queues {
             match Self::open_one(name, flags | IFF_MULTI_QUEUE) {
                 Ok(t) => taps.push(t),
-                Err(TapError::SetIff { source, .. })
-                    if index == 0 && source.raw_os_error() == Some(libc::EINVAL) =>
+                Err(TapError::SetIff { error, .. })
+                    if index == 0 && error.raw_os_error() == Some(libc::EINVAL) =>
                 {
                     return Err(TapError::NotMultiQueue {
                         name: name.to_string(),
                         queues,
-                        source,
+                        error,
                     });
                 }
-                Err(TapError::SetIff { source, .. }) => {
+                Err(TapError::SetIff { error, .. }) => {
                     return Err(TapError::SetIff {
                         name: name.to_string(),
                         index,
                         queues,
-                        source,
+                        error,
                     })
                 }
                 Err(e) => return Err(e),
@@ -165,7 +170,7 @@ impl Tap {
                 name: name.to_string(),
                 index: 0,
                 queues: 1,
-                source: io::Error::last_os_error(),
+                error: io::Error::last_os_error(),
             });
         }
         let hdr_len = VNET_HDR_LEN as libc::c_int;
@@ -174,7 +179,7 @@ impl Tap {
         if r < 0 {
             return Err(TapError::VnetHdr {
                 name: name.to_string(),
-                source: io::Error::last_os_error(),
+                error: io::Error::last_os_error(),
             });
         }
         Ok(Tap { file, is_tap: true })
