@@ -76,6 +76,12 @@ pub const MAX_QUEUE_PAIRS: usize = super::tap::MAX_TAP_QUEUES;
 pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65535 + 18;
 /// Frames moved from the tap per event.
 pub const RX_BURST: usize = 64;
+/// Control commands served per notification (then the transport comes back after the other
+/// ready fds): one VQ_PAIRS_SET may attach or detach up to N - 1 tap queues, and each detach
+/// waits for an RCU grace period in the host kernel, so a driver flipping between 1 and N
+/// pairs must not hold the event loop for [`QUEUE_BUDGET`] of them. Linux sends one command
+/// at a time and waits for its answer.
+pub const CTRL_BUDGET: usize = 4;
 
 /// Device options chosen by the VMM.
 #[derive(Debug, Clone, Copy)]
@@ -401,7 +407,7 @@ impl Net {
         let (Some(q), Some(irq)) = (queues.get_mut(index), interrupt.as_ref()) else {
             return Err(DeviceError::NoSuchQueue(index));
         };
-        drain_queue(q, irq, QUEUE_BUDGET, |q, chain| {
+        drain_queue(q, irq, CTRL_BUDGET, |q, chain| {
             let r = ctrl::handle(q, chain, |cmd| {
                 ctrl_command(cmd, mq, &ready, pairs, active_pairs)
             });

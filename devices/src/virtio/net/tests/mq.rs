@@ -365,3 +365,26 @@ fn activation_needs_the_control_queue_when_negotiated() {
         })
     ));
 }
+
+#[test]
+fn the_control_queue_serves_a_few_commands_per_notification() {
+    let mem = guest_mem();
+    let mut r = mq_rig(&mem, 2, mq_features(), &[], None);
+    let ctrl = 4;
+    for i in 0..CTRL_BUDGET + 2 {
+        let n = 1 + (i % 2) as u16;
+        let a = CMD + 0x10 * i as u64;
+        r.queues[ctrl].write(a, &[VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET]);
+        r.queues[ctrl].write(a + 2, &n.to_le_bytes());
+        r.queues[ctrl].add_chain(&[(a, 4, false), (ACK + i as u64, 1, true)]);
+    }
+    assert_eq!(r.net.process_queue(ctrl).unwrap(), QueueState::MoreWork);
+    assert_eq!(r.queues[ctrl].used().len(), CTRL_BUDGET);
+    assert_eq!(r.net.process_queue(ctrl).unwrap(), QueueState::Drained);
+    assert_eq!(r.queues[ctrl].used().len(), CTRL_BUDGET + 2);
+    assert_eq!(
+        r.queues[ctrl].read(ACK, CTRL_BUDGET + 2),
+        vec![VIRTIO_NET_OK; CTRL_BUDGET + 2]
+    );
+    assert_eq!(r.net.active_pairs(), 2);
+}
