@@ -2,8 +2,8 @@
 //! `--restricted-dma` (every device DMA bounced through the `bounce` pools), through the
 //! harness (direct or nested path).
 //!
-//! The guest scripts are `resources/guest/tests/{blk,blk-exhaust,ext4,rng,net}.sh`; they
-//! print `KEY=VALUE` markers and `MICROVM-TEST-RESULT=PASS|FAIL`. Data the guest writes
+//! The guest scripts are `resources/guest/tests/{blk,blk-exhaust,ext4,rng,net,net-mq}.sh`;
+//! they print `KEY=VALUE` markers and `MICROVM-TEST-RESULT=PASS|FAIL`. Data the guest writes
 //! comes from `/payload.bin` of the initramfs, whose bytes the host also has
 //! (`payload.bin` next to the initramfs), so the host checks the disk image byte for byte.
 
