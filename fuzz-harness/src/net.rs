@@ -13,7 +13,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use bounce::{Dma, DmaQueue, DmaSource};
 use devices::virtio::net::ctrl::{VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET};
 use devices::virtio::net::{Net, NetConfig, Tap, MAX_FRAME_LEN, VIRTIO_NET_F_MRG_RXBUF};
-use devices::virtio::{Interrupt, VirtioDevice};
+use devices::virtio::{Interrupt, QueueState, VirtioDevice};
 use event_manager::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -193,7 +193,13 @@ pub fn exec(input: &Input, fill: u8) -> Vec<RoundLog> {
             let _ = match s {
                 Action::KickRx => net.process_queue(2 * p).map(|_| ()),
                 Action::KickTx => net.process_queue(2 * p + 1).map(|_| ()),
-                Action::KickCtrl => net.process_queue(ctrl).map(|_| ()),
+                // The control queue serves a few commands per pass; the transport comes
+                // back for the rest (`MoreWork`) without a notification.
+                Action::KickCtrl => (0..usize::from(QSIZE))
+                    .map(|_| net.process_queue(ctrl))
+                    .find(|r| !matches!(r, Ok(QueueState::MoreWork)))
+                    .unwrap_or(Ok(QueueState::MoreWork))
+                    .map(|_| ()),
                 _ => net.process_backend_at(p, EventSet::IN),
             };
         }
