@@ -590,7 +590,7 @@ fn net_mq_setup() -> Vec<String> {
 /// final line is read) running `net-mq.sh`; checks what holds whatever the CPUs (MQ and
 /// CTRL_VQ negotiated, ping and a checksummed 4 MiB download from each CPU, no device error,
 /// a control command answered) and returns the outcome and the net device's metrics.
-fn net_mq(cpus: u8) -> (Outcome, Value) {
+fn net_mq(cpus: u8, more: &str) -> (Outcome, Value) {
     const BEGIN: &str = "@@METRICS-BEGIN";
     const END: &str = "@@METRICS-END";
     let (h, k) = setup();
@@ -604,7 +604,7 @@ fn net_mq(cpus: u8) -> (Outcome, Value) {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let script = format!(
         "rm -f {out}; {} --kernel {} --initrd {} --cpus {cpus} --memory 256 \
-         --net tap=mvtap1,queues=2 --metrics {out},interval=10s --cmdline {} 2>&1; \
+         --net tap=mvtap1,queues=2 {more} --metrics {out},interval=10s --cmdline {} 2>&1; \
          echo \"status=$?\"; echo {BEGIN}; tail -n 1 {out}; echo {END}; rm -f {out}",
         q(&microvm.to_string_lossy()),
         q(&k.bzimage.to_string_lossy()),
@@ -620,7 +620,7 @@ fn net_mq(cpus: u8) -> (Outcome, Value) {
         .run_with_setup(&run, &net_mq_setup())
         .unwrap_or_else(|e| panic!("harness run failed: {e:#}"));
     eprintln!(
-        "net-mq --cpus {cpus}: program {:?}, outer total {:?}",
+        "net-mq --cpus {cpus} {more}: program {:?}, outer total {:?}",
         o.elapsed,
         o.outer.as_ref().map(|x| x.total)
     );
@@ -701,12 +701,20 @@ fn chains(dev: &Value, queue: usize) -> u64 {
     dev["queues"][queue]["chains"].as_u64().unwrap_or(0)
 }
 
-/// virtio-net with two queue pairs on a multi-queue tap and two vCPUs: the guest sets two
-/// pairs (Linux's VQ_PAIRS_SET at probe: min(CPUs, max_virtqueue_pairs)) and both TX queues
-/// carry frames (virtio_net's XPS: CPU i sends on TX queue i); both RX queues are reported.
+/// virtio-net with two queue pairs on a multi-queue tap and two vCPUs, bounced through
+/// restricted-DMA pools: the guest sets two pairs (Linux's VQ_PAIRS_SET at probe: min(CPUs,
+/// max_virtqueue_pairs)) and both TX queues carry frames (virtio_net's XPS: CPU i sends on TX
+/// queue i); both RX queues are reported; no map failed and every bounce slot was released.
 #[test]
 fn virtio_net_multiqueue_two_pairs_carry_traffic() {
-    let (o, dev) = net_mq(2);
+    let (o, dev) = net_mq(2, "--restricted-dma=4M");
+    let s = bounce_statistics(&o.stdout)
+        .unwrap_or_else(|| panic!("no bounce statistics line\n{}", o.describe()));
+    eprintln!("statistics: {s}");
+    assert_eq!(total_failures(&s), 0, "{s}");
+    assert_eq!(n(&s, "slots_used"), 0, "{s}");
+    assert_eq!(n(&s, "maps"), n(&s, "unmaps"), "{s}");
+    assert!(n(&s, "bytes_to_guest") >= 8 << 20, "{s}");
     for (key, want) in [("net-tx-queues", "2"), ("net-rx-queues", "2")] {
         assert_eq!(
             o.value(key).as_deref(),
@@ -732,7 +740,7 @@ fn virtio_net_multiqueue_two_pairs_carry_traffic() {
 /// be lost and a download would stall).
 #[test]
 fn virtio_net_multiqueue_one_cpu_uses_one_pair() {
-    let (o, dev) = net_mq(1);
+    let (o, dev) = net_mq(1, "");
     for (key, want) in [("net-tx-queues", "1"), ("net-rx-queues", "1")] {
         assert_eq!(
             o.value(key).as_deref(),
