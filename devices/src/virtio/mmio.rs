@@ -17,8 +17,9 @@
 //!   like Firecracker: the guest reads InterruptStatus and ACKs.
 //! * Event loop: add the `Arc<Mutex<MmioTransport>>` to the VMM's `event_manager::EventManager`
 //!   (`add_subscriber`). `init` registers the queue eventfds, an internal control eventfd
-//!   (signalled on activation and reset) and, while the device wants it, its backend fd (the
-//!   tap). All queue processing runs there, never on a vCPU thread.
+//!   (signalled on activation and reset) and, while the device wants them, its backend fds
+//!   (virtio-net: one tap queue per queue pair in use; virtio-blk: its completion eventfd). All
+//!   queue processing runs there, never on a vCPU thread.
 //! * Guest discovery: kernel command line `virtio_mmio.device=4K@0x<base>:<irq>` per device (see
 //!   [`cmdline_fragment`]); device type, features and config space are read over MMIO.
 
