@@ -7,8 +7,9 @@
 //!
 //! Each cell checks: microvm logged the 32-bit entry; the init ran (`I386-INIT-OK`) on a 32-bit
 //! kernel (`uname -m` is i686); all vCPUs online; the command line intact; with `--rng`, 16
-//! bytes from virtio-rng (virtio-mmio at 0xd0000000); no step failed; the initrd not moved by
-//! the kernel; the kernel powered off (ACPI) and microvm exited 0, within [`TIME_BOUND`].
+//! bytes from virtio-rng (virtio-mmio at 0xd0000000); the CPUs found in the ACPI MADT, or with
+//! `acpi=off` in the MP table; no step failed; the initrd not moved by the kernel; the kernel
+//! powered off (ACPI; rebooted with `acpi=off`) and microvm exited 0, within [`TIME_BOUND`].
 
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ struct Cell {
     stdio: StdioMode,
     /// `--rng`: a virtio-rng device (virtio-mmio at 0xd0000000) the init reads 16 bytes from.
     rng: bool,
+    /// `acpi=off i386.exit=reboot`: the CPUs come from the MP table, and the init reboots
+    /// (`reboot=k`: the i8042) since without ACPI the kernel cannot power off.
+    acpi_off: bool,
 }
 
 fn run_cell(cell: &Cell) -> Outcome {
@@ -39,7 +43,10 @@ fn run_cell(cell: &Cell) -> Outcome {
     let initrd = init32_initramfs().unwrap_or_else(|e| {
         panic!("cannot build the 32-bit init (resources/build-init32.sh): {e:#}")
     });
-    let cmdline = format!("console=ttyS0 reboot=k panic=1 microvm.cell={}", cell.name);
+    let mut cmdline = format!("console=ttyS0 reboot=k panic=1 microvm.cell={}", cell.name);
+    if cell.acpi_off {
+        cmdline.push_str(" acpi=off i386.exit=reboot");
+    }
     let mut run = Run::microvm(vec![
         Arg::s("--kernel"),
         Arg::file(&kernel.bzimage),
@@ -159,10 +166,26 @@ fn check_cell(cell: &Cell, cmdline: &str, o: &Outcome) {
         o.value("I386-ERROR").is_none(),
         "{name}: a step of the 32-bit init failed\n{d}"
     );
-    assert!(
-        o.stdout.contains("I386-INIT-DONE poweroff") && o.stdout.contains("reboot: Power down"),
-        "{name}: the guest did not power off\n{d}"
-    );
+    if cell.acpi_off {
+        assert!(
+            o.stdout.contains("Intel MultiProcessor Specification")
+                && !o.stdout.contains("Using ACPI (MADT)"),
+            "{name}: the CPUs did not come from the MP table\n{d}"
+        );
+        assert!(
+            o.stdout.contains("I386-INIT-DONE reboot") && o.stdout.contains("reboot: Restarting"),
+            "{name}: the guest did not reboot\n{d}"
+        );
+    } else {
+        assert!(
+            o.stdout.contains("Using ACPI (MADT) for SMP"),
+            "{name}: the CPUs did not come from the ACPI MADT\n{d}"
+        );
+        assert!(
+            o.stdout.contains("I386-INIT-DONE poweroff") && o.stdout.contains("reboot: Power down"),
+            "{name}: the guest did not power off\n{d}"
+        );
+    }
     assert!(
         !o.stdout.contains("Kernel panic"),
         "{name}: the guest panicked\n{d}"
@@ -176,7 +199,7 @@ fn check_cell(cell: &Cell, cmdline: &str, o: &Outcome) {
     assert_eq!(
         o.status,
         Some(0),
-        "{name}: guest power off must exit 0\n{d}"
+        "{name}: a guest power off or reboot must exit 0\n{d}"
     );
     assert!(o.elapsed < TIME_BOUND, "{name}: took {:?}\n{d}", o.elapsed);
 }
@@ -198,6 +221,7 @@ fn i386_bzimage_1cpu_pty_poweroff() {
         memory_mib: 256,
         stdio: StdioMode::Terminal,
         rng: false,
+        acpi_off: false,
     });
     assert_eq!(o.stderr, "", "stderr is the terminal too\n{}", o.describe());
 }
@@ -212,6 +236,7 @@ fn i386_bzimage_2cpus_pipes_rng_poweroff() {
         memory_mib: 256,
         stdio: StdioMode::Pipes,
         rng: true,
+        acpi_off: false,
     });
 }
 
@@ -225,6 +250,7 @@ fn i386_bzimage_2cpus_2g_pipes_poweroff() {
         memory_mib: 2048,
         stdio: StdioMode::Pipes,
         rng: false,
+        acpi_off: false,
     });
     let kib = memtotal_kib(&o);
     assert!(
@@ -232,4 +258,18 @@ fn i386_bzimage_2cpus_2g_pipes_poweroff() {
         "MemTotal {kib} KiB: want the kernel's low memory (under 1 GiB, over 512 MiB)\n{}",
         o.describe()
     );
+}
+
+/// Without ACPI (`acpi=off`): the 32-bit kernel finds both vCPUs in microvm's MP table and
+/// reboots through the i8042.
+#[test]
+fn i386_bzimage_2cpus_pty_acpi_off_reboot() {
+    run_cell(&Cell {
+        name: "i386_bzimage_2cpus_pty_acpi_off_reboot",
+        cpus: 2,
+        memory_mib: 256,
+        stdio: StdioMode::Terminal,
+        rng: false,
+        acpi_off: true,
+    });
 }

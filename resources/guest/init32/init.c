@@ -12,7 +12,9 @@
  *                                    else none
  *   I386-HWRNG=<32 hex digits>       with virtio-rng: 16 bytes read from /dev/hwrng (devtmpfs),
  *                                    through the virtio-mmio device at 0xd0000000
- *   I386-INIT-DONE poweroff          then reboot(2) with LINUX_REBOOT_CMD_POWER_OFF
+ *   I386-INIT-DONE poweroff          then reboot(2) with LINUX_REBOOT_CMD_POWER_OFF, or, with
+ *   I386-INIT-DONE reboot            i386.exit=reboot on the command line (a kernel without
+ *                                    ACPI cannot power off), LINUX_REBOOT_CMD_RESTART
  * A failed step prints I386-ERROR=<what> <errno> and the init still powers off: the host
  * checks every line. */
 
@@ -28,6 +30,7 @@
 #define LINUX_REBOOT_MAGIC1 0xfee1deadu
 #define LINUX_REBOOT_MAGIC2 672274793u
 #define LINUX_REBOOT_CMD_POWER_OFF 0x4321fedcu
+#define LINUX_REBOOT_CMD_RESTART 0x01234567u
 
 static long sys3(long nr, long a, long b, long c)
 {
@@ -202,6 +205,19 @@ static void rng(void)
 	put("\n");
 }
 
+static int contains(const char *hay, const char *needle)
+{
+	unsigned long k = len(needle);
+	for (; *hay; hay++) {
+		unsigned long i = 0;
+		while (i < k && hay[i] == needle[i])
+			i++;
+		if (i == k)
+			return 1;
+	}
+	return 0;
+}
+
 struct utsname {
 	char sysname[65], nodename[65], release[65], version[65], machine[65], domainname[65];
 };
@@ -234,9 +250,12 @@ void _start(void)
 	show("I386-MEMTOTAL=", "/proc/meminfo", "MemTotal:");
 	show("I386-CMDLINE=", "/proc/cmdline", 0);
 	rng();
-	put("I386-INIT-DONE poweroff\n");
-	r = sys5(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_POWER_OFF, 0,
-		 0);
+	static char cmdline[4096];
+	int reboot = slurp("/proc/cmdline", cmdline, sizeof(cmdline), 1) > 0 &&
+		     contains(cmdline, "i386.exit=reboot");
+	put(reboot ? "I386-INIT-DONE reboot\n" : "I386-INIT-DONE poweroff\n");
+	r = sys5(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
+		 reboot ? LINUX_REBOOT_CMD_RESTART : LINUX_REBOOT_CMD_POWER_OFF, 0, 0);
 	error("reboot", r);
 	sys3(SYS_exit, 1, 0, 0);
 	for (;;)
