@@ -22,15 +22,14 @@
 #  #@arch
 # An overlay may name another architecture with a line `# build-kernel: ARCH=NAME` (`i386`:  #@arch
 # a 32-bit kernel; the default is x86_64). The lines that do this end in '#@arch' and are left  #@arch
-# out of the hash, so adding them changed no existing kernel's hash (nor every machine's store):  #@arch
-# only lines that do nothing for an x86_64 build may carry that mark.  #@arch
+# out of the hash of kernels whose overlay names no ARCH, so adding them changed no existing  #@arch
+# kernel's hash (nor every machine's store): only lines that do nothing for such a build may  #@arch
+# carry that mark. A kernel whose overlay names an ARCH has them in its hash.  #@arch
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FRAGMENT=$ROOT/resources/kernel/microvm-x86_64-6.1.config
 SELF=$ROOT/resources/build-kernel.sh
-SELF=$(mktemp /tmp/build-kernel.hashed.XXXXXX)  #@arch
-grep -v '#@arch$' "$ROOT/resources/build-kernel.sh" > "$SELF"  #@arch
 SRC_TAR=/usr/src/linux-source-6.1.tar.xz
 
 die() { echo "build-kernel: error: $*" >&2; exit 1; }
@@ -69,6 +68,10 @@ VERSION=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) \
 
 # The variant's name and overlay count only for a variant: the main kernel's hash does not
 # change with the overlays beside it.
+SELF=$(mktemp /tmp/build-kernel.hashed.XXXXXX)  #@arch
+grep -v '#@arch$' "$ROOT/resources/build-kernel.sh" > "$SELF"  #@arch
+# A variant that names an ARCH depends on the marked lines too: they count in its hash.  #@arch
+[ -z "${KARCH:-}" ] || grep '#@arch$' "$ROOT/resources/build-kernel.sh" >> "$SELF"  #@arch
 HASH=$( { cat "$FRAGMENT" "$SELF"; echo "linux-source-6.1 $VERSION"; gcc --version | head -n 1;
           if [ -n "$VARIANT" ]; then echo "variant $VARIANT"; cat "$OVERLAY"; fi; } \
         | sha256sum | cut -c1-16)

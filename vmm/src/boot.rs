@@ -179,13 +179,8 @@ pub fn setup(mem: &GuestMemoryMmap, s: &BootSetup) -> Result<EntryPoint> {
     };
     let initrd_max = match (&kernel.setup_header, bz_entry) {
         (Some(h), Some(entry)) => initrd_addr_max(h, entry),
-        (Some(h), None) => u64::from(h.initrd_addr_max),
-        (None, _) => 0,
-    };
-    let initrd_max = if initrd_max == 0 {
-        INITRD_ADDR_MAX_OLD
-    } else {
-        initrd_max
+        // PVH (no setup header): the limit microvm has always used for its module.
+        _ => INITRD_ADDR_MAX_OLD,
     };
     let initrd = match s.initrd {
         Some(p) => Some(load_initrd(
