@@ -19,6 +19,12 @@
 # a fresh clone with the same inputs copies the kernel from there instead of compiling it
 # again (about 4-5 minutes of both cores per kernel on a 2-core machine).
 # Progress goes to stderr, the full make log to build/work/kernel-[NAME-]<hash>/build.log.
+#  #@arch
+# An overlay may name another architecture with a line `# build-kernel: ARCH=NAME` (`i386`:  #@arch
+# a 32-bit kernel; the default is x86_64). The lines that do this end in '#@arch' and are left  #@arch
+# out of the hash of kernels whose overlay names no ARCH, so adding them changed no existing  #@arch
+# kernel's hash (nor every machine's store): only lines that do nothing for such a build may  #@arch
+# carry that mark. A kernel whose overlay names an ARCH has them in its hash.  #@arch
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +52,11 @@ if [ -n "$VARIANT" ]; then
     esac
     OVERLAY=$ROOT/resources/kernel/$VARIANT.config
     [ -f "$OVERLAY" ] || die "variant '$VARIANT': no overlay fragment $OVERLAY"
+    KARCH=$(sed -n 's/^# build-kernel: ARCH=\(.*\)$/\1/p' "$OVERLAY")  #@arch
+    case "${KARCH:-x86_64}" in  #@arch
+        x86_64|i386) ;;  #@arch
+        *) die "$OVERLAY: ARCH=$KARCH: only x86_64 and i386 are supported" ;;  #@arch
+    esac  #@arch
 fi
 
 [ -f "$SRC_TAR" ] || die "$SRC_TAR missing: apt-get install linux-source-6.1"
@@ -57,9 +68,14 @@ VERSION=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) \
 
 # The variant's name and overlay count only for a variant: the main kernel's hash does not
 # change with the overlays beside it.
+SELF=$(mktemp /tmp/build-kernel.hashed.XXXXXX)  #@arch
+grep -v '#@arch$' "$ROOT/resources/build-kernel.sh" > "$SELF"  #@arch
+# A variant that names an ARCH depends on the marked lines too: they count in its hash.  #@arch
+[ -z "${KARCH:-}" ] || grep '#@arch$' "$ROOT/resources/build-kernel.sh" >> "$SELF"  #@arch
 HASH=$( { cat "$FRAGMENT" "$SELF"; echo "linux-source-6.1 $VERSION"; gcc --version | head -n 1;
           if [ -n "$VARIANT" ]; then echo "variant $VARIANT"; cat "$OVERLAY"; fi; } \
         | sha256sum | cut -c1-16)
+rm -f "$SELF"  #@arch
 NAME=kernel-${VARIANT:+$VARIANT-}$HASH
 CACHE=$ROOT/build/cache
 OUT=$CACHE/$NAME
@@ -110,6 +126,10 @@ BUILDLOG=$WORK/build.log
 JOBS=$(nproc)
 kmake() { nice make -C "$SRC" O="$WORK" ARCH=x86_64 "$@" >>"$BUILDLOG" 2>&1 \
     || { tail -n 40 "$BUILDLOG" >&2; die "make $* failed (log: $BUILDLOG)"; }; }
+if [ -n "${KARCH:-}" ] && [ "$KARCH" != x86_64 ]; then  #@arch
+    log "ARCH=$KARCH (from $(basename "$OVERLAY"))"  #@arch
+    kmake() { nice make -C "$SRC" O="$WORK" ARCH="$KARCH" "$@" >>"$BUILDLOG" 2>&1 || { tail -n 40 "$BUILDLOG" >&2; die "make $* failed (log: $BUILDLOG)"; }; }  #@arch
+fi  #@arch
 
 log "configuring (tinyconfig + $(basename "$FRAGMENT")${OVERLAY:+ + $(basename "$OVERLAY")}) in $WORK"
 kmake tinyconfig

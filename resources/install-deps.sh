@@ -12,7 +12,8 @@ PACKAGES=(
     busybox-static cpio xz-utils zstd e2fsprogs fio iproute2
     # tests/metrics.rs scrapes --metrics-socket with it
     curl
-    # guest kernel
+    # guest kernel (build-essential's gcc also compiles the 32-bit guest's init with -m32
+    # -nostdlib: resources/build-init32.sh needs no gcc-multilib or 32-bit libc)
     linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev
     ca-certificates
 )

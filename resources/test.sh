@@ -22,8 +22,12 @@ time ./resources/build-kernel.sh
 step "guest kernel without ACPI, for the compatibility matrix (resources/build-kernel.sh --variant noacpi)"
 time ./resources/build-kernel.sh --variant noacpi
 
-step "guest initramfs (resources/build-initramfs.sh)"
+step "32-bit guest kernel, for tests/i386.rs (resources/build-kernel.sh --variant i386)"
+time ./resources/build-kernel.sh --variant i386
+
+step "guest initramfs (resources/build-initramfs.sh) and the 32-bit guest's (resources/build-init32.sh)"
 ./resources/build-initramfs.sh
+./resources/build-init32.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings

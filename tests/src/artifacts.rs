@@ -104,6 +104,15 @@ pub fn guest_initramfs() -> Result<PathBuf> {
     existing(idir.join("initramfs.cpio.gz"))
 }
 
+/// The initramfs of the 32-bit guest test (`resources/build-init32.sh`, cached): a static
+/// i386 `/init` that prints `I386-*` lines and powers off. A 32-bit kernel cannot run the
+/// busybox initramfs (64-bit programs).
+pub fn init32_initramfs() -> Result<PathBuf> {
+    let dir = run_resource_script("build-init32.sh", &[])
+        .context("building the 32-bit guest's initramfs")?;
+    existing(dir.join("initramfs.cpio.gz"))
+}
+
 fn kernel_artifacts_of(variant: Option<&str>) -> Result<KernelArtifacts> {
     let kdir = match variant {
         None => run_resource_script("build-kernel.sh", &[]).context("building the guest kernel")?,

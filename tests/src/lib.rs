@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub use artifacts::{
-    debian_cloud_kernel, guest_initramfs, kernel_artifacts, kernel_variant_artifacts,
-    microvm_binary, KernelArtifacts,
+    debian_cloud_kernel, guest_initramfs, init32_initramfs, kernel_artifacts,
+    kernel_variant_artifacts, microvm_binary, KernelArtifacts,
 };
 pub use exec::StdioMode;
 

@@ -2,6 +2,7 @@
 //! structures the kernel reads (zero page or `hvm_start_info`), through linux-loader.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,7 +10,7 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::{
     linux::LinuxBootConfigurator, pvh::PvhBootConfigurator, BootConfigurator, BootParams,
 };
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
@@ -24,10 +25,13 @@ use vm_memory::{
 use crate::layout::*;
 
 /// How the vCPU enters the kernel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryPoint {
-    /// 64-bit boot protocol: long mode, RSI = zero page.
+    /// 64-bit boot protocol (a bzImage with `XLF_KERNEL_64`): long mode, RSI = zero page.
     Linux64 { rip: u64 },
+    /// 32-bit boot protocol (a bzImage without `XLF_KERNEL_64`): protected mode, paging off,
+    /// entered at `code32_start`, ESI = zero page (Documentation/arch/x86/boot.rst).
+    Linux32 { rip: u64 },
     /// PVH: 32-bit protected mode, RBX = `hvm_start_info`.
     Pvh { rip: u64 },
 }
@@ -39,6 +43,18 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 const XLF_KERNEL_64: u16 = 1 << 0;
+/// Boot protocol 2.02 brought `cmd_line_ptr`, which is how microvm passes the command line
+/// (older kernels read it from a fixed place in real-mode memory, which only the 16-bit entry
+/// sets up); 2.03 brought `initrd_addr_max`.
+const BOOT_PROTOCOL_MIN_32BIT: u16 = 0x0202;
+const BOOT_PROTOCOL_INITRD_ADDR_MAX: u16 = 0x0203;
+/// The initrd limit of kernels before protocol 2.03 (boot.rst).
+const INITRD_ADDR_MAX_OLD: u64 = 0x37ff_ffff;
+/// Where a 32-bit kernel's initrd must end for the kernel to use it in place: a 32-bit kernel
+/// maps only "low memory" (about 890 MiB with the default 3G/1G split, the smallest of the
+/// splits), and relocates an initrd above that (a copy, and a panic if no room is left).
+/// `initrd_addr_max` (0x7fffffff in today's kernels) says only what the loader may use.
+const INITRD_END_32BIT: u64 = 0x3000_0000;
 const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 
 // linux-loader's PVH structs are not `ByteValued`; these wrappers are only ever written as bytes.
@@ -78,6 +94,16 @@ pub(crate) fn memory_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderResult> {
     let mut f =
         File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
+    let mut ident = [0u8; 5];
+    if f.read_exact(&mut ident).is_ok() && ident == *b"\x7fELF\x01" {
+        bail!(
+            "{} is a 32-bit ELF vmlinux: microvm boots a 32-bit kernel only as a bzImage \
+             (arch/x86/boot/bzImage of the same build)",
+            path.display()
+        );
+    }
+    f.seek(SeekFrom::Start(0))
+        .with_context(|| format!("cannot read kernel {}", path.display()))?;
     let elf = Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START)));
     match elf {
         Ok(r) => Ok(r),
@@ -143,13 +169,26 @@ pub fn setup(mem: &GuestMemoryMmap, s: &BootSetup) -> Result<EntryPoint> {
         .as_bytes_with_nul()
         .len() as u32;
 
-    let initrd_max = kernel
-        .setup_header
-        .map(|h| h.initrd_addr_max as u64)
-        .filter(|&m| m != 0)
-        .unwrap_or(0x37ff_ffff);
+    // A bzImage's entry is decided (and a kernel refused) before anything else is written.
+    let bz_entry = match (&kernel.pvh_boot_cap, &kernel.setup_header) {
+        (PvhBootCapability::PvhEntryPresent(_), _) | (_, None) => None,
+        (_, Some(h)) => Some(
+            bzimage_entry(h, kernel.kernel_load.raw_value())
+                .map_err(|e| anyhow!("{}: {e}", s.kernel.display()))?,
+        ),
+    };
+    let initrd_max = match (&kernel.setup_header, bz_entry) {
+        (Some(h), Some(entry)) => initrd_addr_max(h, entry),
+        // PVH (no setup header): the limit microvm has always used for its module.
+        _ => INITRD_ADDR_MAX_OLD,
+    };
     let initrd = match s.initrd {
-        Some(p) => Some(load_initrd(mem, p, kernel.kernel_end, initrd_max)?),
+        Some(p) => Some(load_initrd(
+            mem,
+            p,
+            kernel_footprint_end(&kernel),
+            initrd_max,
+        )?),
         None => None,
     };
     let map = memory_map(mem);
@@ -160,14 +199,32 @@ pub fn setup(mem: &GuestMemoryMmap, s: &BootSetup) -> Result<EntryPoint> {
             rip: entry.raw_value(),
         });
     }
-    let Some(header) = kernel.setup_header else {
+    let (Some(header), Some(entry)) = (kernel.setup_header, bz_entry) else {
         bail!(
             "{} is an ELF kernel without a PVH entry note: build it with CONFIG_PVH=y",
             s.kernel.display()
         );
     };
-    if header.xloadflags & XLF_KERNEL_64 == 0 {
-        bail!("{} is not a 64-bit bzImage", s.kernel.display());
+    match entry {
+        EntryPoint::Linux64 { rip } => log::info!(
+            "{}: 64-bit bzImage (boot protocol {}.{:02}, XLF_KERNEL_64): 64-bit boot protocol, \
+             long mode at {rip:#x}",
+            s.kernel.display(),
+            header.version >> 8,
+            header.version & 0xff
+        ),
+        EntryPoint::Linux32 { rip } => log::info!(
+            "{}: bzImage without XLF_KERNEL_64 (boot protocol {}.{:02}): 32-bit boot \
+             protocol, protected mode at code32_start {rip:#x}{}",
+            s.kernel.display(),
+            header.version >> 8,
+            header.version & 0xff,
+            initrd.map_or(String::new(), |(a, n)| format!(
+                ", initrd at {a:#x}..{:#x}",
+                a + n
+            ))
+        ),
+        EntryPoint::Pvh { .. } => {}
     }
     let mut params = boot_params {
         hdr: header,
@@ -200,10 +257,59 @@ pub fn setup(mem: &GuestMemoryMmap, s: &BootSetup) -> Result<EntryPoint> {
         mem,
     )
     .map_err(|e| anyhow!("cannot write the zero page: {e}"))?;
-    // The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
-    Ok(EntryPoint::Linux64 {
-        rip: kernel.kernel_load.raw_value() + 0x200,
-    })
+    Ok(entry)
+}
+
+/// Where the kernel's memory ends: past the loaded image and, for a bzImage of protocol 2.10+,
+/// past the kernel it decompresses, which runs from `pref_address` (LOAD_PHYSICAL_ADDR, 16 MiB
+/// by default: a non-relocatable kernel, as a 32-bit tinyconfig one is, always; a relocatable
+/// one loaded lower moves up to it) for `init_size` bytes. The initrd must not be put there.
+fn kernel_footprint_end(k: &KernelLoaderResult) -> u64 {
+    match k.setup_header {
+        Some(h) if h.version >= 0x020a => {
+            let (pref, init_size) = (h.pref_address, h.init_size);
+            let base = pref.max(k.kernel_load.raw_value());
+            k.kernel_end.max(base.saturating_add(u64::from(init_size)))
+        }
+        _ => k.kernel_end,
+    }
+}
+
+/// How a bzImage with `header`, its protected-mode part loaded at `load_addr`, is entered:
+/// through the 64-bit boot protocol when the header says the kernel has a 64-bit entry
+/// (`XLF_KERNEL_64`, protocol 2.12+), else through the 32-bit one, whose entry is the start of
+/// the protected-mode kernel (`code32_start`, where it was loaded).
+pub(crate) fn bzimage_entry(header: &setup_header, load_addr: u64) -> Result<EntryPoint> {
+    if header.xloadflags & XLF_KERNEL_64 != 0 {
+        // The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
+        return Ok(EntryPoint::Linux64 {
+            rip: load_addr + 0x200,
+        });
+    }
+    let version = header.version;
+    if version < BOOT_PROTOCOL_MIN_32BIT {
+        bail!(
+            "a bzImage with boot protocol {}.{:02}, and without a 64-bit entry (XLF_KERNEL_64): \
+             microvm enters such a kernel through the 32-bit boot protocol, which needs protocol \
+             2.02 or later (Linux 2.4 on) to pass the command line; boot a newer kernel",
+            version >> 8,
+            version & 0xff
+        );
+    }
+    Ok(EntryPoint::Linux32 { rip: load_addr })
+}
+
+/// The highest address the initrd may use for a bzImage entered at `entry`.
+pub(crate) fn initrd_addr_max(header: &setup_header, entry: EntryPoint) -> u64 {
+    let max = if header.version >= BOOT_PROTOCOL_INITRD_ADDR_MAX && header.initrd_addr_max != 0 {
+        u64::from(header.initrd_addr_max)
+    } else {
+        INITRD_ADDR_MAX_OLD
+    };
+    match entry {
+        EntryPoint::Linux32 { .. } => max.min(INITRD_END_32BIT - 1),
+        _ => max,
+    }
 }
 
 fn write_pvh(
@@ -249,4 +355,192 @@ fn write_pvh(
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
         .map_err(|e| anyhow!("cannot write PVH start info: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A bzImage file as linux-loader reads it: the setup header at 0x1f1 of a 5-sector setup,
+    /// then `payload` bytes of "protected-mode kernel".
+    fn fake_bzimage(
+        name: &str,
+        version: u16,
+        xloadflags: u16,
+        initrd_addr_max: u32,
+    ) -> std::path::PathBuf {
+        let mut img = vec![0u8; 5 * 512 + 4096];
+        let hdr = setup_header {
+            setup_sects: 4,
+            boot_flag: KERNEL_BOOT_FLAG_MAGIC,
+            header: KERNEL_HDR_MAGIC,
+            version,
+            loadflags: 1, // LOADED_HIGH: a bzImage
+            code32_start: HIMEM_START as u32,
+            initrd_addr_max,
+            xloadflags,
+            ..Default::default()
+        };
+        let bytes = hdr.as_slice();
+        img[0x1f1..0x1f1 + bytes.len()].copy_from_slice(bytes);
+        let path = std::env::temp_dir().join(format!("microvm-boot-{name}-{}", std::process::id()));
+        std::fs::write(&path, img).unwrap();
+        path
+    }
+
+    fn boot(
+        kernel: &Path,
+        mem_size: u64,
+        initrd_len: usize,
+    ) -> (GuestMemoryMmap, Result<EntryPoint>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+        let initrd = kernel.with_extension("initrd");
+        std::fs::write(&initrd, vec![0xa5u8; initrd_len]).unwrap();
+        let mut cmdline = Cmdline::new(CMDLINE_MAX).unwrap();
+        cmdline.insert_str("console=ttyS0").unwrap();
+        let r = setup(
+            &mem,
+            &BootSetup {
+                kernel,
+                initrd: Some(&initrd),
+                cmdline: &cmdline,
+                rsdp_addr: ACPI_START,
+            },
+        );
+        std::fs::remove_file(&initrd).unwrap();
+        std::fs::remove_file(kernel).unwrap();
+        (mem, r)
+    }
+
+    fn zero_page(mem: &GuestMemoryMmap) -> boot_params {
+        mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap()
+    }
+
+    #[test]
+    fn a_bzimage_without_xlf_kernel_64_is_entered_at_code32_start_in_32_bit_mode() {
+        let k = fake_bzimage("32", 0x020f, 0, 0x7fff_ffff);
+        let (mem, r) = boot(&k, 2048 * MIB, 64 << 10);
+        assert_eq!(r.unwrap(), EntryPoint::Linux32 { rip: HIMEM_START });
+        let zp = zero_page(&mem);
+        let (cmd, loader, image, size) = (
+            zp.hdr.cmd_line_ptr,
+            zp.hdr.type_of_loader,
+            zp.hdr.ramdisk_image,
+            zp.hdr.ramdisk_size,
+        );
+        assert_eq!((cmd, loader), (CMDLINE_ADDR as u32, KERNEL_LOADER_OTHER));
+        // 2 GiB of RAM and initrd_addr_max 2 GiB - 1: the initrd still ends below what a
+        // 32-bit kernel maps (INITRD_END_32BIT), so the kernel need not move it.
+        assert_eq!(size, 64 << 10);
+        assert_eq!(u64::from(image) + u64::from(size), INITRD_END_32BIT);
+        let n = zp.e820_entries as usize;
+        assert_eq!(n, memory_map(&mem).len());
+    }
+
+    #[test]
+    fn a_bzimage_with_xlf_kernel_64_keeps_the_64_bit_entry_and_the_initrd_at_the_top() {
+        let k = fake_bzimage("64", 0x020f, XLF_KERNEL_64, 0x7fff_ffff);
+        let (mem, r) = boot(&k, 2048 * MIB, 64 << 10);
+        assert_eq!(
+            r.unwrap(),
+            EntryPoint::Linux64 {
+                rip: HIMEM_START + 0x200
+            }
+        );
+        let zp = zero_page(&mem);
+        let (image, size) = (zp.hdr.ramdisk_image, zp.hdr.ramdisk_size);
+        assert_eq!(u64::from(image) + u64::from(size), 0x8000_0000);
+    }
+
+    #[test]
+    fn a_32_bit_initrd_obeys_a_lower_initrd_addr_max_and_small_memory() {
+        // The header's limit below INITRD_END_32BIT wins...
+        let k = fake_bzimage("32-low", 0x020f, 0, 0x1fff_ffff);
+        let (mem, r) = boot(&k, 2048 * MIB, 8192);
+        assert!(matches!(r.unwrap(), EntryPoint::Linux32 { .. }));
+        let zp = zero_page(&mem);
+        let image = zp.hdr.ramdisk_image;
+        assert_eq!(image, 0x2000_0000 - 8192);
+        // ... and so does the end of a small guest's RAM.
+        let k = fake_bzimage("32-small", 0x020f, 0, 0x7fff_ffff);
+        let (mem, r) = boot(&k, 256 * MIB, 8192);
+        assert!(matches!(r.unwrap(), EntryPoint::Linux32 { .. }));
+        let image = zero_page(&mem).hdr.ramdisk_image;
+        assert_eq!(u64::from(image), 256 * MIB - 8192);
+    }
+
+    #[test]
+    fn the_initrd_stays_clear_of_where_the_kernel_decompresses() {
+        // pref_address 16 MiB, init_size 16 MiB: the kernel uses up to 32 MiB. A 12 MiB initrd
+        // in 40 MiB of RAM would start at 28 MiB: refused, not written over the kernel.
+        let k = fake_bzimage("footprint", 0x020f, 0, 0x7fff_ffff);
+        let mut img = std::fs::read(&k).unwrap();
+        img[0x258..0x260].copy_from_slice(&(16 * MIB).to_le_bytes()); // pref_address
+        img[0x260..0x264].copy_from_slice(&(16 * MIB as u32).to_le_bytes()); // init_size
+        std::fs::write(&k, &img).unwrap();
+        let (_, r) = boot(&k, 40 * MIB, (12 * MIB) as usize);
+        let msg = format!("{:#}", r.unwrap_err());
+        assert!(
+            msg.contains("does not fit") && msg.contains("raise --memory"),
+            "{msg}"
+        );
+        // An 8 MiB one fits above 32 MiB.
+        let k = fake_bzimage("footprint2", 0x020f, 0, 0x7fff_ffff);
+        std::fs::write(&k, &img).unwrap();
+        let (mem, r) = boot(&k, 40 * MIB, (8 * MIB) as usize);
+        assert!(r.is_ok());
+        let image = zero_page(&mem).hdr.ramdisk_image;
+        assert_eq!(u64::from(image), 32 * MIB);
+    }
+
+    #[test]
+    fn a_32_bit_bzimage_before_protocol_2_02_is_refused_saying_why() {
+        let k = fake_bzimage("old", 0x0201, 0, 0);
+        let (_, r) = boot(&k, 256 * MIB, 4096);
+        let msg = format!("{:#}", r.unwrap_err());
+        assert!(msg.contains("boot protocol 2.01"), "{msg}");
+        assert!(msg.contains("2.02 or later"), "{msg}");
+        // The same version with a 64-bit entry is not the 32-bit protocol's business.
+        let hdr = setup_header {
+            version: 0x0201,
+            xloadflags: XLF_KERNEL_64,
+            ..Default::default()
+        };
+        assert!(bzimage_entry(&hdr, HIMEM_START).is_ok());
+    }
+
+    #[test]
+    fn initrd_limit_of_protocols_before_2_03_is_the_old_fixed_one() {
+        let hdr = setup_header {
+            version: 0x0202,
+            initrd_addr_max: 0x1234_5678, // not a field before 2.03: ignored
+            ..Default::default()
+        };
+        let e = bzimage_entry(&hdr, HIMEM_START).unwrap();
+        assert_eq!(initrd_addr_max(&hdr, e), INITRD_END_32BIT - 1);
+        let hdr = setup_header {
+            version: 0x0202,
+            xloadflags: XLF_KERNEL_64,
+            ..Default::default()
+        };
+        let e = bzimage_entry(&hdr, HIMEM_START).unwrap();
+        assert_eq!(initrd_addr_max(&hdr, e), INITRD_ADDR_MAX_OLD);
+    }
+
+    #[test]
+    fn a_32_bit_elf_vmlinux_is_refused_with_a_hint() {
+        let path = std::env::temp_dir().join(format!("microvm-boot-elf32-{}", std::process::id()));
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x01");
+        std::fs::write(&path, elf).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (16 * MIB) as usize)]).unwrap();
+        let msg = format!("{:#}", load_kernel(&mem, &path).unwrap_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            msg.contains("32-bit ELF vmlinux") && msg.contains("bzImage"),
+            "{msg}"
+        );
+    }
 }

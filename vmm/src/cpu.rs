@@ -1,7 +1,7 @@
 //! vCPU state at boot: CPUID, MSRs, registers, FPU and local APIC, as a micro-VMM sets them.
 
 use anyhow::{Context, Result};
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_segment, CpuId, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -202,34 +202,64 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-/// Registers of the boot vCPU for `entry`.
-pub fn setup_boot_regs(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryPoint) -> Result<()> {
-    let long_mode = matches!(entry, EntryPoint::Linux64 { .. });
-    let gdt: [u64; 4] = if long_mode {
-        [
-            0,
-            gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
-            gdt_entry(0xc093, 0, 0xfffff), // data
-            gdt_entry(0x808b, 0, 0xfffff), // TSS
-        ]
-    } else {
-        [
-            0,
-            gdt_entry(0xc09b, 0, 0xffff_ffff), // 32-bit flat code
-            gdt_entry(0xc093, 0, 0xffff_ffff), // flat data
-            gdt_entry(0x008b, 0, 0x67),        // TSS
-        ]
-    };
-    for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(GDT_ADDR + 8 * i as u64))
-            .context("cannot write the boot GDT")?;
-    }
-    mem.write_obj(0u64, GuestAddress(IDT_ADDR))
-        .context("cannot write the boot IDT")?;
+/// The boot vCPU's GDT and registers for `entry`, from the registers KVM gave it (`sregs`).
+#[derive(Debug)]
+pub(crate) struct BootCpuState {
+    /// Written at `GDT_ADDR`.
+    pub gdt: Vec<u64>,
+    pub sregs: kvm_sregs,
+    pub regs: kvm_regs,
+    /// Whether the identity-mapped page tables at `PML4_ADDR` are needed (long mode).
+    pub page_tables: bool,
+}
 
-    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS failed")?;
-    let code = segment(gdt[1], 1);
-    let data = segment(gdt[2], 2);
+// GDT indices: the 32-bit boot protocol wants __BOOT_CS = 0x10 and __BOOT_DS = 0x18
+// (Documentation/arch/x86/boot.rst, "32-bit BOOT PROTOCOL"); the other entries keep the
+// layout they always had (code 0x08, data 0x10, TSS 0x18).
+const GDT_FLAT_CODE32: u16 = 0xc09b;
+const GDT_FLAT_DATA: u16 = 0xc093;
+const GDT_TSS32: u16 = 0x008b;
+
+pub(crate) fn boot_cpu_state(entry: EntryPoint, mut sregs: kvm_sregs) -> BootCpuState {
+    // (GDT, code index, data index, TSS index)
+    let (gdt, cs, ds, tss): (Vec<u64>, u8, u8, u8) = match entry {
+        EntryPoint::Linux64 { .. } => (
+            vec![
+                0,
+                gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
+                gdt_entry(0xc093, 0, 0xfffff), // data
+                gdt_entry(0x808b, 0, 0xfffff), // TSS
+            ],
+            1,
+            2,
+            3,
+        ),
+        EntryPoint::Pvh { .. } => (
+            vec![
+                0,
+                gdt_entry(GDT_FLAT_CODE32, 0, 0xffff_ffff),
+                gdt_entry(GDT_FLAT_DATA, 0, 0xffff_ffff),
+                gdt_entry(GDT_TSS32, 0, 0x67),
+            ],
+            1,
+            2,
+            3,
+        ),
+        EntryPoint::Linux32 { .. } => (
+            vec![
+                0,
+                0,
+                gdt_entry(GDT_FLAT_CODE32, 0, 0xffff_ffff), // __BOOT_CS: execute/read
+                gdt_entry(GDT_FLAT_DATA, 0, 0xffff_ffff),   // __BOOT_DS: read/write
+                gdt_entry(GDT_TSS32, 0, 0x67),
+            ],
+            2,
+            3,
+            4,
+        ),
+    };
+    let code = segment(gdt[usize::from(cs)], cs);
+    let data = segment(gdt[usize::from(ds)], ds);
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     sregs.idt.base = IDT_ADDR;
@@ -240,23 +270,16 @@ pub fn setup_boot_regs(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryPoint) 
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = segment(gdt[3], 3);
+    sregs.tr = segment(gdt[usize::from(tss)], tss);
 
-    let mut regs = kvm_bindings::kvm_regs {
+    // RFLAGS 0x2: interrupts off.
+    let mut regs = kvm_regs {
         rflags: 0x2,
         ..Default::default()
     };
+    let page_tables = matches!(entry, EntryPoint::Linux64 { .. });
     match entry {
         EntryPoint::Linux64 { rip } => {
-            // Identity-map the first GiB with 2 MiB pages.
-            mem.write_obj(PDPTE_ADDR | 0x03, GuestAddress(PML4_ADDR))
-                .context("cannot write boot page tables")?;
-            mem.write_obj(PDE_ADDR | 0x03, GuestAddress(PDPTE_ADDR))
-                .context("cannot write boot page tables")?;
-            for i in 0..512u64 {
-                mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_ADDR + i * 8))
-                    .context("cannot write boot page tables")?;
-            }
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 |= X86_CR4_PAE;
             sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
@@ -264,6 +287,17 @@ pub fn setup_boot_regs(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryPoint) 
             regs.rip = rip;
             regs.rsp = BOOT_STACK;
             regs.rbp = BOOT_STACK;
+            regs.rsi = ZERO_PAGE_ADDR;
+        }
+        EntryPoint::Linux32 { rip } => {
+            // Protected mode, paging off; ESI = boot_params, EBP = EDI = EBX = 0. The
+            // kernel's startup_32 loads its own GDT and stack (in the zero page's scratch
+            // field) before it uses either.
+            sregs.cr0 = X86_CR0_PE;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rip = rip;
+            regs.rsp = BOOT_STACK;
             regs.rsi = ZERO_PAGE_ADDR;
         }
         EntryPoint::Pvh { rip } => {
@@ -274,8 +308,38 @@ pub fn setup_boot_regs(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryPoint) 
             regs.rbx = PVH_INFO_ADDR;
         }
     }
-    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS failed")?;
-    vcpu.set_regs(&regs).context("KVM_SET_REGS failed")
+    BootCpuState {
+        gdt,
+        sregs,
+        regs,
+        page_tables,
+    }
+}
+
+/// Registers of the boot vCPU for `entry`.
+pub fn setup_boot_regs(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: EntryPoint) -> Result<()> {
+    let sregs = vcpu.get_sregs().context("KVM_GET_SREGS failed")?;
+    let state = boot_cpu_state(entry, sregs);
+    for (i, e) in state.gdt.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(GDT_ADDR + 8 * i as u64))
+            .context("cannot write the boot GDT")?;
+    }
+    mem.write_obj(0u64, GuestAddress(IDT_ADDR))
+        .context("cannot write the boot IDT")?;
+    if state.page_tables {
+        // Identity-map the first GiB with 2 MiB pages.
+        mem.write_obj(PDPTE_ADDR | 0x03, GuestAddress(PML4_ADDR))
+            .context("cannot write boot page tables")?;
+        mem.write_obj(PDE_ADDR | 0x03, GuestAddress(PDPTE_ADDR))
+            .context("cannot write boot page tables")?;
+        for i in 0..512u64 {
+            mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_ADDR + i * 8))
+                .context("cannot write boot page tables")?;
+        }
+    }
+    vcpu.set_sregs(&state.sregs)
+        .context("KVM_SET_SREGS failed")?;
+    vcpu.set_regs(&state.regs).context("KVM_SET_REGS failed")
 }
 
 #[cfg(test)]
@@ -292,5 +356,73 @@ mod tests {
         );
         let d = segment(gdt_entry(0xc093, 0, 0xffff_ffff), 2);
         assert_eq!((d.db, d.g, d.limit), (1, 1, 0xffff_ffff));
+    }
+
+    fn flat_4g(s: &kvm_segment) -> bool {
+        s.base == 0 && s.limit == 0xffff_ffff && s.g == 1 && s.db == 1 && s.l == 0 && s.present == 1
+    }
+
+    #[test]
+    fn the_32_bit_boot_protocol_gets_boot_cs_0x10_boot_ds_0x18_flat_no_paging_esi_zero_page() {
+        let st = boot_cpu_state(
+            EntryPoint::Linux32 { rip: 0x10_0000 },
+            kvm_sregs {
+                cr0: 0x6000_0010,
+                cr4: X86_CR4_PAE,
+                efer: EFER_LME,
+                ..Default::default()
+            },
+        );
+        let s = &st.sregs;
+        assert_eq!(s.cs.selector, 0x10);
+        assert!(flat_4g(&s.cs), "{:?}", s.cs);
+        assert_eq!(s.cs.type_ & 0xa, 0xa, "execute/read code: {:?}", s.cs);
+        assert_eq!(s.cs.s, 1);
+        for d in [&s.ds, &s.es, &s.ss] {
+            assert_eq!(d.selector, 0x18);
+            assert!(flat_4g(d), "{d:?}");
+            assert_eq!(d.type_ & 0xa, 0x2, "read/write data: {d:?}");
+        }
+        // The GDT the kernel could reload these from holds the same descriptors.
+        assert_eq!(segment(st.gdt[2], 2).selector, s.cs.selector);
+        assert_eq!(st.gdt[2], gdt_entry(GDT_FLAT_CODE32, 0, 0xffff_ffff));
+        assert_eq!(st.gdt[3], gdt_entry(GDT_FLAT_DATA, 0, 0xffff_ffff));
+        assert_eq!(s.gdt.limit as usize, st.gdt.len() * 8 - 1);
+        assert!(GDT_ADDR + st.gdt.len() as u64 * 8 <= IDT_ADDR);
+        assert_eq!(s.cr0, X86_CR0_PE, "protected mode, paging off");
+        assert_eq!((s.cr4, s.efer), (0, 0));
+        assert!(!st.page_tables);
+        let r = &st.regs;
+        assert_eq!(r.rip, 0x10_0000);
+        assert_eq!(r.rsi, ZERO_PAGE_ADDR);
+        assert_eq!((r.rbp, r.rdi, r.rbx), (0, 0, 0));
+        assert_eq!(r.rflags & (1 << 9), 0, "interrupts off");
+    }
+
+    #[test]
+    fn the_64_bit_boot_protocol_gets_long_mode_and_rsi_zero_page() {
+        let st = boot_cpu_state(EntryPoint::Linux64 { rip: 0x10_0200 }, kvm_sregs::default());
+        let s = &st.sregs;
+        assert_eq!((s.cs.selector, s.cs.l, s.cs.db), (0x8, 1, 0));
+        assert_eq!(s.ds.selector, 0x10);
+        assert_eq!(s.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE | X86_CR0_PG);
+        assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
+        assert_eq!(s.cr3, PML4_ADDR);
+        assert!(st.page_tables);
+        assert_eq!((st.regs.rip, st.regs.rsi), (0x10_0200, ZERO_PAGE_ADDR));
+    }
+
+    #[test]
+    fn pvh_keeps_its_32_bit_layout_and_rbx_start_info() {
+        let st = boot_cpu_state(EntryPoint::Pvh { rip: 0x100_0000 }, kvm_sregs::default());
+        let s = &st.sregs;
+        assert_eq!(
+            (s.cs.selector, s.ds.selector, s.tr.selector),
+            (0x8, 0x10, 0x18)
+        );
+        assert!(flat_4g(&s.cs) && flat_4g(&s.ds));
+        assert_eq!((s.cr0, s.efer), (X86_CR0_PE, 0));
+        assert_eq!((st.regs.rbx, st.regs.rsi), (PVH_INFO_ADDR, 0));
+        assert!(GDT_ADDR + st.gdt.len() as u64 * 8 <= IDT_ADDR);
     }
 }

@@ -1,9 +1,10 @@
 //! Guest physical address map (x86-64), after Firecracker's: low structures below 1 MiB, the
 //! kernel at 1 MiB, RAM split around the 32-bit MMIO gap, devices inside the gap.
 
-/// GDT, IDT and boot page tables (see `cpu::regs`).
+/// GDT (up to 8 entries: the 32-bit boot protocol's has 5), IDT and boot page tables (see
+/// `cpu::boot_cpu_state`).
 pub const GDT_ADDR: u64 = 0x500;
-pub const IDT_ADDR: u64 = 0x520;
+pub const IDT_ADDR: u64 = 0x540;
 /// PVH `hvm_start_info`, its memory map and module list.
 pub const PVH_INFO_ADDR: u64 = 0x6000;
 pub const PVH_MEMMAP_ADDR: u64 = 0x6040;

@@ -565,6 +565,11 @@ fn write_eventfd_then_file() {
 
 /// Opens the eventfd, a regular file and (if this host has /dev/net/tun) a tun fd for the
 /// children; returns the file's path and the fds to close.
+/// Held by each test that sets [`WRITE_FDS`] until its children are done: the tests of one
+/// `cargo test` process run in parallel threads and would otherwise swap each other's fds
+/// (seen: one test's child writing into the other's file).
+static WRITE_FDS_USER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn open_write_fds(name: &str) -> (std::path::PathBuf, Vec<std::os::fd::OwnedFd>) {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::fd::{FromRawFd, IntoRawFd};
@@ -600,6 +605,7 @@ fn open_write_fds(name: &str) -> (std::path::PathBuf, Vec<std::os::fd::OwnedFd>)
 
 #[test]
 fn write_only_to_eventfds_the_console_and_registered_files() {
+    let _user = WRITE_FDS_USER.lock().unwrap_or_else(|e| e.into_inner());
     let (path, _fds) = open_write_fds("write");
     for kind in KINDS {
         let (status, err) = in_child(kind, SeccompMode::Trap, write_eventfd_then_file);
@@ -645,6 +651,7 @@ fn readv_then_writev() {
 
 #[test]
 fn writev_only_to_taps_and_readv_only_on_the_event_loop() {
+    let _user = WRITE_FDS_USER.lock().unwrap_or_else(|e| e.into_inner());
     let (path, _fds) = open_write_fds("writev");
     assert!(
         write_fd(2) >= 0,
