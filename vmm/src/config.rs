@@ -105,7 +105,14 @@ pub struct DiskConfig {
     /// The I/O engine; `None`: io_uring where the kernel has it, else sync.
     #[serde(default)]
     pub engine: Option<DiskEngine>,
+    /// io_uring with SQPOLL, a kernel thread that polls the ring for this idle time (ms) before
+    /// sleeping: it spends a host core while the disk is busy (`--disk ...,sqpoll=on|off|MS`).
+    #[serde(default)]
+    pub sqpoll_idle_ms: Option<u32>,
 }
+
+/// `sqpoll=on`: the SQPOLL thread's idle time before it sleeps (ms).
+pub const DEFAULT_SQPOLL_IDLE_MS: u32 = 10;
 
 /// `--disk PATH,engine=...` / `"engine"` in the JSON config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,23 +268,32 @@ fn parse_disk(s: &str) -> Result<DiskConfig> {
     let mut parts = s.split(',');
     let path = parts.next().filter(|p| !p.is_empty());
     let Some(path) = path else {
-        bail!("--disk {s:?}: expected PATH[,readonly][,engine=uring|sync][,bw=B/s][,iops=N]...")
+        bail!(
+            "--disk {s:?}: expected PATH[,readonly][,engine=uring|sync][,sqpoll=on|off|MS]\
+             [,bw=B/s][,iops=N]..."
+        )
     };
     let mut disk = DiskConfig {
         path: path.into(),
         readonly: false,
         engine: None,
         rate_limit: LimiterConfig::default(),
+        sqpoll_idle_ms: None,
     };
     for opt in parts {
         match opt.split_once('=') {
             None if opt == "readonly" || opt == "ro" => disk.readonly = true,
             Some(("engine", "uring" | "io_uring")) => disk.engine = Some(DiskEngine::Uring),
             Some(("engine", "sync")) => disk.engine = Some(DiskEngine::Sync),
+            Some(("sqpoll", "on")) => disk.sqpoll_idle_ms = Some(DEFAULT_SQPOLL_IDLE_MS),
+            Some(("sqpoll", "off")) => disk.sqpoll_idle_ms = None,
+            Some(("sqpoll", ms)) if ms.parse::<u32>().is_ok() => {
+                disk.sqpoll_idle_ms = ms.parse().ok();
+            }
             Some((k, v)) if parse_limit(&mut disk.rate_limit, "iops", k, v)? => {}
             _ => bail!(
                 "--disk {s:?}: unknown option {opt:?} (expected readonly, engine=uring|sync, \
-                 bw=, bw-burst=, iops=, iops-burst=)"
+                 sqpoll=on|off|MS, bw=, bw-burst=, iops=, iops-burst=)"
             ),
         }
     }
@@ -501,8 +517,29 @@ mod tests {
                 readonly: true,
                 engine: None,
                 rate_limit: LimiterConfig::default(),
+                sqpoll_idle_ms: None,
             }
         );
+        assert_eq!(
+            parse_disk("/a.img,engine=uring,sqpoll=on")
+                .unwrap()
+                .sqpoll_idle_ms,
+            Some(DEFAULT_SQPOLL_IDLE_MS)
+        );
+        assert_eq!(
+            parse_disk("/a.img,sqpoll=50").unwrap().sqpoll_idle_ms,
+            Some(50)
+        );
+        assert_eq!(
+            parse_disk("/a.img,sqpoll=on,sqpoll=off")
+                .unwrap()
+                .sqpoll_idle_ms,
+            None
+        );
+        assert!(parse_disk("/a.img,sqpoll=maybe").is_err());
+        let j: DiskConfig =
+            serde_json::from_str(r#"{"path":"/a","engine":"uring","sqpoll_idle_ms":5}"#).unwrap();
+        assert_eq!(j.sqpoll_idle_ms, Some(5));
         assert_eq!(
             parse_disk("/a.img,engine=sync").unwrap().engine,
             Some(DiskEngine::Sync)

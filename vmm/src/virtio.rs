@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 use bounce::{Dma, Swiotlb, TraceRecorder};
 use devices::bus::Bus;
-use devices::virtio::block::{BlockError, Engine};
+use devices::virtio::block::{BlockError, Engine, UringOptions};
 use devices::virtio::mmio::{MMIO_SIZE, NOTIFY_OFFSET};
 use devices::virtio::net::Tap;
 use devices::virtio::{
@@ -169,6 +169,12 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     let mut probed = None;
     for (i, disk) in cfg.disks.iter().enumerate() {
         let engine = disk_engine(disk.engine, &mut probed, &disk.path)?;
+        if disk.sqpoll_idle_ms.is_some() && engine != Engine::Uring {
+            bail!(
+                "disk {}: sqpoll needs the io_uring engine (engine=uring)",
+                disk.path.display()
+            );
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!disk.readonly)
@@ -187,6 +193,11 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                     .map_or(u32::MAX, |p| p.max_mapping_size()),
                 rate_limit: disk.rate_limit,
                 engine,
+                uring: UringOptions {
+                    sqpoll_idle_ms: disk.sqpoll_idle_ms,
+                    // IOSQE_ASYNC and a registered file: bench variants only (docs/results).
+                    ..UringOptions::default()
+                },
             },
         )
         .map_err(|e| match e {
@@ -196,7 +207,13 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
             ),
             e => anyhow!("cannot set up disk {}: {e}", disk.path.display()),
         })?;
-        log::info!("disk {}: {engine} engine", disk.path.display());
+        match disk.sqpoll_idle_ms {
+            Some(ms) => log::info!(
+                "disk {}: {engine} engine, SQPOLL (a kernel thread polls the ring, idle {ms} ms)",
+                disk.path.display()
+            ),
+            None => log::info!("disk {}: {engine} engine", disk.path.display()),
+        }
         devs.push(Box::new(block));
     }
     for (i, net) in cfg.nets.iter().enumerate() {

@@ -21,8 +21,10 @@
 //!
 //! Two engines do the reads, writes and flushes ([`Engine`]): `sync` (`pread`/`pwrite`/
 //! `fdatasync` on the event loop, one request at a time) and `uring` (io_uring, many requests in
-//! flight per queue, at most the queue's size; see `block/uring.rs`). GET_ID, DISCARD and
-//! WRITE_ZEROES run inline with either. A request's mappings are held until it completes.
+//! flight per queue, at most the queue's size; see `block/uring.rs`; `UringOptions`: SQPOLL,
+//! `IOSQE_ASYNC`, a registered file). With `uring`, DISCARD and WRITE_ZEROES are `FALLOCATE`s on
+//! the ring too (asynchronous, ordered before a later FLUSH like writes); GET_ID runs inline.
+//! A request's mappings are held until it completes.
 //!
 //! A mapping that must wait for bounce pool space (`exhaustion=wait|throttle`: `WouldBlock`)
 //! defers its request: the chain is kept, in order, and the queue takes no new request until the
@@ -39,7 +41,7 @@ use std::time::Duration;
 use bounce::{Chain, DmaQueue, DmaWaker, EventNotifier, QueueError};
 use event_manager::EventSet;
 use image::Image;
-use request::{Disk, IoKind, Prepared, RequestError, Start};
+use request::{Disk, IoKind, Prepared, Start};
 use thiserror::Error;
 use virtio_queue::QueueT;
 
@@ -110,6 +112,25 @@ pub struct BlockConfig {
     pub rate_limit: LimiterConfig,
     /// What does the reads, writes and flushes.
     pub engine: Engine,
+    /// How the io_uring engine uses its ring (ignored by `sync`).
+    pub uring: UringOptions,
+}
+
+/// How the io_uring engine uses its ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UringOptions {
+    /// `IORING_SETUP_SQPOLL` with this idle time (ms): a kernel thread polls the submission
+    /// ring and issues the requests (a page-cache read's copy runs on it, beside the device
+    /// thread's bounce copies), so submitting needs no system call while it is awake. It spins
+    /// on a host core while the disk is busy and for the idle time after. `None`: the device
+    /// thread submits with `io_uring_enter`.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// `IOSQE_ASYNC` on reads and writes: the kernel punts every one to an io-wq worker
+    /// instead of trying it inline first.
+    pub force_async: bool,
+    /// The image registered with the ring (`IORING_REGISTER_FILES`): SQEs name it by index, so
+    /// the kernel takes no reference on the file per request.
+    pub fixed_file: bool,
 }
 
 /// The I/O engine of a block device.
@@ -155,6 +176,7 @@ impl Default for BlockConfig {
             queue_size: 256,
             size_max: SIZE_MAX,
             engine: Engine::Sync,
+            uring: UringOptions::default(),
             rate_limit: LimiterConfig::default(),
         }
     }
@@ -229,7 +251,7 @@ impl Block {
             Engine::Uring => {
                 let capacity = usize::from(qs) * usize::from(cfg.num_queues);
                 Some(
-                    uring::Uring::new(image.as_raw_fd(), capacity, notifier.as_raw_fd())
+                    uring::Uring::new(image.as_raw_fd(), capacity, notifier.as_raw_fd(), cfg.uring)
                         .map_err(BlockError::Uring)?,
                 )
             }
@@ -283,6 +305,7 @@ impl Block {
                 size_max,
                 discard: !cfg.readonly,
                 write_failed: false,
+                late_writes: 0,
             },
             max_sizes: vec![qs; usize::from(cfg.num_queues)],
             features,
@@ -347,24 +370,26 @@ impl Block {
                             disk: &mut Disk,
                             p: Prepared|
          -> Result<usize, QueueError> {
+            // Tests inject the image's failures before the kernel is asked, as if it had
+            // answered with them.
             #[cfg(test)]
             let p = match (uring.is_some(), p.kind) {
-                (true, IoKind::Write | IoKind::Flush) => {
-                    let write = p.kind == IoKind::Write;
-                    match disk.image.faults.injected(write) {
-                        Ok(()) => p,
-                        Err(e) => {
-                            let what = if write { "write" } else { "fdatasync" };
-                            let r = Err(disk.durability(what, Err(e)).unwrap_err().into());
-                            let head = p.head;
-                            let len = disk.complete(q, p, r);
-                            q.add_used(head, len)?;
-                            return Ok(1);
-                        }
+                (true, IoKind::Read) | (false, _) => p,
+                (true, kind) => match disk.image.faults.injected(kind != IoKind::Flush) {
+                    Ok(()) => p,
+                    Err(e) => {
+                        let r = disk.finish_async(&p, Err(e));
+                        let head = p.head;
+                        let len = disk.complete(q, p, r);
+                        q.add_used(head, len)?;
+                        return Ok(1);
                     }
-                }
-                _ => p,
+                },
             };
+            let mut p = p;
+            if p.kind == IoKind::Flush {
+                p.late_writes = disk.late_writes;
+            }
             let p = match uring.as_mut() {
                 Some(u) => match u.push(index, p) {
                     Ok(()) => {
@@ -490,26 +515,7 @@ impl Block {
             };
             cx.in_flight = cx.in_flight.saturating_sub(1);
             let p = c.req;
-            let r = match (c.result, p.kind) {
-                (Err(e), IoKind::Write) => {
-                    Err(self.disk.durability("write", Err(e)).unwrap_err().into())
-                }
-                (Err(e), IoKind::Flush) => Err(self
-                    .disk
-                    .durability("fdatasync", Err(e))
-                    .unwrap_err()
-                    .into()),
-                (Err(e), IoKind::Read) => Err(e.into()),
-                // The writes submitted before the flush completed before it started
-                // (IOSQE_IO_DRAIN) and were reaped before it: a failure among them is known.
-                (Ok(_), IoKind::Flush) if self.disk.write_failed => {
-                    Err(RequestError::EarlierWriteFailed)
-                }
-                (Ok(_), IoKind::Flush) => Ok(()),
-                // A short transfer: the rest synchronously.
-                (Ok(n), _) if n < p.len => self.disk.transfer(&p, n),
-                (Ok(_), _) => Ok(()),
-            };
+            let r = self.disk.finish_async(&p, c.result);
             let head = p.head;
             let len = self.disk.complete(q, p, r);
             if let Some(slot) = used.get_mut(c.queue) {

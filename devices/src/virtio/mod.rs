@@ -23,7 +23,7 @@ pub mod net;
 pub mod rng;
 mod tap;
 
-pub use block::{Block, BlockConfig, Engine};
+pub use block::{Block, BlockConfig, Engine, UringOptions};
 pub use mmio::{MmioOptions, MmioTransport};
 pub use net::{Net, NetConfig};
 pub use rng::Rng;

@@ -113,6 +113,8 @@ impl Image {
     /// fdatasync(2): what was written is on stable storage, or an error.
     pub fn sync_data(&self) -> io::Result<()> {
         #[cfg(test)]
+        self.faults.syncs.set(self.faults.syncs.get() + 1);
+        #[cfg(test)]
         self.faults.sync()?;
         self.file.sync_data()
     }
@@ -179,6 +181,8 @@ fn positional_loop(
 pub(super) struct Faults {
     pub sync: std::cell::Cell<u32>,
     pub write: std::cell::Cell<u32>,
+    /// `sync_data` calls (the synchronous ones; io_uring's FSYNCs are not counted).
+    pub syncs: std::cell::Cell<u32>,
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //!
 //! [`Disk::start`] checks a chain and maps what its I/O needs, as a driver's `dma_map_sg` maps the
 //! whole request before handing it to the device: the status byte, then every data buffer. What
-//! needs no data transfer of its own (GET_ID, DISCARD, WRITE_ZEROES, and every failure) is
-//! answered at once; a read, a write or a flush comes back as a [`Prepared`] request that holds
-//! its mappings until an engine has done its I/O ([`Disk::run_sync`] here, or the io_uring engine
-//! in `uring.rs`) and [`Disk::complete`] writes the status and unmaps.
+//! needs no I/O (GET_ID, a discard or write zeroes of nothing, and every failure) is answered at
+//! once; a read, a write, a flush, a discard or a write zeroes comes back as a [`Prepared`]
+//! request that holds its mappings until an engine has done its I/O ([`Disk::run_sync`] here, or
+//! the io_uring engine in `uring.rs`, whose outcome [`Disk::finish_async`] turns into a result)
+//! and [`Disk::complete`] writes the status and unmaps.
 //!
 //! The first data buffer of a request is mapped with `MapAttrs::may_block`: with
 //! `exhaustion=wait|throttle` the pools may answer `DmaError::WouldBlock`, and the request is
@@ -75,6 +76,14 @@ pub(super) enum IoKind {
     Read,
     Write,
     Flush,
+    /// DISCARD of the whole granules in the range (`fallocate(PUNCH_HOLE)`); a hint: a failure
+    /// is an IOERR, never a lost write.
+    Discard,
+    /// WRITE_ZEROES of the range: `fallocate(PUNCH_HOLE)` if the driver allows unmapping, else
+    /// `fallocate(ZERO_RANGE)`; if that fails, zeroes written (a write: a failure is sticky).
+    WriteZeroes {
+        unmap: bool,
+    },
 }
 
 /// A read, write or flush, checked and mapped, waiting for its I/O.
@@ -83,8 +92,12 @@ pub(super) struct Prepared {
     pub kind: IoKind,
     /// Byte offset in the image (0 for a flush).
     pub offset: u64,
-    /// Data bytes (the sum of `data`'s lengths).
+    /// Data bytes (the sum of `data`'s lengths); for a discard or write zeroes, the bytes of
+    /// the range (no data buffers).
     pub len: u64,
+    /// A flush: [`Disk::late_writes`] when it was submitted to io_uring (see
+    /// [`Disk::finish_async`]).
+    pub late_writes: u32,
     /// The data buffers, in order, each at most one bounce segment.
     pub data: Vec<OwnedDmaBuffer>,
     /// The status byte.
@@ -126,6 +139,12 @@ pub(super) struct Disk {
     pub discard: bool,
     /// A write or fdatasync failed since the last reset: every FLUSH fails.
     pub write_failed: bool,
+    /// Writes done synchronously when an io_uring completion was reaped (the rest of a short
+    /// write, a write zeroes' fallback): a flush submitted before one of them was not ordered
+    /// after it by `IOSQE_IO_DRAIN` (the drain waits for the completion, not for what the device
+    /// does on reaping it), so it syncs again ([`Disk::finish_async`]). Wraps (compared for
+    /// equality only).
+    pub late_writes: u32,
 }
 
 impl Disk {
@@ -181,6 +200,7 @@ impl Disk {
                 kind,
                 offset,
                 len,
+                late_writes: 0,
                 data,
                 status,
             }),
@@ -197,6 +217,69 @@ impl Disk {
         match p.kind {
             IoKind::Flush => self.flush(),
             IoKind::Read | IoKind::Write => self.transfer(p, 0),
+            // A hint: a failure loses nothing the driver wrote.
+            IoKind::Discard => Ok(self.image.punch_hole(p.offset, p.len)?),
+            IoKind::WriteZeroes { unmap } => {
+                let first = if unmap {
+                    self.image.punch_hole(p.offset, p.len)
+                } else {
+                    Err(io::Error::from(io::ErrorKind::Unsupported))
+                };
+                self.write_zeroes(p, first)
+            }
+        }
+    }
+
+    /// WRITE_ZEROES after a first attempt (a hole punch or a `ZERO_RANGE`): if it failed,
+    /// zeroes are written (`ZERO_RANGE`, else plain writes). A failure of both is a failed
+    /// write: every FLUSH fails.
+    fn write_zeroes(&mut self, p: &Prepared, first: io::Result<()>) -> Result<(), RequestError> {
+        let r = match first {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::debug!("virtio-blk: write zeroes: fallocate: {e}; writing zeroes");
+                self.image.write_zeroes(p.offset, p.len)
+            }
+        };
+        Ok(self.durability("write zeroes", r)?)
+    }
+
+    /// The outcome of a request whose I/O io_uring did: `result` is the completion's (bytes
+    /// transferred, or the error). Finishes what the kernel left undone synchronously (the rest
+    /// of a short transfer, a write zeroes whose fallocate failed), counting such writes in
+    /// [`Disk::late_writes`]; a flush submitted before one of them syncs again.
+    pub fn finish_async(
+        &mut self,
+        p: &Prepared,
+        result: io::Result<u64>,
+    ) -> Result<(), RequestError> {
+        match (result, p.kind) {
+            (Err(e), IoKind::Write) => Err(self.durability("write", Err(e)).unwrap_err().into()),
+            (Err(e), IoKind::Flush) => {
+                Err(self.durability("fdatasync", Err(e)).unwrap_err().into())
+            }
+            (Err(e), IoKind::Read | IoKind::Discard) => Err(e.into()),
+            (r, IoKind::WriteZeroes { .. }) => {
+                if r.is_err() {
+                    self.late_writes = self.late_writes.wrapping_add(1);
+                }
+                self.write_zeroes(p, r.map(|_| ()))
+            }
+            (Ok(_), IoKind::Discard) => Ok(()),
+            // Everything submitted before the flush completed before it started
+            // (IOSQE_IO_DRAIN) and was reaped before it: a failure among them is known.
+            (Ok(_), IoKind::Flush) if self.write_failed => Err(RequestError::EarlierWriteFailed),
+            // Some of it was written after the drained fdatasync had started.
+            (Ok(_), IoKind::Flush) if self.late_writes != p.late_writes => self.flush(),
+            (Ok(_), IoKind::Flush) => Ok(()),
+            // A short transfer: the rest synchronously.
+            (Ok(n), IoKind::Read | IoKind::Write) if n < p.len => {
+                if p.kind == IoKind::Write {
+                    self.late_writes = self.late_writes.wrapping_add(1);
+                }
+                self.transfer(p, n)
+            }
+            (Ok(_), IoKind::Read | IoKind::Write) => Ok(()),
         }
     }
 
@@ -224,7 +307,7 @@ impl Disk {
                     let r = self.image.write_at(&s, at);
                     self.durability("write", r)?;
                 }
-                IoKind::Flush => {}
+                IoKind::Flush | IoKind::Discard | IoKind::WriteZeroes { .. } => {}
             }
             offset += len;
             skip = 0;
@@ -324,8 +407,7 @@ impl Disk {
                 Ok(Parsed::Inline(n as u32))
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if self.discard => {
-                self.discard_or_zero(q, req_type, data)?;
-                Ok(Parsed::Inline(0))
+                self.discard_or_zero(q, req_type, data)
             }
             t => Err(RequestError::Unsupported(t)),
         }
@@ -362,7 +444,14 @@ impl Disk {
         Ok((offset, total))
     }
 
-    fn discard_or_zero(&mut self, q: &DmaQueue, t: u32, data: &[Desc]) -> Result<(), RequestError> {
+    /// Checks a DISCARD or WRITE_ZEROES and its segment; the range to deallocate or zero, or
+    /// nothing to do.
+    fn discard_or_zero(
+        &mut self,
+        q: &DmaQueue,
+        t: u32,
+        data: &[Desc],
+    ) -> Result<Parsed, RequestError> {
         // max_discard_seg = max_write_zeroes_seg = 1: exactly one 16-byte segment.
         let [d] = data else {
             return Err(RequestError::BadSegment);
@@ -399,7 +488,7 @@ impl Disk {
             .filter(|o| o.checked_add(bytes).is_some_and(|end| end <= self.size))
             .ok_or(RequestError::OutOfRange { sector, bytes })?;
         if bytes == 0 {
-            return Ok(());
+            return Ok(Parsed::Inline(0));
         }
         if t == VIRTIO_BLK_T_DISCARD {
             // Only whole DISCARD_SECTOR_ALIGNMENT granules are deallocated. Linux splits its
@@ -413,23 +502,23 @@ impl Disk {
             let start = sector.next_multiple_of(align);
             let end = (sector + u64::from(num_sectors)) / align * align;
             if end <= start {
-                return Ok(());
+                return Ok(Parsed::Inline(0));
             }
-            // A hint: a failure loses nothing the driver wrote.
-            let r = self
-                .image
-                .punch_hole(start << SECTOR_SHIFT, (end - start) << SECTOR_SHIFT);
-            return Ok(r?);
+            return Ok(Parsed::Io {
+                kind: IoKind::Discard,
+                offset: start << SECTOR_SHIFT,
+                len: (end - start) << SECTOR_SHIFT,
+                data: Vec::new(),
+            });
         }
-        let mut r = Err(io::Error::from(io::ErrorKind::Unsupported));
-        if flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
-            r = self.image.punch_hole(offset, bytes);
-        }
-        if let Err(e) = r {
-            log::debug!("virtio-blk: punch hole: {e}; writing zeroes");
-            r = self.image.write_zeroes(offset, bytes);
-        }
-        Ok(self.durability("write zeroes", r)?)
+        Ok(Parsed::Io {
+            kind: IoKind::WriteZeroes {
+                unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+            },
+            offset,
+            len: bytes,
+            data: Vec::new(),
+        })
     }
 }
 

@@ -2,7 +2,11 @@
 //!
 //! A read or write becomes one `READV`/`WRITEV` on the image at the request's offset, straight
 //! from or into its mapped buffers (the bounce slots when bouncing); a flush becomes one
-//! `FSYNC(DATASYNC)`. Submissions are batched: one `io_uring_enter` per pass over a queue, after
+//! `FSYNC(DATASYNC)`; a discard one `FALLOCATE(PUNCH_HOLE | KEEP_SIZE)` of its whole granules, a
+//! write zeroes one `FALLOCATE` too (`PUNCH_HOLE` if the driver allows unmapping, else
+//! `ZERO_RANGE`; if the kernel refuses it, zeroes are written synchronously when it is reaped).
+//! The kernel runs a `FALLOCATE` on an io-wq worker, so a large one no longer stalls the
+//! device's other requests as the inline `fallocate` did. Submissions are batched: one `io_uring_enter` per pass over a queue, after
 //! which what completed inside it (reads from the page cache, mostly) is reaped at once. Every
 //! completion is also signalled on an eventfd the device's event loop polls (registered with
 //! `IORING_REGISTER_EVENTFD` at set-up; the same eventfd the bounce pools wake for deferred
@@ -25,7 +29,18 @@
 //! sync engine) by the time the flush is answered. The alternative, holding the flush in the
 //! device until the queue has nothing in flight, orders the same but costs an extra pass through
 //! the event loop and needs per-queue bookkeeping across queues; the drain stalls the ring only
-//! for the flush's own duration, which a flush costs anyway.
+//! for the flush's own duration, which a flush costs anyway. Discards and write zeroes are
+//! ordered the same way (a write zeroes' failure is a failed write). What the device writes
+//! synchronously when it reaps a completion (the rest of a short write, a write zeroes'
+//! fallback) is not covered by a drained flush that may already have run: a flush answered after
+//! such a write syncs once more first (`Disk::late_writes`).
+//!
+//! **Options** (`UringOptions`). SQPOLL: a kernel thread (`iou-sqp-*`, created at set-up,
+//! before any seccomp filter; it makes no system calls a filter could see) takes SQEs from the
+//! ring as they are pushed and issues them, so a page-cache read's copy into the bounce slot
+//! runs on it while the device thread copies earlier completions out; the device thread calls
+//! `io_uring_enter` only to wake it after its idle time. It spends a host core. `IOSQE_ASYNC`
+//! and a registered file are there to be measured (devices/benches/block.rs).
 //!
 //! (A request the ring cannot take, its submission queue being full even after a submit, is done
 //! synchronously instead; for a flush that still covers every write the driver has seen
@@ -43,6 +58,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::request::{IoKind, Prepared};
+use super::UringOptions;
 
 /// Linux's `UIO_MAXIOV`: a readv/writev with more iovecs fails with EINVAL.
 pub(super) const IOV_MAX: usize = 1024;
@@ -78,8 +94,8 @@ pub(super) struct Completion {
     pub result: io::Result<u64>,
 }
 
-/// Whether this kernel has io_uring with what the engine needs (READV, WRITEV, FSYNC, and
-/// eventfd notification). Call at start-up, before any seccomp filter.
+/// Whether this kernel has io_uring with what the engine needs (READV, WRITEV, FSYNC,
+/// FALLOCATE, and eventfd notification). Call at start-up, before any seccomp filter.
 pub fn probe() -> io::Result<()> {
     let ring = IoUring::new(2)?;
     let mut probe = Probe::new();
@@ -88,6 +104,7 @@ pub fn probe() -> io::Result<()> {
         ("READV", opcode::Readv::CODE),
         ("WRITEV", opcode::Writev::CODE),
         ("FSYNC", opcode::Fsync::CODE),
+        ("FALLOCATE", opcode::Fallocate::CODE),
     ] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(
@@ -102,12 +119,16 @@ pub fn probe() -> io::Result<()> {
 pub(super) struct Uring {
     ring: IoUring,
     fd: RawFd,
+    opts: UringOptions,
     /// In-flight requests by `user_data`.
     slots: Vec<Option<Op>>,
     free: Vec<usize>,
     in_flight: usize,
     /// SQEs pushed since the last `io_uring_enter`.
     unsubmitted: usize,
+    /// FALLOCATE SQEs pushed (tests: a discard or write zeroes went through the ring).
+    #[cfg(test)]
+    pub fallocates: usize,
     epoch: u64,
 }
 
@@ -115,14 +136,25 @@ impl Uring {
     /// A ring for the image `fd` (which must outlive it), for up to `capacity` requests in flight,
     /// signalling `eventfd` on completions. Set-up only: `io_uring_setup` and
     /// `io_uring_register` are not allowed at run time.
-    pub fn new(fd: RawFd, capacity: usize, eventfd: RawFd) -> io::Result<Uring> {
+    pub fn new(
+        fd: RawFd,
+        capacity: usize,
+        eventfd: RawFd,
+        opts: UringOptions,
+    ) -> io::Result<Uring> {
         let entries = u32::try_from(capacity.max(8))
             .unwrap_or(MAX_ENTRIES)
             .next_power_of_two()
             .min(MAX_ENTRIES);
-        let ring = IoUring::builder()
-            .setup_cqsize(entries.saturating_mul(2))
-            .build(entries)?;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries.saturating_mul(2));
+        if let Some(idle) = opts.sqpoll_idle_ms {
+            builder.setup_sqpoll(idle);
+        }
+        let ring = builder.build(entries)?;
+        if opts.fixed_file {
+            ring.submitter().register_files(&[fd])?;
+        }
         // Every completion signals the eventfd, also those reaped right after the submit (a
         // wasted event-loop pass). Not IORING_REGISTER_EVENTFD_ASYNC: it signals only for
         // completions posted by io-wq workers, not for those posted by task work on this
@@ -131,10 +163,13 @@ impl Uring {
         Ok(Uring {
             ring,
             fd,
+            opts,
             slots: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
             unsubmitted: 0,
+            #[cfg(test)]
+            fallocates: 0,
             epoch: 0,
         })
     }
@@ -155,20 +190,51 @@ impl Uring {
                 iov_len: b.len(),
             })
             .collect();
-        let fd = types::Fd(self.fd);
         let n = iovecs.len() as u32; // ≤ IOV_MAX
-        let sqe = match req.kind {
-            IoKind::Read => opcode::Readv::new(fd, iovecs.as_ptr(), n)
-                .offset(req.offset)
-                .build(),
-            IoKind::Write => opcode::Writev::new(fd, iovecs.as_ptr(), n)
-                .offset(req.offset)
-                .build(),
-            IoKind::Flush => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .flags(squeue::Flags::IO_DRAIN),
+        let (offset, len) = (req.offset, req.len);
+        let fallocate = |unmap: bool| {
+            let mode = libc::FALLOC_FL_KEEP_SIZE
+                | if unmap {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+            (len, offset, mode)
         };
+        // The image by its registered index, or by its fd.
+        macro_rules! sqe {
+            ($fd:expr) => {
+                match req.kind {
+                    IoKind::Read => opcode::Readv::new($fd, iovecs.as_ptr(), n)
+                        .offset(offset)
+                        .build(),
+                    IoKind::Write => opcode::Writev::new($fd, iovecs.as_ptr(), n)
+                        .offset(offset)
+                        .build(),
+                    // IOSQE_IO_DRAIN: after every SQE submitted before it (module docs).
+                    IoKind::Flush => opcode::Fsync::new($fd)
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build()
+                        .flags(squeue::Flags::IO_DRAIN),
+                    IoKind::Discard | IoKind::WriteZeroes { .. } => {
+                        let (len, offset, mode) =
+                            fallocate(!matches!(req.kind, IoKind::WriteZeroes { unmap: false }));
+                        opcode::Fallocate::new($fd, len)
+                            .offset(offset)
+                            .mode(mode)
+                            .build()
+                    }
+                }
+            };
+        }
+        let mut sqe = if self.opts.fixed_file {
+            sqe!(types::Fixed(0))
+        } else {
+            sqe!(types::Fd(self.fd))
+        };
+        if self.opts.force_async && matches!(req.kind, IoKind::Read | IoKind::Write) {
+            sqe = sqe.flags(squeue::Flags::ASYNC);
+        }
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -202,6 +268,13 @@ impl Uring {
         });
         self.in_flight += 1;
         self.unsubmitted += 1;
+        #[cfg(test)]
+        if matches!(
+            self.slots[slot].as_ref().map(|o| o.req.kind),
+            Some(IoKind::Discard | IoKind::WriteZeroes { .. })
+        ) {
+            self.fallocates += 1;
+        }
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! The io_uring engine against the sync engine, many requests in flight, hostile drivers,
-//! FLUSH ordering, reset with requests in flight, and requests deferred by bounce pools that
+//! FLUSH ordering (after writes, discards and write zeroes, and after what is written when a
+//! completion is reaped), SQPOLL, reset with requests in flight, and requests deferred by bounce pools that
 //! must wait (`exhaustion=wait`) or failed by pools that may not (`exhaustion=fail`).
 
 use std::fs::File;
@@ -7,6 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use bounce::{Dma, DmaDirection, DmaSource};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::tempfile::TempFile;
 
 use super::super::*;
 use super::disk;
@@ -75,6 +77,15 @@ impl<'a> Driver<'a> {
                 (st, 1, true),
             ]);
         }
+    }
+
+    /// Request `i`'s 16-byte discard / write-zeroes segment.
+    fn seg(&mut self, i: u64, sector: u64, n: u32, flags: u32) {
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&sector.to_le_bytes());
+        s[8..12].copy_from_slice(&n.to_le_bytes());
+        s[12..].copy_from_slice(&flags.to_le_bytes());
+        self.t.write(BUFS + BUF_LEN * i, &s);
     }
 
     fn status(&self, i: u64) -> u8 {
@@ -401,4 +412,173 @@ fn tiny_pool_with_exhaustion_fail_gives_ioerr() {
     assert_eq!(d.blk.deferred(), 0);
     assert_eq!(d.t.used().len(), 32);
     assert_eq!(dma.stats().unwrap().slots_used, 0);
+}
+
+/// The image's bytes at `sector`, `len` of them.
+fn image_bytes(f: &File, sector: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, sector * 512).unwrap();
+    b
+}
+
+/// DISCARD and WRITE_ZEROES go through the ring as FALLOCATE (not inline on the device's
+/// thread): in one batch with writes, the writes land, the ranges read as zeroes, and the FLUSH
+/// after them (IOSQE_IO_DRAIN) is answered last.
+#[test]
+fn discard_and_write_zeroes_are_fallocates_on_the_ring_and_flush_follows_them() {
+    let mem = guest_mem();
+    let (t, f) = disk();
+    t.as_file().write_all_at(&[0xab; 2048 * 512], 0).unwrap();
+    let mut d = Driver::new(&mem, f, Engine::Uring, 64, None);
+    d.t.write(BUFS, &pattern(0, 8192));
+    d.post(0, VIRTIO_BLK_T_OUT, 0, 8192);
+    d.seg(1, 32, 16, 0);
+    d.post(1, VIRTIO_BLK_T_WRITE_ZEROES, 0, 16);
+    d.seg(2, 64, 16, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+    d.post(2, VIRTIO_BLK_T_WRITE_ZEROES, 0, 16);
+    d.seg(3, 96, 16, 0);
+    d.post(3, VIRTIO_BLK_T_DISCARD, 0, 16);
+    // A discard of less than a granule has nothing to do: answered at once, no FALLOCATE.
+    d.seg(4, 129, 3, 0);
+    d.post(4, VIRTIO_BLK_T_DISCARD, 0, 16);
+    d.post(5, VIRTIO_BLK_T_FLUSH, 0, 0);
+    d.settle();
+    assert!((0..6).all(|i| d.status(i) == VIRTIO_BLK_S_OK));
+    assert_eq!(d.blk.uring.as_ref().unwrap().fallocates, 3);
+    assert_eq!(
+        d.blk.disk.image.faults.syncs.get(),
+        0,
+        "the flush was the ring's"
+    );
+    let used: Vec<u32> = d.t.used().iter().map(|u| u.0).collect();
+    assert_eq!(used.len(), 6);
+    assert_eq!(used.last(), Some(&(5 * 3)), "flush answered last: {used:?}");
+    let f = t.as_file();
+    assert_eq!(image_bytes(f, 0, 8192), pattern(0, 8192));
+    assert!(image_bytes(f, 16, 16 * 512).iter().all(|&b| b == 0xab));
+    for s in [32, 64, 96] {
+        assert!(image_bytes(f, s, 16 * 512).iter().all(|&b| b == 0), "{s}");
+        assert!(image_bytes(f, s + 16, 16 * 512).iter().all(|&b| b == 0xab));
+    }
+    assert!(image_bytes(f, 128, 8 * 512).iter().all(|&b| b == 0xab));
+}
+
+/// A write zeroes whose FALLOCATE fails in the kernel (ZERO_RANGE on tmpfs: EOPNOTSUPP) is
+/// finished by writing zeroes when it is reaped, after the drained FLUSH behind it may already
+/// have synced: that flush syncs again before it is answered. Failures: a discard that fails is
+/// an IOERR and later flushes succeed (a hint); a write zeroes whose fallback fails too makes
+/// every flush fail.
+#[test]
+fn write_zeroes_fallback_and_errors_keep_flush_semantics() {
+    let mem = guest_mem();
+    let t = TempFile::new_in(std::path::Path::new("/dev/shm")).unwrap();
+    let f = t.as_file().try_clone().unwrap();
+    f.write_all_at(&[0xab; 2048 * 512], 0).unwrap();
+    let mut d = Driver::new(&mem, f, Engine::Uring, 64, None);
+    d.seg(0, 40, 24, 0);
+    d.post(0, VIRTIO_BLK_T_WRITE_ZEROES, 0, 16);
+    d.post(1, VIRTIO_BLK_T_FLUSH, 0, 0);
+    d.settle();
+    assert_eq!(
+        (d.status(0), d.status(1)),
+        (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK)
+    );
+    assert_eq!(
+        d.blk.disk.late_writes, 1,
+        "ZERO_RANGE failed on tmpfs and was written"
+    );
+    assert_eq!(
+        d.blk.disk.image.faults.syncs.get(),
+        1,
+        "the flush synced again"
+    );
+    assert!(image_bytes(t.as_file(), 40, 24 * 512)
+        .iter()
+        .all(|&b| b == 0));
+    assert!(image_bytes(t.as_file(), 64, 512).iter().all(|&b| b == 0xab));
+
+    // A failed discard: IOERR, nothing lost.
+    d.blk.disk.image.faults.write.set(1);
+    d.seg(2, 0, 8, 0);
+    d.post(2, VIRTIO_BLK_T_DISCARD, 0, 16);
+    d.post(3, VIRTIO_BLK_T_FLUSH, 0, 0);
+    d.settle();
+    assert_eq!(
+        (d.status(2), d.status(3)),
+        (VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK)
+    );
+
+    // A write zeroes that fails, fallback included: IOERR, and every flush after it fails.
+    d.blk.disk.image.faults.write.set(2);
+    d.seg(4, 0, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+    d.post(4, VIRTIO_BLK_T_WRITE_ZEROES, 0, 16);
+    d.post(5, VIRTIO_BLK_T_FLUSH, 0, 0);
+    d.settle();
+    assert_eq!(
+        (d.status(4), d.status(5)),
+        (VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_IOERR)
+    );
+    d.post(6, VIRTIO_BLK_T_FLUSH, 0, 0);
+    d.settle();
+    assert_eq!(d.status(6), VIRTIO_BLK_S_IOERR);
+}
+
+/// Every `UringOptions` combination (SQPOLL, IOSQE_ASYNC, a registered file) reads and writes
+/// the same data, discards included, and orders its flush last.
+#[test]
+fn uring_options_all_work() {
+    let mem = guest_mem();
+    for (sqpoll, force_async, fixed_file) in [
+        (Some(1), false, false),
+        (None, true, false),
+        (None, false, true),
+        (Some(1), true, true),
+    ] {
+        let (t, f) = disk();
+        let t2 = TestQueue::new(&mem, 64);
+        let mut blk = Block::new(
+            f,
+            BlockConfig {
+                engine: Engine::Uring,
+                queue_size: 64,
+                uring: UringOptions {
+                    sqpoll_idle_ms: sqpoll,
+                    force_async,
+                    fixed_file,
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (irq, irqfd) = test_interrupt();
+        blk.activate(vec![t2.dma_queue()], irq).unwrap();
+        let mut d = Driver {
+            t: t2,
+            blk,
+            _irqfd: irqfd,
+        };
+        for i in 0..8u64 {
+            d.t.write(BUFS + BUF_LEN * i, &pattern(i, 4096));
+            d.post(i, VIRTIO_BLK_T_OUT, i * 8, 4096);
+        }
+        d.seg(8, 0, 8, 0);
+        d.post(8, VIRTIO_BLK_T_DISCARD, 0, 16);
+        d.post(9, VIRTIO_BLK_T_FLUSH, 0, 0);
+        d.settle();
+        let what = format!("sqpoll {sqpoll:?} async {force_async} fixed {fixed_file}");
+        assert!((0..10).all(|i| d.status(i) == VIRTIO_BLK_S_OK), "{what}");
+        assert_eq!(d.t.used().last().map(|u| u.0), Some(9 * 3), "{what}");
+        for i in 1..8u64 {
+            d.post(10 + i, VIRTIO_BLK_T_IN, i * 8, 4096);
+        }
+        d.settle();
+        for i in 1..8u64 {
+            assert_eq!(d.status(10 + i), VIRTIO_BLK_S_OK, "{what}");
+            assert_eq!(d.buf(10 + i, 4096), pattern(i, 4096), "{what}");
+        }
+        assert!(
+            image_bytes(t.as_file(), 0, 4096).iter().all(|&b| b == 0),
+            "{what}"
+        );
+    }
 }
