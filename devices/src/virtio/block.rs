@@ -227,6 +227,10 @@ pub struct Block {
     interrupt: Option<Arc<Interrupt>>,
     /// Shared by all queues; kept across resets (a reset must not refill the buckets).
     limiter: Option<RateLimiter>,
+    /// Scratch space reused by every pass (no allocation per pass): completions reaped, and
+    /// chains answered per queue.
+    done: Vec<uring::Completion>,
+    used: Vec<usize>,
 }
 
 impl Block {
@@ -313,6 +317,8 @@ impl Block {
             queues: Vec::new(),
             interrupt: None,
             limiter,
+            done: Vec::new(),
+            used: Vec::new(),
         })
     }
 
@@ -506,9 +512,9 @@ impl Block {
         let Some(u) = self.uring.as_mut() else {
             return Ok(());
         };
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         u.reap(&mut done);
-        for c in done {
+        for c in done.drain(..) {
             let (Some(q), Some(cx)) = (self.queues.get_mut(c.queue), self.ctx.get_mut(c.queue))
             else {
                 continue; // cannot happen: completions from before a reset are dropped
@@ -523,7 +529,16 @@ impl Block {
             }
             q.add_used(head, len)?;
         }
+        self.done = done;
         Ok(())
+    }
+
+    /// The per-queue count of chains answered, zeroed (the scratch vector, taken: give it back).
+    fn take_used(&mut self) -> Vec<usize> {
+        let mut used = std::mem::take(&mut self.used);
+        used.clear();
+        used.resize(self.queues.len(), 0);
+        used
     }
 
     /// Raises the used-ring interrupt for queue `index` if the driver wants one.
@@ -611,7 +626,7 @@ impl VirtioDevice for Block {
         let (state, used) = self.run_queue(index)?;
         // What io_uring completed during the submission (reads from the page cache complete
         // inline) is answered now rather than one event-loop pass later.
-        let mut done = vec![0usize; self.queues.len()];
+        let mut done = self.take_used();
         if let Some(u) = done.get_mut(index) {
             *u = used;
         }
@@ -619,6 +634,7 @@ impl VirtioDevice for Block {
         for (i, &u) in done.iter().enumerate() {
             self.notify(i, u)?;
         }
+        self.used = done;
         Ok(state)
     }
 
@@ -630,7 +646,7 @@ impl VirtioDevice for Block {
     /// queue again (deferred chains first; queues that had reached their in-flight limit).
     fn process_backend(&mut self, _events: EventSet) -> Result<(), DeviceError> {
         self.notifier.drain();
-        let mut used = vec![0usize; self.queues.len()];
+        let mut used = self.take_used();
         self.reap(&mut used)?;
         let mut more = false;
         for (i, u) in used.iter_mut().enumerate() {
@@ -646,6 +662,7 @@ impl VirtioDevice for Block {
         for (i, &u) in used.iter().enumerate() {
             self.notify(i, u)?;
         }
+        self.used = used;
         if more {
             // Out of budget: come back after the other ready fds.
             self.notifier.wake();

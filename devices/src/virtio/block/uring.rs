@@ -63,6 +63,9 @@ use super::UringOptions;
 /// Linux's `UIO_MAXIOV`: a readv/writev with more iovecs fails with EINVAL.
 pub(super) const IOV_MAX: usize = 1024;
 
+/// Longest iovec vector kept for reuse.
+const POOLED_IOVECS: usize = 64;
+
 /// Largest ring microvm asks for (in-flight requests beyond it wait in the SQ or the overflow
 /// list, which `IORING_FEAT_NODROP` kernels keep).
 const MAX_ENTRIES: u32 = 4096;
@@ -74,16 +77,18 @@ struct Op {
     /// answered on the new queues.
     epoch: u64,
     req: Prepared,
-    /// The iovecs the kernel reads (owned here until completion).
-    _iovecs: Iovecs,
+    /// The iovecs the kernel reads (owned here until completion, then back to the pool).
+    iovecs: Iovecs,
 }
 
 /// A request's iovecs: pointers into its own mapped buffers. Only kept alive for the kernel,
-/// which reads them; never read here (hence `dead_code`).
-struct Iovecs(#[allow(dead_code)] Box<[libc::iovec]>);
+/// which reads them; never read here. The vector is reused for later requests once its request
+/// completed (no allocation per request).
+struct Iovecs(Vec<libc::iovec>);
 
 // SAFETY: the pointers point into the buffers of the `Prepared` request beside them in `Op`
-// (`OwnedDmaBuffer`s, which are Send); they are only read by the kernel, never dereferenced here.
+// (`OwnedDmaBuffer`s, which are Send), or nowhere once back in the pool; they are only read by
+// the kernel while the request is in flight, never dereferenced here.
 unsafe impl Send for Iovecs {}
 
 /// A completed request, for the device to answer.
@@ -122,6 +127,8 @@ pub(super) struct Uring {
     opts: UringOptions,
     /// In-flight requests by `user_data`.
     slots: Vec<Option<Op>>,
+    /// Emptied iovec vectors of completed requests, for the next ones.
+    iov_pool: Vec<Iovecs>,
     free: Vec<usize>,
     in_flight: usize,
     /// SQEs pushed since the last `io_uring_enter`.
@@ -165,6 +172,7 @@ impl Uring {
             fd,
             opts,
             slots: Vec::new(),
+            iov_pool: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
             unsubmitted: 0,
@@ -180,17 +188,16 @@ impl Uring {
         if req.data.len() > IOV_MAX {
             return Err(req);
         }
-        let iovecs: Box<[libc::iovec]> = req
-            .data
-            .iter()
-            .map(|b| libc::iovec {
-                // The guard only tracks dirty pages (none here); the pointer stays valid while
-                // the mapping lives (see the module's documentation).
-                iov_base: b.slice().ptr_guard_mut().as_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let n = iovecs.len() as u32; // ≤ IOV_MAX
+        let mut iovecs = self.iov_pool.pop().unwrap_or(Iovecs(Vec::new()));
+        iovecs.0.clear();
+        iovecs.0.extend(req.data.iter().map(|b| libc::iovec {
+            // The guard only tracks dirty pages (none here); the pointer stays valid while
+            // the mapping lives (see the module's documentation).
+            iov_base: b.slice().ptr_guard_mut().as_ptr().cast(),
+            iov_len: b.len(),
+        }));
+        let iovecs = iovecs;
+        let n = iovecs.0.len() as u32; // ≤ IOV_MAX
         let (offset, len) = (req.offset, req.len);
         let fallocate = |unmap: bool| {
             let mode = libc::FALLOC_FL_KEEP_SIZE
@@ -205,10 +212,10 @@ impl Uring {
         macro_rules! sqe {
             ($fd:expr) => {
                 match req.kind {
-                    IoKind::Read => opcode::Readv::new($fd, iovecs.as_ptr(), n)
+                    IoKind::Read => opcode::Readv::new($fd, iovecs.0.as_ptr(), n)
                         .offset(offset)
                         .build(),
-                    IoKind::Write => opcode::Writev::new($fd, iovecs.as_ptr(), n)
+                    IoKind::Write => opcode::Writev::new($fd, iovecs.0.as_ptr(), n)
                         .offset(offset)
                         .build(),
                     // IOSQE_IO_DRAIN: after every SQE submitted before it (module docs).
@@ -244,9 +251,10 @@ impl Uring {
         };
         let sqe = sqe.user_data(slot as u64);
         for attempt in 0..2 {
-            // SAFETY: the SQE points at `iovecs` (moved into the slot below: a boxed slice's
-            // heap memory does not move) and through them at the request's mapped buffers, which
-            // the slot owns until the completion is reaped (`reap`; `wait_idle` before any drop).
+            // SAFETY: the SQE points at `iovecs` (moved into the slot below: a vector's heap
+            // memory does not move, and it is not touched until the completion is reaped) and
+            // through them at the request's mapped buffers, which the slot owns until the
+            // completion is reaped (`reap`; `wait_idle` before any drop).
             // The image fd outlives the ring (the device owns both and drops the ring first).
             // If the push fails nothing was queued, and the request is given back intact.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
@@ -257,6 +265,7 @@ impl Uring {
             let submitted = attempt == 0 && self.submit().is_ok();
             if !submitted {
                 self.free.push(slot);
+                self.iov_pool.push(iovecs);
                 return Err(req);
             }
         }
@@ -264,7 +273,7 @@ impl Uring {
             queue,
             epoch: self.epoch,
             req,
-            _iovecs: Iovecs(iovecs),
+            iovecs,
         });
         self.in_flight += 1;
         self.unsubmitted += 1;
@@ -302,6 +311,7 @@ impl Uring {
         let Uring {
             ring,
             slots,
+            iov_pool,
             free,
             in_flight,
             epoch,
@@ -317,6 +327,10 @@ impl Uring {
             };
             free.push(slot);
             *in_flight -= 1;
+            // The kernel is done with the iovecs. (A hostile request's long vector is not kept.)
+            if op.iovecs.0.capacity() <= POOLED_IOVECS {
+                iov_pool.push(op.iovecs);
+            }
             if op.epoch != *epoch {
                 continue;
             }
