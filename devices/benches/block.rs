@@ -10,9 +10,14 @@
 //! appends the line to a file, as microvm's event loop does on its own thread beside the
 //! disk's (`vmm/src/metrics.rs`), with a second plain bounced driver as an A/A control (the
 //! noise floor of the same measurement).
+//! The engine table compares, beside sync and plain io_uring, io_uring with a registered file,
+//! with `IOSQE_ASYNC`, and with SQPOLL (`UringOptions`), after the time of the bare `memcpy`s a
+//! bounced read adds (the floor of its overhead).
 //! `CARGO_TARGET_DIR=... cargo bench -p devices --bench block`
-//! (`BLK_BENCH_TABLE_ONLY=1`: the tables alone; `BLK_BENCH_METRICS_ONLY=1`: the metrics table
-//! alone, `BLK_BENCH_ROUNDS=N` interleaved rounds of 120 ms samples, default 21.)
+//! (`BLK_BENCH_TABLE_ONLY=1`: the tables alone; `BLK_BENCH_ENGINES_ONLY=1`: the engine table
+//! alone, `BLK_BENCH_ENGINE_ROUNDS=N` rounds, default 15; `BLK_BENCH_METRICS_ONLY=1`: the
+//! metrics table alone, `BLK_BENCH_ROUNDS=N` interleaved rounds of 120 ms samples, default 21;
+//! `BLK_BENCH_PROFILE=...`: one driver alone, see `profile`.)
 
 use std::io::Write;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 use bounce::{Dma, DmaQueue, DmaSource, QueueCounters};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use devices::virtio::block::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use devices::virtio::{Block, BlockConfig, Engine, Interrupt, VirtioDevice};
+use devices::virtio::{Block, BlockConfig, Engine, Interrupt, UringOptions, VirtioDevice};
 use event_manager::EventSet;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -116,8 +121,72 @@ impl Drop for MetricsThread {
     }
 }
 
+/// An engine and how it uses io_uring: what a row of the tables compares.
+#[derive(Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    engine: Engine,
+    uring: UringOptions,
+}
+
+/// The SQPOLL thread's idle time in the bench: short, as each driver's samples alternate with
+/// the others' and a polling thread left spinning would take a core from the next one (the
+/// bench also waits this long, untimed, after each SQPOLL sample).
+const BENCH_SQPOLL_IDLE_MS: u32 = 2;
+
+const SYNC: Variant = Variant {
+    name: "sync",
+    engine: Engine::Sync,
+    uring: UringOptions {
+        sqpoll_idle_ms: None,
+        force_async: false,
+        fixed_file: false,
+    },
+};
+const URING: Variant = Variant {
+    name: "uring",
+    engine: Engine::Uring,
+    uring: UringOptions {
+        sqpoll_idle_ms: None,
+        force_async: false,
+        fixed_file: false,
+    },
+};
+
+/// Every variant the engine table compares, the old ones (sync, uring) first.
+const VARIANTS: [Variant; 5] = [
+    SYNC,
+    URING,
+    Variant {
+        name: "u+fixed",
+        uring: UringOptions {
+            fixed_file: true,
+            ..URING.uring
+        },
+        ..URING
+    },
+    Variant {
+        name: "u+async",
+        uring: UringOptions {
+            force_async: true,
+            ..URING.uring
+        },
+        ..URING
+    },
+    Variant {
+        name: "u+sqpoll",
+        uring: UringOptions {
+            sqpoll_idle_ms: Some(BENCH_SQPOLL_IDLE_MS),
+            ..URING.uring
+        },
+        ..URING
+    },
+];
+
 struct Driver {
     mem: GuestMemoryMmap,
+    /// Wait after a sample (untimed): an SQPOLL thread's idle spin.
+    settle: Duration,
     _metrics: Option<MetricsThread>,
     blk: Block,
     avail_idx: u16,
@@ -134,6 +203,12 @@ impl Driver {
     }
 
     fn with_metrics(bounced: bool, engine: Engine, metrics: bool) -> Driver {
+        let v = if engine == Engine::Sync { SYNC } else { URING };
+        Driver::build(bounced, v, metrics)
+    }
+
+    fn build(bounced: bool, v: Variant, metrics: bool) -> Driver {
+        let engine = v.engine;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
         mem.write_slice(&vec![0x5a; 8 << 20], GuestAddress(0))
             .unwrap();
@@ -149,6 +224,7 @@ impl Driver {
         f.sync_all().unwrap();
         let cfg = BlockConfig {
             engine,
+            uring: v.uring,
             ..Default::default()
         };
         let mut blk = Block::new(f, cfg).unwrap();
@@ -168,6 +244,13 @@ impl Driver {
             .unwrap();
         Driver {
             mem,
+            settle: v
+                .uring
+                .sqpoll_idle_ms
+                .filter(|_| engine == Engine::Uring)
+                .map_or(Duration::ZERO, |ms| {
+                    Duration::from_millis(u64::from(ms) + 1)
+                }),
             _metrics: metrics,
             blk,
             avail_idx: 0,
@@ -339,6 +422,7 @@ const DEPTHS: [u16; 2] = [1, 32];
 fn blk(c: &mut Criterion) {
     if std::env::var_os("BLK_BENCH_TABLE_ONLY").is_some()
         || std::env::var_os("BLK_BENCH_METRICS_ONLY").is_some()
+        || std::env::var_os("BLK_BENCH_ENGINES_ONLY").is_some()
     {
         return;
     }
@@ -364,15 +448,15 @@ fn blk(c: &mut Criterion) {
     }
 }
 
-/// Median time of one iteration (32 requests) of each of `configs` (engine, bounced), measured
-/// interleaved (one sample of each in turn, 15 rounds of ~20 ms samples after a warm-up), so
-/// that a machine whose load drifts skews the ratios less than the absolute figures.
-fn measure(w: &Workload, depth: u16, configs: &[(Engine, bool)]) -> Vec<Duration> {
+/// Median time of one iteration (32 requests) of each of `configs` (variant, bounced), measured
+/// interleaved (one sample of each in turn, `rounds` rounds of ~20 ms samples after a warm-up),
+/// so that a machine whose load drifts skews the ratios less than the absolute figures.
+fn measure(w: &Workload, depth: u16, configs: &[(Variant, bool)], rounds: usize) -> Vec<Duration> {
     let mut drivers: Vec<Driver> = configs
         .iter()
-        .map(|&(engine, bounced)| Driver::new(bounced, engine))
+        .map(|&(v, bounced)| Driver::build(bounced, v, false))
         .collect();
-    samples(w, depth, &mut drivers, 15, Duration::from_millis(20))
+    samples(w, depth, &mut drivers, rounds, Duration::from_millis(20))
         .into_iter()
         .map(|mut v| {
             v.sort();
@@ -417,6 +501,9 @@ fn samples(
                 drivers[i].iteration(w, depth);
             }
             samples[i].push(t.elapsed() / per[i]);
+            if !drivers[i].settle.is_zero() {
+                std::thread::sleep(drivers[i].settle);
+            }
         }
     }
     samples
@@ -440,6 +527,7 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
 fn metrics_table(_: &mut Criterion) {
     if std::env::var_os("BLK_BENCH_METRICS_ONLY").is_none()
         && std::env::var_os("BLK_BENCH_TABLE_ONLY").is_none()
+        || std::env::var_os("BLK_BENCH_ENGINES_ONLY").is_some()
     {
         return;
     }
@@ -541,59 +629,137 @@ fn metrics_table(_: &mut Criterion) {
     );
 }
 
-/// The side-by-side table: per workload and depth, µs per request for each engine and mode,
-/// bounced/direct time ratios, and uring/sync IOPS ratios.
+/// What a bounced request copies in user space, timed alone: 64 KiB and 4 KiB `memcpy`s
+/// (`copy_nonoverlapping`, what vm-memory's `copy_to_volatile_slice` compiles to) between two
+/// buffers the size of the bench's guest data and bounce pool, so that they are not all in cache.
+fn copy_floor() {
+    let mut src = vec![0x5au8; 4 << 20];
+    let mut dst = vec![0u8; 4 << 20];
+    for len in [64usize << 10, 4 << 10] {
+        let n = src.len() / len;
+        let mut best = f64::MAX;
+        for _ in 0..15 {
+            let t = Instant::now();
+            let mut reps = 0u32;
+            while t.elapsed() < Duration::from_millis(10) {
+                for i in 0..n {
+                    let (s, d) = (&src[i * len..][..len], &mut dst[i * len..][..len]);
+                    d.copy_from_slice(std::hint::black_box(s));
+                }
+                reps += 1;
+            }
+            best = best.min(t.elapsed().as_secs_f64() * 1e6 / f64::from(reps) / n as f64);
+        }
+        std::hint::black_box(&mut dst);
+        src[0] = dst[1];
+        println!(
+            "memcpy {:>2} KiB: {best:.2} us (the bounced read's two extra copies: {:.2} us)",
+            len >> 10,
+            2.0 * best
+        );
+    }
+}
+
+/// The engine table: per workload and depth, µs per request of every [`VARIANTS`] entry,
+/// direct and bounced, all measured interleaved in one run; then the ratios side by side:
+/// bounced/direct time per variant, and each variant's IOPS over sync's (bounced).
+/// `BLK_BENCH_ENGINE_ROUNDS=N`: interleaved rounds (default 15).
 fn table(_: &mut Criterion) {
     if std::env::var_os("BLK_BENCH_METRICS_ONLY").is_some() {
         return;
     }
+    let rounds: usize = std::env::var("BLK_BENCH_ENGINE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    println!();
+    copy_floor();
     println!();
     println!(
-        "virtio-blk, {BATCH} requests per iteration, medians of 15 interleaved samples (µs per \
-         request; b/d = bounced/direct time; u/s = uring/sync IOPS)"
+        "virtio-blk, {BATCH} requests per iteration, medians of {rounds} interleaved samples; \
+         variants: {} (u+: io_uring with a registered file, IOSQE_ASYNC, SQPOLL idle {} ms)",
+        VARIANTS.map(|v| v.name).join(", "),
+        BENCH_SQPOLL_IDLE_MS
     );
-    println!(
-        "{:<16} {:>3} | {:>9} {:>9} {:>5} | {:>9} {:>9} {:>5} | {:>7} {:>7}",
-        "workload",
-        "qd",
-        "sync dir",
-        "sync bnc",
-        "b/d",
-        "uring dir",
-        "uring bnc",
-        "b/d",
-        "u/s dir",
-        "u/s bnc"
-    );
-    let configs = [
-        (Engine::Sync, false),
-        (Engine::Sync, true),
-        (Engine::Uring, false),
-        (Engine::Uring, true),
-    ];
+    let configs: Vec<(Variant, bool)> = VARIANTS
+        .iter()
+        .flat_map(|&v| [(v, false), (v, true)])
+        .collect();
+    let mut rows = Vec::new();
     for w in &WORKLOADS {
         for depth in DEPTHS {
-            let us: Vec<f64> = measure(w, depth, &configs)
+            let us: Vec<f64> = measure(w, depth, &configs, rounds)
                 .iter()
                 .map(|t| t.as_secs_f64() * 1e6 / f64::from(BATCH))
                 .collect();
-            let (sd, sb, ud, ub) = (us[0], us[1], us[2], us[3]);
-            println!(
-                "{:<16} {:>3} | {:>9.2} {:>9.2} {:>5.2} | {:>9.2} {:>9.2} {:>5.2} | {:>7.2} {:>7.2}",
-                w.name,
-                depth,
-                sd,
-                sb,
-                sb / sd,
-                ud,
-                ub,
-                ub / ud,
-                sd / ud,
-                sb / ub
-            );
+            rows.push((w.name, depth, us));
         }
+    }
+    println!();
+    println!("µs per request, direct / bounced");
+    print!("{:<17} {:>3} |", "workload", "qd");
+    for v in VARIANTS {
+        print!(" {:>15} |", v.name);
+    }
+    println!();
+    for (name, depth, us) in &rows {
+        print!("{name:<17} {depth:>3} |");
+        for i in 0..VARIANTS.len() {
+            print!(" {:>7.2}/{:<7.2} |", us[2 * i], us[2 * i + 1]);
+        }
+        println!();
+    }
+    println!();
+    println!("bounced/direct time (b/d) per variant; IOPS over sync's, bounced (x/s)");
+    print!("{:<17} {:>3} |", "workload", "qd");
+    for v in VARIANTS {
+        print!(" {:>8}", v.name);
+    }
+    print!(" |");
+    for v in &VARIANTS[1..] {
+        print!(" {:>8}", v.name);
+    }
+    println!();
+    for (name, depth, us) in &rows {
+        print!("{name:<17} {depth:>3} |");
+        for i in 0..VARIANTS.len() {
+            print!(" {:>8.2}", us[2 * i + 1] / us[2 * i]);
+        }
+        print!(" |");
+        for i in 1..VARIANTS.len() {
+            print!(" {:>8.2}", us[1] / us[2 * i + 1]);
+        }
+        println!();
     }
 }
 
-criterion_group!(benches, blk, table, metrics_table);
+/// `BLK_BENCH_PROFILE=WORKLOAD,QD,VARIANT,direct|bounced[,SECONDS]`: runs that one driver for
+/// the time given (default 5 s) and nothing else, for `perf record`.
+fn profile(_: &mut Criterion) {
+    let Some(spec) = std::env::var_os("BLK_BENCH_PROFILE") else {
+        return;
+    };
+    let spec = spec.to_string_lossy().into_owned();
+    let f: Vec<&str> = spec.split(',').collect();
+    let w = WORKLOADS.iter().find(|w| w.name == f[0]).expect("workload");
+    let depth: u16 = f[1].parse().expect("qd");
+    let v = *VARIANTS.iter().find(|v| v.name == f[2]).expect("variant");
+    let bounced = f[3] == "bounced";
+    let secs: u64 = f.get(4).map_or(5, |s| s.parse().expect("seconds"));
+    let mut d = Driver::build(bounced, v, false);
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < Duration::from_secs(secs) {
+        d.iteration(w, depth);
+        n += 1;
+    }
+    d.check(w.name, depth);
+    println!(
+        "{spec}: {:.2} us per request",
+        t.elapsed().as_secs_f64() * 1e6 / (n * u64::from(BATCH)) as f64
+    );
+    std::process::exit(0);
+}
+
+criterion_group!(benches, profile, blk, table, metrics_table);
 criterion_main!(benches);
