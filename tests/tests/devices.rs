@@ -365,12 +365,34 @@ fn bounce_pool_exhaustion_fails_io_not_the_vmm() {
     );
 }
 
-/// ext4 on a bounced virtio-blk: mkfs, write, sync, remount read-only, checksums.
+/// ext4 on a bounced virtio-blk: mkfs (which discards the whole disk: FALLOCATEs on the
+/// io_uring engine's ring), write, sync, remount read-only, checksums.
 #[test]
 fn ext4_roundtrip_with_restricted_dma() {
+    ext4_roundtrip("");
+}
+
+/// The same with io_uring's SQPOLL thread (`sqpoll=on`), under the default seccomp filters:
+/// the ring and its kernel thread are set up before any filter, and the disk thread's
+/// `io_uring_enter` (to wake the thread) is allowed.
+#[test]
+fn ext4_roundtrip_with_sqpoll() {
+    let o = ext4_roundtrip(",engine=uring,sqpoll=on");
+    assert!(o.stderr.contains("SQPOLL"), "{}", o.describe());
+}
+
+fn ext4_roundtrip(disk_suffix: &str) -> Outcome {
     let (h, k) = setup();
     let img = Image::new("ext4", 64 << 20);
-    let o = boot(&h, &k, "ext4", &[&img.0], &["--restricted-dma=4M"], &[]);
+    let o = boot_disks(
+        &h,
+        &k,
+        "ext4",
+        &[&img.0],
+        disk_suffix,
+        &["--restricted-dma=4M"],
+        &[],
+    );
     assert_passed(&o);
     assert_eq!(
         o.value("ext4-mkfs").as_deref(),
@@ -399,6 +421,7 @@ fn ext4_roundtrip_with_restricted_dma() {
     let s = stats(&o);
     assert_eq!(total_failures(&s), 0, "{s}");
     assert!(n(&s, "bytes_to_pool") >= 1 << 20, "{s}");
+    o
 }
 
 /// virtio-rng through the bounce pools: /dev/hwrng is virtio and gives varied bytes.
