@@ -287,7 +287,8 @@ fn parse_disk(s: &str) -> Result<DiskConfig> {
             Some(("engine", "sync")) => disk.engine = Some(DiskEngine::Sync),
             Some(("sqpoll", "on")) => disk.sqpoll_idle_ms = Some(DEFAULT_SQPOLL_IDLE_MS),
             Some(("sqpoll", "off")) => disk.sqpoll_idle_ms = None,
-            Some(("sqpoll", ms)) if ms.parse::<u32>().is_ok() => {
+            // 0 would be the kernel's default idle time (1 s), not 0 ms.
+            Some(("sqpoll", ms)) if ms.parse::<u32>().is_ok_and(|ms| ms > 0) => {
                 disk.sqpoll_idle_ms = ms.parse().ok();
             }
             Some((k, v)) if parse_limit(&mut disk.rate_limit, "iops", k, v)? => {}
@@ -537,6 +538,7 @@ mod tests {
             None
         );
         assert!(parse_disk("/a.img,sqpoll=maybe").is_err());
+        assert!(parse_disk("/a.img,sqpoll=0").is_err());
         let j: DiskConfig =
             serde_json::from_str(r#"{"path":"/a","engine":"uring","sqpoll_idle_ms":5}"#).unwrap();
         assert_eq!(j.sqpoll_idle_ms, Some(5));

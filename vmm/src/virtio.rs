@@ -169,6 +169,12 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     let mut probed = None;
     for (i, disk) in cfg.disks.iter().enumerate() {
         let engine = disk_engine(disk.engine, &mut probed, &disk.path)?;
+        if disk.sqpoll_idle_ms == Some(0) {
+            bail!(
+                "disk {}: sqpoll_idle_ms must be at least 1 (0 would be the kernel's 1 s)",
+                disk.path.display()
+            );
+        }
         if disk.sqpoll_idle_ms.is_some() && engine != Engine::Uring {
             bail!(
                 "disk {}: sqpoll needs the io_uring engine (engine=uring)",
