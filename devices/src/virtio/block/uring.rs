@@ -196,18 +196,15 @@ impl Uring {
             iov_base: b.slice().ptr_guard_mut().as_ptr().cast(),
             iov_len: b.len(),
         }));
-        let iovecs = iovecs;
         let n = iovecs.0.len() as u32; // ≤ IOV_MAX
         let (offset, len) = (req.offset, req.len);
-        let fallocate = |unmap: bool| {
-            let mode = libc::FALLOC_FL_KEEP_SIZE
-                | if unmap {
-                    libc::FALLOC_FL_PUNCH_HOLE
-                } else {
-                    libc::FALLOC_FL_ZERO_RANGE
-                };
-            (len, offset, mode)
-        };
+        // A discard, or a write zeroes the driver lets unmap: a hole; else zeroes in place.
+        let fallocate_mode = libc::FALLOC_FL_KEEP_SIZE
+            | if matches!(req.kind, IoKind::WriteZeroes { unmap: false }) {
+                libc::FALLOC_FL_ZERO_RANGE
+            } else {
+                libc::FALLOC_FL_PUNCH_HOLE
+            };
         // The image by its registered index, or by its fd.
         macro_rules! sqe {
             ($fd:expr) => {
@@ -224,11 +221,9 @@ impl Uring {
                         .build()
                         .flags(squeue::Flags::IO_DRAIN),
                     IoKind::Discard | IoKind::WriteZeroes { .. } => {
-                        let (len, offset, mode) =
-                            fallocate(!matches!(req.kind, IoKind::WriteZeroes { unmap: false }));
                         opcode::Fallocate::new($fd, len)
                             .offset(offset)
-                            .mode(mode)
+                            .mode(fallocate_mode)
                             .build()
                     }
                 }
