@@ -11,7 +11,7 @@
 //! disk's (`vmm/src/metrics.rs`), with a second plain bounced driver as an A/A control (the
 //! noise floor of the same measurement).
 //! The engine table compares, beside sync and plain io_uring, io_uring with a registered file,
-//! with `IOSQE_ASYNC`, and with SQPOLL (`UringOptions`), after the time of the bare `memcpy`s a
+//! with `IOSQE_ASYNC`, with SQPOLL, and with writes on the device thread (`UringOptions`), after the time of the bare `memcpy`s a
 //! bounced read adds (the floor of its overhead).
 //! `CARGO_TARGET_DIR=... cargo bench -p devices --bench block`
 //! (`BLK_BENCH_TABLE_ONLY=1`: the tables alone; `BLK_BENCH_ENGINES_ONLY=1`: the engine table
@@ -141,6 +141,7 @@ const SYNC: Variant = Variant {
         sqpoll_idle_ms: None,
         force_async: false,
         fixed_file: false,
+        inline_writes: false,
     },
 };
 const URING: Variant = Variant {
@@ -150,11 +151,12 @@ const URING: Variant = Variant {
         sqpoll_idle_ms: None,
         force_async: false,
         fixed_file: false,
+        inline_writes: false,
     },
 };
 
 /// Every variant the engine table compares, the old ones (sync, uring) first.
-const VARIANTS: [Variant; 5] = [
+const VARIANTS: [Variant; 6] = [
     SYNC,
     URING,
     Variant {
@@ -177,6 +179,14 @@ const VARIANTS: [Variant; 5] = [
         name: "u+sqpoll",
         uring: UringOptions {
             sqpoll_idle_ms: Some(BENCH_SQPOLL_IDLE_MS),
+            ..URING.uring
+        },
+        ..URING
+    },
+    Variant {
+        name: "u+wsync",
+        uring: UringOptions {
+            inline_writes: true,
             ..URING.uring
         },
         ..URING

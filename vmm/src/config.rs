@@ -109,6 +109,22 @@ pub struct DiskConfig {
     /// sleeping: it spends a host core while the disk is busy (`--disk ...,sqpoll=on|off|MS`).
     #[serde(default)]
     pub sqpoll_idle_ms: Option<u32>,
+    /// Where the io_uring engine does writes (`--disk ...,writes=inline|ring`); `None`: inline.
+    #[serde(default)]
+    pub writes: Option<UringWrites>,
+}
+
+/// `--disk PATH,writes=...` / `"writes"` in the JSON config: where the io_uring engine does
+/// writes. Reads, flushes, discards and write-zeroes always go through the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringWrites {
+    /// `pwritev` on the device thread (the default): a buffered write to a file system
+    /// without asynchronous buffered writes (ext4) would be handed to an io-wq worker, which
+    /// costs more than the write (docs/results/README.md).
+    Inline,
+    /// Through the ring, in flight with the rest (their bounce buffers held until completion).
+    Ring,
 }
 
 /// `sqpoll=on`: the SQPOLL thread's idle time before it sleeps (ms).
@@ -270,7 +286,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig> {
     let Some(path) = path else {
         bail!(
             "--disk {s:?}: expected PATH[,readonly][,engine=uring|sync][,sqpoll=on|off|MS]\
-             [,bw=B/s][,iops=N]..."
+             [,writes=inline|ring][,bw=B/s][,iops=N]..."
         )
     };
     let mut disk = DiskConfig {
@@ -279,6 +295,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig> {
         engine: None,
         rate_limit: LimiterConfig::default(),
         sqpoll_idle_ms: None,
+        writes: None,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -291,10 +308,12 @@ fn parse_disk(s: &str) -> Result<DiskConfig> {
             Some(("sqpoll", ms)) if ms.parse::<u32>().is_ok_and(|ms| ms > 0) => {
                 disk.sqpoll_idle_ms = ms.parse().ok();
             }
+            Some(("writes", "inline")) => disk.writes = Some(UringWrites::Inline),
+            Some(("writes", "ring")) => disk.writes = Some(UringWrites::Ring),
             Some((k, v)) if parse_limit(&mut disk.rate_limit, "iops", k, v)? => {}
             _ => bail!(
                 "--disk {s:?}: unknown option {opt:?} (expected readonly, engine=uring|sync, \
-                 sqpoll=on|off|MS, bw=, bw-burst=, iops=, iops-burst=)"
+                 sqpoll=on|off|MS, writes=inline|ring, bw=, bw-burst=, iops=, iops-burst=)"
             ),
         }
     }
@@ -519,8 +538,22 @@ mod tests {
                 engine: None,
                 rate_limit: LimiterConfig::default(),
                 sqpoll_idle_ms: None,
+                writes: None,
             }
         );
+        assert_eq!(
+            parse_disk("/a.img,writes=ring").unwrap().writes,
+            Some(UringWrites::Ring)
+        );
+        assert_eq!(
+            parse_disk("/a.img,writes=ring,writes=inline")
+                .unwrap()
+                .writes,
+            Some(UringWrites::Inline)
+        );
+        assert!(parse_disk("/a.img,writes=async").is_err());
+        let j: DiskConfig = serde_json::from_str(r#"{"path":"/a","writes":"ring"}"#).unwrap();
+        assert_eq!(j.writes, Some(UringWrites::Ring));
         assert_eq!(
             parse_disk("/a.img,engine=uring,sqpoll=on")
                 .unwrap()

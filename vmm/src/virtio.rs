@@ -21,7 +21,7 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{DiskEngine, NetConfig as NetSpec, VmConfig};
+use crate::config::{DiskEngine, NetConfig as NetSpec, UringWrites, VmConfig};
 use crate::metrics::{DeviceCounters, DmaReport};
 use crate::seccomp::{Filters, ThreadKind};
 
@@ -181,6 +181,12 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                 disk.path.display()
             );
         }
+        if disk.writes == Some(UringWrites::Ring) && engine != Engine::Uring {
+            bail!(
+                "disk {}: writes=ring needs the io_uring engine (engine=uring)",
+                disk.path.display()
+            );
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!disk.readonly)
@@ -201,6 +207,7 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                 engine,
                 uring: UringOptions {
                     sqpoll_idle_ms: disk.sqpoll_idle_ms,
+                    inline_writes: disk.writes != Some(UringWrites::Ring),
                     // IOSQE_ASYNC and a registered file: bench variants only (docs/results).
                     ..UringOptions::default()
                 },
@@ -213,12 +220,18 @@ fn build_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
             ),
             e => anyhow!("cannot set up disk {}: {e}", disk.path.display()),
         })?;
+        let writes = match (engine, disk.writes) {
+            (Engine::Uring, Some(UringWrites::Ring)) => ", writes through the ring",
+            (Engine::Uring, _) => ", writes inline",
+            _ => "",
+        };
         match disk.sqpoll_idle_ms {
             Some(ms) => log::info!(
-                "disk {}: {engine} engine, SQPOLL (a kernel thread polls the ring, idle {ms} ms)",
+                "disk {}: {engine} engine{writes}, SQPOLL (a kernel thread polls the ring, idle \
+                 {ms} ms)",
                 disk.path.display()
             ),
-            None => log::info!("disk {}: {engine} engine", disk.path.display()),
+            None => log::info!("disk {}: {engine} engine{writes}", disk.path.display()),
         }
         devs.push(Box::new(block));
     }

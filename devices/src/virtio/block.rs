@@ -131,6 +131,12 @@ pub struct UringOptions {
     /// The image registered with the ring (`IORING_REGISTER_FILES`): SQEs name it by index, so
     /// the kernel takes no reference on the file per request.
     pub fixed_file: bool,
+    /// Writes done on the device thread (`pwritev`, as the sync engine does them) instead of
+    /// through the ring; reads, flushes, discards and write-zeroes still go through it. A
+    /// buffered write to a file system without asynchronous buffered writes (ext4) is punted
+    /// to an io-wq worker, a hand-off that costs more than the write (docs/results). A FLUSH
+    /// still covers every write answered before it: those are done before it is submitted.
+    pub inline_writes: bool,
 }
 
 /// The I/O engine of a block device.

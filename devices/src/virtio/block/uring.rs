@@ -136,6 +136,9 @@ pub(super) struct Uring {
     /// FALLOCATE SQEs pushed (tests: a discard or write zeroes went through the ring).
     #[cfg(test)]
     pub fallocates: usize,
+    /// Write SQEs pushed (tests: a write went through the ring).
+    #[cfg(test)]
+    pub writes: usize,
     epoch: u64,
 }
 
@@ -178,6 +181,8 @@ impl Uring {
             unsubmitted: 0,
             #[cfg(test)]
             fallocates: 0,
+            #[cfg(test)]
+            writes: 0,
             epoch: 0,
         })
     }
@@ -185,7 +190,7 @@ impl Uring {
     /// Queues `req`'s I/O (submitted at the next [`Uring::submit`]). Gives the request back if
     /// it must be done synchronously instead (too many iovecs, or no room in the ring).
     pub fn push(&mut self, queue: usize, req: Prepared) -> Result<(), Prepared> {
-        if req.data.len() > IOV_MAX {
+        if req.data.len() > IOV_MAX || (self.opts.inline_writes && req.kind == IoKind::Write) {
             return Err(req);
         }
         let mut iovecs = self.iov_pool.pop().unwrap_or(Iovecs(Vec::new()));
@@ -273,11 +278,10 @@ impl Uring {
         self.in_flight += 1;
         self.unsubmitted += 1;
         #[cfg(test)]
-        if matches!(
-            self.slots[slot].as_ref().map(|o| o.req.kind),
-            Some(IoKind::Discard | IoKind::WriteZeroes { .. })
-        ) {
-            self.fallocates += 1;
+        match self.slots[slot].as_ref().map(|o| o.req.kind) {
+            Some(IoKind::Discard | IoKind::WriteZeroes { .. }) => self.fallocates += 1,
+            Some(IoKind::Write) => self.writes += 1,
+            _ => {}
         }
         Ok(())
     }

@@ -523,16 +523,18 @@ fn write_zeroes_fallback_and_errors_keep_flush_semantics() {
     assert_eq!(d.status(6), VIRTIO_BLK_S_IOERR);
 }
 
-/// Every `UringOptions` combination (SQPOLL, IOSQE_ASYNC, a registered file) reads and writes
-/// the same data, discards included, and orders its flush last.
+/// Every `UringOptions` combination (SQPOLL, IOSQE_ASYNC, a registered file, writes on the
+/// device thread) reads and writes the same data, discards included, and orders its flush last.
 #[test]
 fn uring_options_all_work() {
     let mem = guest_mem();
-    for (sqpoll, force_async, fixed_file) in [
-        (Some(1), false, false),
-        (None, true, false),
-        (None, false, true),
-        (Some(1), true, true),
+    for (sqpoll, force_async, fixed_file, inline_writes) in [
+        (Some(1), false, false, false),
+        (None, true, false, false),
+        (None, false, true, false),
+        (Some(1), true, true, false),
+        (None, false, false, true),
+        (Some(1), true, true, true),
     ] {
         let (t, f) = disk();
         let t2 = TestQueue::new(&mem, 64);
@@ -545,6 +547,7 @@ fn uring_options_all_work() {
                     sqpoll_idle_ms: sqpoll,
                     force_async,
                     fixed_file,
+                    inline_writes,
                 },
                 ..Default::default()
             },
@@ -567,7 +570,13 @@ fn uring_options_all_work() {
         d.post(8, VIRTIO_BLK_T_DISCARD, 0, 16);
         d.post(9, VIRTIO_BLK_T_FLUSH, 0, 0);
         d.settle();
-        let what = format!("sqpoll {sqpoll:?} async {force_async} fixed {fixed_file}");
+        let what = format!(
+            "sqpoll {sqpoll:?} async {force_async} fixed {fixed_file} inline {inline_writes}"
+        );
+        // The writes went through the ring, or none did; the discard always does.
+        let ring = d.blk.uring.as_ref().unwrap();
+        assert_eq!(ring.writes, if inline_writes { 0 } else { 8 }, "{what}");
+        assert_eq!(ring.fallocates, 1, "{what}");
         assert!((0..10).all(|i| d.status(i) == VIRTIO_BLK_S_OK), "{what}");
         assert_eq!(d.t.used().last().map(|u| u.0), Some(9 * 3), "{what}");
         for i in 1..8u64 {
