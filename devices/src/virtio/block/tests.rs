@@ -133,11 +133,10 @@ fn seg(t: &TestQueue, sector: u64, n: u32, flags: u32) {
     t.write(DATA, &s);
 }
 
+/// The image's bytes at byte offset `off`, `len` of them.
 fn disk_bytes(f: &File, off: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
-    let mut g = f.try_clone().unwrap();
-    g.seek(SeekFrom::Start(off)).unwrap();
-    g.read_exact(&mut v).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(f, &mut v, off).unwrap();
     v
 }
 

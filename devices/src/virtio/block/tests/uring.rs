@@ -11,7 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::super::*;
-use super::disk;
+use super::{disk, disk_bytes};
 use crate::virtio::test_utils::*;
 
 const HDRS: u64 = 0x20_0000;
@@ -414,13 +414,6 @@ fn tiny_pool_with_exhaustion_fail_gives_ioerr() {
     assert_eq!(dma.stats().unwrap().slots_used, 0);
 }
 
-/// The image's bytes at `sector`, `len` of them.
-fn image_bytes(f: &File, sector: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    f.read_exact_at(&mut b, sector * 512).unwrap();
-    b
-}
-
 /// DISCARD and WRITE_ZEROES go through the ring as FALLOCATE (not inline on the device's
 /// thread): in one batch with writes, the writes land, the ranges read as zeroes, and the FLUSH
 /// after them (IOSQE_IO_DRAIN) is answered last.
@@ -454,13 +447,18 @@ fn discard_and_write_zeroes_are_fallocates_on_the_ring_and_flush_follows_them() 
     assert_eq!(used.len(), 6);
     assert_eq!(used.last(), Some(&(5 * 3)), "flush answered last: {used:?}");
     let f = t.as_file();
-    assert_eq!(image_bytes(f, 0, 8192), pattern(0, 8192));
-    assert!(image_bytes(f, 16, 16 * 512).iter().all(|&b| b == 0xab));
+    assert_eq!(disk_bytes(f, 0, 8192), pattern(0, 8192));
+    assert!(disk_bytes(f, 16 * 512, 16 * 512).iter().all(|&b| b == 0xab));
     for s in [32, 64, 96] {
-        assert!(image_bytes(f, s, 16 * 512).iter().all(|&b| b == 0), "{s}");
-        assert!(image_bytes(f, s + 16, 16 * 512).iter().all(|&b| b == 0xab));
+        assert!(
+            disk_bytes(f, s * 512, 16 * 512).iter().all(|&b| b == 0),
+            "{s}"
+        );
+        assert!(disk_bytes(f, (s + 16) * 512, 16 * 512)
+            .iter()
+            .all(|&b| b == 0xab));
     }
-    assert!(image_bytes(f, 128, 8 * 512).iter().all(|&b| b == 0xab));
+    assert!(disk_bytes(f, 128 * 512, 8 * 512).iter().all(|&b| b == 0xab));
 }
 
 /// A write zeroes whose FALLOCATE fails in the kernel (ZERO_RANGE on tmpfs: EOPNOTSUPP) is
@@ -492,10 +490,12 @@ fn write_zeroes_fallback_and_errors_keep_flush_semantics() {
         1,
         "the flush synced again"
     );
-    assert!(image_bytes(t.as_file(), 40, 24 * 512)
+    assert!(disk_bytes(t.as_file(), 40 * 512, 24 * 512)
         .iter()
         .all(|&b| b == 0));
-    assert!(image_bytes(t.as_file(), 64, 512).iter().all(|&b| b == 0xab));
+    assert!(disk_bytes(t.as_file(), 64 * 512, 512)
+        .iter()
+        .all(|&b| b == 0xab));
 
     // A failed discard: IOERR, nothing lost.
     d.blk.disk.image.faults.write.set(1);
@@ -588,7 +588,7 @@ fn uring_options_all_work() {
             assert_eq!(d.buf(10 + i, 4096), pattern(i, 4096), "{what}");
         }
         assert!(
-            image_bytes(t.as_file(), 0, 4096).iter().all(|&b| b == 0),
+            disk_bytes(t.as_file(), 0, 4096).iter().all(|&b| b == 0),
             "{what}"
         );
     }
