@@ -208,6 +208,24 @@ impl Outcome {
         )
     }
 
+    /// Panics (naming `what`) if microvm panicked or a seccomp filter stopped it: Rust's panic
+    /// message or microvm's SIGSYS report in stdout or stderr (on a terminal, microvm's stderr
+    /// arrives in stdout). microvm's own "guest panicked" log line is neither.
+    pub fn assert_microvm_not_stopped(&self, what: &str) {
+        for text in [&self.stdout, &self.stderr] {
+            assert!(
+                !text.contains("panicked at"),
+                "{what}: microvm panicked\n{}",
+                self.describe()
+            );
+            assert!(
+                !text.contains("microvm: seccomp:"),
+                "{what}: a seccomp filter stopped microvm\n{}",
+                self.describe()
+            );
+        }
+    }
+
     /// Value of the first stdout line `KEY=VALUE` (as printed by the guest test scripts).
     pub fn value(&self, key: &str) -> Option<String> {
         let prefix = format!("{key}=");
@@ -218,6 +236,11 @@ impl Outcome {
                 .map(|i| l[i + prefix.len()..].to_string())
         })
     }
+}
+
+/// `s` as one single-quoted shell word.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Chosen path plus why.

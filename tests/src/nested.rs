@@ -130,8 +130,7 @@ pub struct OuterInfo {
 }
 
 fn shell_quote(s: &[u8]) -> String {
-    let s = String::from_utf8_lossy(s);
-    format!("'{}'", s.replace('\'', "'\\''"))
+    crate::sh_quote(&String::from_utf8_lossy(s))
 }
 
 fn tail(s: &str, lines: usize) -> String {

@@ -205,18 +205,7 @@ fn check_cell(cell: &Cell, cmdline: &str, o: &Outcome) {
         o.stdout.contains(INIT_OK),
         "{name}: the guest never reached its init\n{d}"
     );
-    // On a terminal microvm's stderr arrives in stdout (one terminal): check both.
-    for text in [&o.stdout, &o.stderr] {
-        // Rust's panic message; microvm's own "guest panicked" log line is not one.
-        assert!(
-            !text.contains("panicked at"),
-            "{name}: microvm panicked\n{d}"
-        );
-        assert!(
-            !text.contains("microvm: seccomp:"),
-            "{name}: a seccomp filter stopped microvm\n{d}"
-        );
-    }
+    o.assert_microvm_not_stopped(name);
     if cell.stdio == StdioMode::Terminal {
         assert_eq!(o.stderr, "", "{name}: stderr is the terminal too\n{d}");
     }

@@ -556,12 +556,7 @@ fn virtio_net_ping_and_bulk_transfer_with_restricted_dma() {
         o.describe()
     );
     // Host -> guest: the guest's checksum of what it received.
-    let host_down = o
-        .setup_output
-        .lines()
-        .find_map(|l| l.strip_prefix("host-down-sha256="))
-        .map(str::to_string);
-    assert!(host_down.is_some(), "setup output: {}", o.setup_output);
+    let host_down = Some(host_down_sha256(&o));
     assert_eq!(
         o.value("net-down-bytes").as_deref(),
         Some("4194304"),
@@ -588,6 +583,20 @@ fn virtio_net_ping_and_bulk_transfer_with_restricted_dma() {
     assert_eq!(total_failures(&s), 0, "{s}");
     assert!(n(&s, "bytes_to_guest") >= 4 << 20, "{s}");
     assert!(n(&s, "bytes_to_pool") >= 4 << 20, "{s}");
+}
+
+/// The sha256 of the 4 MiB the harness serves, as its setup printed it (`host-down-sha256=`).
+fn host_down_sha256(o: &Outcome) -> String {
+    o.setup_output
+        .lines()
+        .find_map(|l| l.strip_prefix("host-down-sha256="))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!(
+                "no host-down-sha256 in the setup output: {}",
+                o.setup_output
+            )
+        })
 }
 
 /// Harness side of a multi-queue tap `mvtap1` at 10.0.3.1/24 (iproute2's `ip`, carried: busybox
@@ -624,7 +633,7 @@ fn net_mq(cpus: u8, more: &str) -> (Outcome, Value) {
         "iproute2's ip is needed to create a multi-queue tap"
     );
     let out = format!("/tmp/microvm-netmq-{}.jsonl", std::process::id());
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let q = microvm_tests::sh_quote;
     let script = format!(
         "rm -f {out}; {} --kernel {} --initrd {} --cpus {cpus} --memory 256 \
          --net tap=mvtap1,queues=2 {more} --metrics {out},interval=10s --cmdline {} 2>&1; \
@@ -668,12 +677,7 @@ fn net_mq(cpus: u8, more: &str) -> (Outcome, Value) {
             o.describe()
         );
     }
-    let host_down = o
-        .setup_output
-        .lines()
-        .find_map(|l| l.strip_prefix("host-down-sha256="))
-        .map(str::to_string);
-    assert!(host_down.is_some(), "setup output: {}", o.setup_output);
+    let host_down = Some(host_down_sha256(&o));
     for c in 0..cpus {
         let received: u32 = o
             .value(&format!("net-ping-cpu{c}-received"))

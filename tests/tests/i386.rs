@@ -96,16 +96,7 @@ fn check_cell(cell: &Cell, cmdline: &str, o: &Outcome) {
         log.contains("bzImage without XLF_KERNEL_64") && log.contains("32-bit boot protocol"),
         "{name}: microvm did not log the 32-bit entry\n{d}"
     );
-    for text in [&o.stdout, &o.stderr] {
-        assert!(
-            !text.contains("panicked at"),
-            "{name}: microvm panicked\n{d}"
-        );
-        assert!(
-            !text.contains("microvm: seccomp:"),
-            "{name}: a seccomp filter stopped microvm\n{d}"
-        );
-    }
+    o.assert_microvm_not_stopped(name);
     assert!(
         o.stdout.contains(INIT_OK),
         "{name}: the 32-bit init never ran\n{d}"

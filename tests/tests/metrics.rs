@@ -55,7 +55,7 @@ fn metrics_file_gets_monotonic_lines_over_a_guest_boot() {
         .and_then(|f| f.set_len(8 << 20))
         .expect("disk image");
     let out = format!("/tmp/microvm-metrics-{}.jsonl", std::process::id());
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let q = microvm_tests::sh_quote;
     let script = format!(
         "rm -f {out}; {} --kernel {} --initrd {} --cpus 2 --disk \"$1\" --restricted-dma=1M \
          --bounce convert=snp --metrics {out},interval=100ms --cmdline {} 2>&1; \
@@ -153,7 +153,7 @@ fn metrics_socket_serves_prometheus_text_during_a_guest_boot() {
         .and_then(|f| f.set_len(8 << 20))
         .expect("disk image");
     let sock = format!("/tmp/microvm-metrics-{}.sock", std::process::id());
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let q = microvm_tests::sh_quote;
     let script = format!(
         "{} --kernel {} --initrd {} --disk \"$1\" --restricted-dma=1M --metrics-socket {sock} \
          --cmdline {} >/tmp/mvm.out 2>&1 & pid=$!; n=0; \

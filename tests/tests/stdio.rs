@@ -14,7 +14,7 @@ fn files_dev_null_and_closed_streams() {
     let h = Harness::detect().unwrap_or_else(|e| panic!("cannot boot guests here: {e:#}"));
     let k = kernel_artifacts().unwrap_or_else(|e| panic!("cannot build the guest: {e:#}"));
     let microvm = microvm_binary().expect("microvm binary");
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let q = microvm_tests::sh_quote;
     let cmd = format!(
         "{} --kernel {} --initrd {} --cpus 2 --cmdline {}",
         q(&microvm.to_string_lossy()),

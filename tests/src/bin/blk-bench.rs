@@ -93,7 +93,7 @@ fn real_main() -> Result<()> {
     let img = std::env::temp_dir().join(format!("blk-bench-{}.img", std::process::id()));
     fs::File::create(&img)?.set_len(128 << 20)?;
 
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let q = microvm_tests::sh_quote;
     let base = format!(
         "{} --kernel {} --initrd {} --memory 1024 --cpus {} --disk \"$1\"{} --cmdline {}",
         q(&microvm.to_string_lossy()),

@@ -28,7 +28,9 @@ use microvm_tests::bootstat::{parse_records, BootKind, BootRecord, Summary, RECO
 use microvm_tests::exec::{execute, ExecSpec, StdioMode};
 use microvm_tests::nested::config::TcgThread;
 use microvm_tests::nested::{OuterConfig, OuterError};
-use microvm_tests::{kernel_artifacts, microvm_binary, Arg, Harness, Program, Run, INIT_OK};
+use microvm_tests::{
+    kernel_artifacts, microvm_binary, sh_quote, Arg, Harness, Program, Run, INIT_OK,
+};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 microvm.test=boot";
 /// The firmware `-M microvm` loads, where Debian's QEMU 7.2 (/usr/share/qemu) and 10.0
@@ -53,10 +55,6 @@ fn main() {
         eprintln!("boot-compare: error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn which(prog: &str) -> Result<PathBuf> {

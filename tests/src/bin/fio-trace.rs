@@ -94,7 +94,7 @@ fn real_main() -> Result<()> {
     let trace_img = std::env::temp_dir().join(format!("fio-trace-{pid}.trace"));
     fs::File::create(&trace_img)?.set_len(128 << 20)?;
 
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let q = microvm_tests::sh_quote;
     let mut cmd = format!(
         "{} --kernel {} --initrd {} --memory 1024 --cpus {} --disk \"$1\",engine={} \
          --dma-trace \"$2\" --restricted-dma={} --cmdline {}",
