@@ -36,9 +36,11 @@ QEMU_VERSION=1:10.0.2+ds-2+deb13u1~bpo12+1
 if [ "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" != "$QEMU_VERSION" ]; then
     if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         # The same archive host as the existing Debian source.
-        mirror=$( (grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}';
-                   awk '$1 == "deb" && $3 == "bookworm" {print $2}' /etc/apt/sources.list 2>/dev/null) |
-                  grep -E '/debian/?$' | head -n 1)
+        # Either file may be missing (deb822-only machines have no sources.list): under
+        # pipefail a failed read must not end the script, hence the `|| true`s.
+        mirror=$( { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' || true;
+                    awk '$1 == "deb" && $3 == "bookworm" {print $2}' /etc/apt/sources.list 2>/dev/null || true; } |
+                  grep -E '/debian/?$' | head -n 1 || true)
         mirror=${mirror:-http://deb.debian.org/debian}
         echo "install-deps: adding deb $mirror bookworm-backports main"
         echo "deb $mirror bookworm-backports main" >/etc/apt/sources.list.d/bookworm-backports.list
