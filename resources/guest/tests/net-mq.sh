@@ -20,7 +20,19 @@ for q in /sys/class/net/eth0/queues/tx-*; do
     echo "net-xps-$(basename "$q")=$(cat "$q/xps_cpus" 2>/dev/null || echo none)"
 done
 for c in $(seq 0 $(($(nproc) - 1))); do
-    taskset -c $c ping -c 10 -i 0.2 -w 30 10.0.3.1 > /tmp/ping || { cat /tmp/ping; echo "net-ping-cpu$c=FAILED"; exit 1; }
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    taskset -c $c ping -c 10 -i 0.2 -w 30 10.0.3.1 > /tmp/ping || {
+        cat /tmp/ping
+        echo "net-ping-cpu$c=FAILED (uptime $t0 -> $(cut -d' ' -f1 /proc/uptime))"
+        cat /proc/interrupts
+        for q in /sys/class/net/eth0/queues/tx-*; do
+            echo "$q inflight=$(cat $q/byte_queue_limits/inflight 2>/dev/null) timeout=$(cat $q/tx_timeout 2>/dev/null)"
+        done
+        cat /sys/devices/system/clocksource/clocksource0/current_clocksource
+        cat /proc/net/softnet_stat
+        dmesg | tail -n 30
+        exit 1
+    }
     echo "net-ping-cpu$c-received=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping)"
     taskset -c $c wget -q -O /tmp/down.bin http://10.0.3.1:8080/down.bin
     echo "net-down-cpu$c-bytes=$(stat -c %s /tmp/down.bin)"
