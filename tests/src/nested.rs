@@ -327,6 +327,9 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
         &what,
     )?;
     let limit = spec.timeout + OUTER_SLACK;
+    // The disks as the test made them: a rerun after the program started (and perhaps wrote
+    // to them) begins from these again.
+    let originals = save_disks(&spec.disks, &run_dir)?;
     let mut failed_attempts = Vec::new();
     let mut attempt = 0;
     let (a, report, failed) = loop {
@@ -349,10 +352,9 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             .find_map(|l| serde_json::from_str::<ExecReport>(l.trim()).ok());
         let started = a.boot.is_some();
         let failed = report.is_none() || a.stop.is_some() || kernel_panicked(&a.kernel_log);
-        // Once the program has started, a rerun must not change what it sees: no host disk
-        // image it may have written, no person at its terminal, no output already shown.
-        let rerun_ok =
-            !started || (spec.disks.is_empty() && spec.stdio != StdioMode::Console && !spec.echo);
+        // Once the program has started, a rerun must not change what it sees: its disks are
+        // restored below; no person at its terminal, no output already shown.
+        let rerun_ok = !started || (spec.stdio != StdioMode::Console && !spec.echo);
         let setup_failed = started && crate::setup::failed_output(&a.console).is_some();
         if failed && rerun_ok && !setup_failed && attempt < config.attempts {
             // harness-exec reports every outcome of the program (its status, a signal, its
@@ -374,6 +376,9 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             log::warn!("{why}; console tail:\n{}", tail(&a.console, 10));
             record_rerun(&format!("{}: {why}", spec.program.display()));
             failed_attempts.push(failure.to_string());
+            if started {
+                restore_disks(&originals, &spec.disks)?;
+            }
             continue;
         }
         break (a, report, failed);
@@ -450,6 +455,31 @@ pub fn run(spec: &NestedSpec) -> Result<(ExecReport, OuterInfo)> {
             kernel_log: a.kernel_log,
         },
     ))
+}
+
+/// Copies of `disks` in `dir` (`disk-N.orig`), for [`restore_disks`]: the tests' images are
+/// 1-64 MiB, so a plain copy per run costs little.
+fn save_disks(disks: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
+    disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let copy = dir.join(format!("disk-{i}.orig"));
+            fs::copy(d, &copy).with_context(|| {
+                format!("cannot keep a copy of disk {} for a rerun", d.display())
+            })?;
+            Ok(copy)
+        })
+        .collect()
+}
+
+/// Puts each disk back as [`save_disks`] found it.
+fn restore_disks(originals: &[PathBuf], disks: &[PathBuf]) -> Result<()> {
+    for (copy, d) in originals.iter().zip(disks) {
+        fs::copy(copy, d)
+            .with_context(|| format!("cannot restore disk {} for a rerun", d.display()))?;
+    }
+    Ok(())
 }
 
 /// How an attempt that gave no report failed ([`watch::classify`]), RIPs named from the

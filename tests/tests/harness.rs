@@ -159,11 +159,24 @@ fn nested_sh(
     script: &str,
     timeout_s: u64,
 ) -> (anyhow::Result<microvm_tests::Outcome>, std::time::Duration) {
+    nested_sh_on(script, timeout_s, vec![], 1)
+}
+
+/// [`nested_sh`] with `disks` (/dev/vda, ...) and up to `attempts` boots.
+fn nested_sh_on(
+    script: &str,
+    timeout_s: u64,
+    disks: Vec<std::path::PathBuf>,
+    attempts: u32,
+) -> (anyhow::Result<microvm_tests::Outcome>, std::time::Duration) {
     use microvm_tests::{Arg, Program, Run};
     use std::time::{Duration, Instant};
-    // Each test is its own process under nextest; under `cargo test` the three tests that
-    // call this set the same values.
-    std::env::set_var(microvm_tests::nested::config::ENV_ATTEMPTS, "1");
+    // Each test is its own process under nextest (under `cargo test`, run these one at a
+    // time: `--test-threads 1`).
+    std::env::set_var(
+        microvm_tests::nested::config::ENV_ATTEMPTS,
+        attempts.to_string(),
+    );
     std::env::set_var(
         microvm_tests::nested::config::ENV_FREEZE_AFTER,
         TEST_FREEZE_AFTER.to_string(),
@@ -173,7 +186,7 @@ fn nested_sh(
         program: Program::Host("/bin/sh".into()),
         args: vec![Arg::s("-c"), Arg::s(script)],
         files_to_carry: vec![],
-        disks: vec![],
+        disks,
         timeout: Duration::from_secs(timeout_s),
         marks: vec![],
         echo: false,
@@ -239,6 +252,37 @@ fn frozen_outer_machine_is_reported_as_such() {
         "ran {:?}: {msg}",
         oe.ran
     );
+}
+
+/// An outer machine that froze after its program wrote to a disk is rerun on the disk as the
+/// test made it: the second boot reads what the first one read (both freeze here, so the run
+/// fails with the second boot's console, where the program said what it read).
+#[test]
+fn a_rerun_starts_from_the_disks_as_the_test_made_them() {
+    let img =
+        std::env::temp_dir().join(format!("microvm-harness-rerun-{}.img", std::process::id()));
+    let mut data = b"original".to_vec();
+    data.resize(1 << 20, 0);
+    std::fs::write(&img, &data).expect("write the image");
+    let (r, _) = nested_sh_on(
+        "echo \"disk-said=$(head -c 8 /dev/vda)\" >/dev/ttyS0; printf overwrit | dd of=/dev/vda conv=fsync 2>/dev/null; \
+         kill -STOP -1; sleep 600",
+        600,
+        vec![img.clone()],
+        2,
+    );
+    let after = std::fs::read(&img).expect("read the image");
+    let _ = std::fs::remove_file(&img);
+    let e = r.expect_err("both boots froze: the run must fail");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("earlier attempts: "),
+        "one rerun expected: {msg}"
+    );
+    assert!(msg.contains("disk-said=original"), "{msg}");
+    assert!(!msg.contains("disk-said=overwrit"), "{msg}");
+    // The last boot's write stays: what it did is what the failed run reports.
+    assert_eq!(&after[..8], b"overwrit");
 }
 
 /// A program that prints nothing for longer than the freeze bound is not a freeze while the
