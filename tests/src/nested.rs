@@ -84,7 +84,14 @@ fn record_rerun(line: &str) {
         .create(true)
         .append(true)
         .open(reruns_log())
-        .and_then(|mut f| writeln!(f, "unix time {since}: {line}"));
+        .and_then(|mut f| {
+            // The test harness names each test's thread after the test.
+            let test = std::thread::current()
+                .name()
+                .map(|n| format!("{n}: "))
+                .unwrap_or_default();
+            writeln!(f, "unix time {since}: {test}{line}")
+        });
     if let Err(e) = written {
         eprintln!(
             "harness: cannot record the rerun in {}: {e}",
