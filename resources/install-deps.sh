@@ -4,6 +4,23 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
+# Where apt's sources are (a setting only for tests/tests/setup_scripts.rs).
+APT_ETC=${MICROVM_APT_ETC:-/etc/apt}
+
+# The Debian archive to add bookworm-backports from: the host of the existing Debian source.
+# Either file may be missing (deb822-only machines have no sources.list): under pipefail a
+# failed read must not end the script, hence the `|| true`.
+debian_mirror() {
+    local m
+    m=$( { grep -hs '^URIs:' "$APT_ETC"/sources.list.d/*.sources | awk '{print $2}';
+           awk '$1 == "deb" && $3 == "bookworm" {print $2}' "$APT_ETC/sources.list" 2>/dev/null; } |
+         grep -E '/debian/?$' | head -n 1 || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+if [ "${1:-}" = "--print-mirror" ]; then
+    debian_mirror
+    exit 0
+fi
 PACKAGES=(
     # the nested test machine (where /dev/kvm cannot run guests; QEMU itself comes from
     # bookworm-backports, below) and the boot comparison
@@ -34,16 +51,10 @@ fi
 # When backports moves past this version, measure the new one the same way and update the pin.
 QEMU_VERSION=1:10.0.2+ds-2+deb13u1~bpo12+1
 if [ "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" != "$QEMU_VERSION" ]; then
-    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        # The same archive host as the existing Debian source.
-        # Either file may be missing (deb822-only machines have no sources.list): under
-        # pipefail a failed read must not end the script, hence the `|| true`s.
-        mirror=$( { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' || true;
-                    awk '$1 == "deb" && $3 == "bookworm" {print $2}' /etc/apt/sources.list 2>/dev/null || true; } |
-                  grep -E '/debian/?$' | head -n 1 || true)
-        mirror=${mirror:-http://deb.debian.org/debian}
+    if ! grep -rqs '^[^#]*bookworm-backports' "$APT_ETC/sources.list" "$APT_ETC/sources.list.d/"; then
+        mirror=$(debian_mirror)
         echo "install-deps: adding deb $mirror bookworm-backports main"
-        echo "deb $mirror bookworm-backports main" >/etc/apt/sources.list.d/bookworm-backports.list
+        echo "deb $mirror bookworm-backports main" >"$APT_ETC/sources.list.d/bookworm-backports.list"
     fi
     echo "install-deps: installing qemu-system-x86 $QEMU_VERSION from bookworm-backports"
     apt-get update
