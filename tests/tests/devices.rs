@@ -688,6 +688,13 @@ fn net_mq(cpus: u8, more: &str) -> (Outcome, Value) {
             "no ping reply from CPU {c}\n{}",
             o.describe()
         );
+        if let Some(short) = o.value(&format!("net-ping-cpu{c}-short")) {
+            // Seen once in CI; the guest's diagnostics follow that line in its output.
+            eprintln!(
+                "warning: CPU {c}'s ping had {received} of 10 replies in 30 s ({short}):\n{}",
+                o.stdout
+            );
+        }
         assert_eq!(
             o.value(&format!("net-down-cpu{c}-bytes")).as_deref(),
             Some("4194304"),
