@@ -85,9 +85,11 @@ fn record_rerun(line: &str) {
         .append(true)
         .open(reruns_log())
         .and_then(|mut f| {
-            // The test harness names each test's thread after the test.
+            // The test harness names each test's thread after the test (a program's own main
+            // thread is "main").
             let test = std::thread::current()
                 .name()
+                .filter(|&n| n != "main")
                 .map(|n| format!("{n}: "))
                 .unwrap_or_default();
             writeln!(f, "unix time {since}: {test}{line}")
