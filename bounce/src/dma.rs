@@ -6,6 +6,7 @@
 //! and run with either. Rings and descriptor tables are *coherent* DMA memory and are only read in
 //! place by [`crate::DmaQueue`]; data buffers are *streaming* DMA and go through [`Dma::map`].
 
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -211,7 +212,8 @@ impl Dma {
             }
         }
         Ok(DmaBuffer {
-            dma: &self.inner,
+            dma: NonNull::from(&**self.inner),
+            _borrow: PhantomData,
             src,
             addr,
             len,
@@ -314,7 +316,13 @@ struct Bounce {
 /// data visible to the guest), logging any error. It borrows the [`Dma`] handle that mapped it
 /// (no reference count to write on every map and unmap).
 pub struct DmaBuffer<'a> {
-    dma: &'a Inner,
+    /// The handle's state, borrowed for `'a` ([`DmaBuffer::dma`]). A pointer, not a `&'a
+    /// Inner`: a reference field would be a protected function argument wherever a buffer is
+    /// passed by value, and [`crate::OwnedDmaBuffer::unmap`] drops what may be the last `Arc`
+    /// of this `Inner` inside such a call (undefined behaviour under Stacked and Tree Borrows,
+    /// found by Miri).
+    dma: NonNull<Inner>,
+    _borrow: PhantomData<&'a Inner>,
     src: DmaSource,
     addr: GuestAddress,
     len: usize,
@@ -333,7 +341,12 @@ unsafe impl Send for DmaBuffer<'_> {}
 // the borrow; writes need `&mut self` or go through VolatileSlice (as for guest memory itself).
 unsafe impl Sync for DmaBuffer<'_> {}
 
-impl DmaBuffer<'_> {
+impl<'a> DmaBuffer<'a> {
+    fn dma(&self) -> &'a Inner {
+        // SAFETY: made from a `&'a Inner` at map time (`_borrow` carries its lifetime).
+        unsafe { self.dma.as_ref() }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -401,7 +414,7 @@ impl DmaBuffer<'_> {
             return Err(self.double_sync("cpu"));
         }
         self.cpu_owns = true;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma().pools) {
             if self.dir.device_writes() {
                 self.copy_out(b);
                 add(&s.shard(self.src).bytes_to_guest, self.len as u64);
@@ -419,7 +432,7 @@ impl DmaBuffer<'_> {
             return Err(self.double_sync("device"));
         }
         self.cpu_owns = false;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma().pools) {
             if self.dir.device_reads() {
                 // SAFETY: as in `slice`.
                 let dst = unsafe { VolatileSlice::new(b.host.as_ptr(), self.len) };
@@ -441,7 +454,7 @@ impl DmaBuffer<'_> {
 
     /// Runs exactly once per buffer: from `unmap` (which skips the drop) or from the drop.
     fn do_unmap(&mut self) -> Result<(), DmaError> {
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma().pools) {
             // Linux `swiotlb_tbl_unmap_single`: copy back (unless the CPU already owns the
             // data), then release the slots of the pool found by address.
             let mut copied = 0;
@@ -470,7 +483,7 @@ impl DmaBuffer<'_> {
 
     #[cold]
     fn record(&self, op: TraceOp, range: Option<(usize, usize)>) {
-        if let Some(t) = self.dma.trace.load().as_ref() {
+        if let Some(t) = self.dma().trace.load().as_ref() {
             let x = Extra {
                 bounce: self.bounce_addr(),
                 range,
@@ -493,7 +506,7 @@ impl DmaBuffer<'_> {
     /// the whole buffer over: partial syncs of either kind may follow in any order.
     pub fn sync_range_for_cpu(&mut self, offset: usize, len: usize) -> Result<(), DmaError> {
         self.check(offset, len)?;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma().pools) {
             if self.dir.device_writes() {
                 // SAFETY: as in `slice`; `check` kept the range inside the buffer.
                 let from = unsafe { VolatileSlice::new(b.host.as_ptr().add(offset), len) };
@@ -512,7 +525,7 @@ impl DmaBuffer<'_> {
     /// `dma_sync_single_range_for_device`); see [`DmaBuffer::sync_range_for_cpu`].
     pub fn sync_range_for_device(&mut self, offset: usize, len: usize) -> Result<(), DmaError> {
         self.check(offset, len)?;
-        if let (Some(b), Some(s)) = (&self.bounce, &self.dma.pools) {
+        if let (Some(b), Some(s)) = (&self.bounce, &self.dma().pools) {
             if self.dir.device_reads() {
                 // SAFETY: as in `slice`; `check` kept the range inside the buffer.
                 let to = unsafe { VolatileSlice::new(b.host.as_ptr().add(offset), len) };
@@ -532,7 +545,7 @@ impl DmaBuffer<'_> {
             addr: self.addr.0,
             owner,
         };
-        if let Some(s) = &self.dma.pools {
+        if let Some(s) = &self.dma().pools {
             s.count_failure(&e);
         }
         e
