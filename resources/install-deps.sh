@@ -70,3 +70,9 @@ command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Ru
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+# Miri for bounce's unit tests (resources/test.sh) where a nightly toolchain exists; without it
+# that step says SKIPPED.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly miri --version >/dev/null 2>&1; then
+    rustup component add --toolchain nightly miri rust-src ||
+        echo "install-deps: rustup could not add Miri to nightly; its test step will be skipped"
+fi

@@ -58,6 +58,17 @@ step "loom model of the bounce area spinlock"
 # After nextest: only bounce is rebuilt with the feature, its dependencies are nextest's.
 cargo test -p bounce --features loom --lib spinlock
 
+step "Miri over bounce's buffer, queue and lookup unit tests (fuzz/README.md)"
+# The tests of the unsafe copies and lookups, about 20 s under Miri; the whole list (63 tests,
+# about 6 min) is in fuzz/README.md.
+if cargo +nightly miri --version >/dev/null 2>&1; then
+    MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test -p bounce --lib -- \
+        dma:: owned:: queue:: lookup:: atomic:: config:: convert:: notify::
+else
+    echo "SKIPPED: Miri needs a nightly toolchain with the miri component" \
+        "(rustup component add --toolchain nightly miri rust-src)"
+fi
+
 step "fuzz targets, ${FUZZ_SECONDS:=10} s each (fuzz/README.md)"
 # The same harnesses ran above over the checked-in corpus as ordinary tests (microvm-fuzz).
 if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
