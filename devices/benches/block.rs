@@ -11,8 +11,8 @@
 //! disk's (`vmm/src/metrics.rs`), with a second plain bounced driver as an A/A control (the
 //! noise floor of the same measurement).
 //! The engine table compares, beside sync and plain io_uring, io_uring with a registered file,
-//! with `IOSQE_ASYNC`, with SQPOLL, and with writes on the device thread (`UringOptions`), after the time of the bare `memcpy`s a
-//! bounced read adds (the floor of its overhead).
+//! with `IOSQE_ASYNC`, with SQPOLL, and with writes on the device thread (`UringOptions`),
+//! after the time of the bare `memcpy`s a bounced read adds (the floor of its overhead).
 //! `CARGO_TARGET_DIR=... cargo bench -p devices --bench block`
 //! (`BLK_BENCH_TABLE_ONLY=1`: the tables alone; `BLK_BENCH_ENGINES_ONLY=1`: the engine table
 //! alone, `BLK_BENCH_ENGINE_ROUNDS=N` rounds, default 15; `BLK_BENCH_METRICS_ONLY=1`: the
@@ -137,12 +137,7 @@ const BENCH_SQPOLL_IDLE_MS: u32 = 2;
 const SYNC: Variant = Variant {
     name: "sync",
     engine: Engine::Sync,
-    uring: UringOptions {
-        sqpoll_idle_ms: None,
-        force_async: false,
-        fixed_file: false,
-        inline_writes: false,
-    },
+    ..URING
 };
 const URING: Variant = Variant {
     name: "uring",
@@ -535,8 +530,8 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
 /// interleaved. Ratios are per round (M/A and A'/A of the same round), then their median and
 /// interquartile range: an M/A ratio inside the A'/A range is no measurable overhead.
 fn metrics_table(_: &mut Criterion) {
-    if std::env::var_os("BLK_BENCH_METRICS_ONLY").is_none()
-        && std::env::var_os("BLK_BENCH_TABLE_ONLY").is_none()
+    if (std::env::var_os("BLK_BENCH_METRICS_ONLY").is_none()
+        && std::env::var_os("BLK_BENCH_TABLE_ONLY").is_none())
         || std::env::var_os("BLK_BENCH_ENGINES_ONLY").is_some()
     {
         return;

@@ -6,8 +6,9 @@
 //! write zeroes one `FALLOCATE` too (`PUNCH_HOLE` if the driver allows unmapping, else
 //! `ZERO_RANGE`; if the kernel refuses it, zeroes are written synchronously when it is reaped).
 //! The kernel runs a `FALLOCATE` on an io-wq worker, so a large one no longer stalls the
-//! device's other requests as the inline `fallocate` did. Submissions are batched: one `io_uring_enter` per pass over a queue, after
-//! which what completed inside it (reads from the page cache, mostly) is reaped at once. Every
+//! device's other requests as the inline `fallocate` did. Submissions are batched: one
+//! `io_uring_enter` per pass over a queue, after which what completed inside it (reads from the
+//! page cache, mostly) is reaped at once. Every
 //! completion is also signalled on an eventfd the device's event loop polls (registered with
 //! `IORING_REGISTER_EVENTFD` at set-up; the same eventfd the bounce pools wake for deferred
 //! maps), which brings the event loop back for what completes later.
